@@ -1,0 +1,13 @@
+"""Image classification data: loading (folders, archives, CIFAR batches, tfds), splits, tf.data."""
+
+from edgekt.data.image_tree import FLAT_SPLIT, decode_image
+from edgekt.data.sources import load
+from edgekt.data.splits import (class_indices, concat, hold_out_classes, labelled_unlabelled, select_classes,
+                                stratified_subset, train_val_split)
+from edgekt.data.types import DataError, DataSplits, Split, make_split
+
+__all__ = [
+    "DataError", "DataSplits", "FLAT_SPLIT", "Split", "class_indices", "concat", "decode_image",
+    "hold_out_classes", "labelled_unlabelled", "load", "make_split", "select_classes", "stratified_subset",
+    "train_val_split",
+]

@@ -1,0 +1,87 @@
+"""`load(source)`: one entry point for every data source, with the decoded-array cache."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import logging
+
+from edgekt.data import cache, cifar_batches, image_tree, tfds_source
+from edgekt.data.types import DataError, DataSplits
+
+
+def load(source: str | os.PathLike, *, cache_dir: str | None = None, use_cache: bool = True,
+         image_size: tuple[int, int] | None = None, resize: bool = False,
+         tfds_data_dir: str | None = None) -> DataSplits:
+    """Loads an image classification data set as uint8 arrays.
+
+    Args:
+      source: one of
+        - a `.tar.gz`/`.tgz`/`.tar`/`.zip` archive or a folder holding `train/` and/or
+          `test/` class folders, possibly under one wrapping folder (like
+          `cifar10.tar.gz`); a folder/archive of class folders without a split level is
+          returned as one split named "all";
+        - a `cifar-10-batches-py` (or `cifar-100-python`) folder;
+        - `tfds` (CIFAR-10) or `tfds:NAME` for TensorFlow Datasets, which downloads.
+      cache_dir: where decoded arrays are cached (default `$EDGEKT_CACHE_DIR` or
+        `~/.cache/edgekt/data`).
+      use_cache: read and write the cache.
+      image_size: (height, width) every image must have (folder/archive sources); None
+        takes the first image's size.
+      resize: resize images of another size instead of raising.
+      tfds_data_dir: tfds data directory.
+
+    Returns:
+      `DataSplits`: a dict split name -> `Split(images, labels, class_names)`, with
+      `.class_names` (sorted folder names for folder/archive sources).
+
+    Raises:
+      DataError: missing path, corrupted archive, empty class folder, non-image file,
+        wrong image size, ...; the message names the file and the problem.
+    """
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str) or not source:
+        raise DataError(f"data source must be a path or 'tfds:NAME'. Received: {source!r}")
+    name = tfds_source.tfds_name(source)
+    options = {"image_size": list(image_size) if image_size else None, "resize": bool(resize)}
+    if name is not None:
+        source_id = ["tfds", name, os.path.abspath(tfds_data_dir) if tfds_data_dir else None]
+        reader = lambda: tfds_source.read_tfds(name, data_dir=tfds_data_dir)  # noqa: E731
+    else:
+        path = os.path.expanduser(source)
+        if not os.path.exists(path):
+            raise DataError(f"{source}: no such file or folder (expected an image-folder tree, an archive "
+                            "of one, a cifar-10-batches-py folder, or 'tfds:NAME')")
+        if os.path.isfile(path):
+            if not image_tree.is_archive(path):
+                raise DataError(f"{source}: not a supported archive; expected one of "
+                                f"{', '.join(image_tree.ARCHIVE_SUFFIXES)}")
+            reader = lambda: image_tree.read_image_tree(  # noqa: E731
+                image_tree.iter_archive(path), source, image_size=image_size, resize=resize)
+        elif cifar_batches.is_cifar_batches_dir(path):
+            reader = lambda: cifar_batches.read_cifar_batches(path)  # noqa: E731
+        else:
+            reader = lambda: image_tree.read_image_tree(  # noqa: E731
+                image_tree.iter_directory(path), source, image_size=image_size, resize=resize)
+        source_id = cache.fingerprint(path)
+
+    if not use_cache:
+        return reader()
+    directory = cache_dir or cache.default_cache_dir()
+    key = cache.cache_key(source_id, options)
+    cached = cache.read(directory, key)
+    if cached is not None:
+        cached.source = source
+        logging.info("data: %s from cache %s", source, cache.cache_path(directory, key))
+        return cached
+    start = time.perf_counter()
+    splits = reader()
+    logging.info("data: decoded %s in %.1fs (%s)", source, time.perf_counter() - start,
+                 ", ".join(f"{k}={len(v.labels)}" for k, v in splits.items()))
+    try:
+        cache.write(directory, key, splits)
+    except OSError as e:  # A read-only cache folder must not stop the job.
+        logging.warning("could not write data cache in %s: %s", directory, e)
+    return splits

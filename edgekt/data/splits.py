@@ -1,0 +1,132 @@
+"""Deterministic class and sample splits for the experiments (all from a seed)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from edgekt.data.types import DataError, Split
+
+
+def _take(split: Split, index: np.ndarray, class_names=None) -> Split:
+    return Split(split.images[index], split.labels[index], split.class_names if class_names is None else class_names)
+
+
+def class_indices(split_or_names, classes: Iterable[int | str]) -> list[int]:
+    """Maps class names or indices to indices, checking each one exists."""
+    names = tuple(getattr(split_or_names, "class_names", split_or_names))
+    out = []
+    for c in classes:
+        if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+            if not 0 <= int(c) < len(names):
+                raise DataError(f"class index {c} is outside 0..{len(names) - 1} ({list(names)})")
+            out.append(int(c))
+        elif isinstance(c, str):
+            if c not in names:
+                raise DataError(f"unknown class {c!r}; classes are {list(names)}")
+            out.append(names.index(c))
+        else:
+            raise DataError(f"a class must be a name or an index. Received: {c!r}")
+    if len(set(out)) != len(out):
+        raise DataError(f"classes listed twice. Received: {list(classes)}")
+    return out
+
+
+def _stratified_pick(labels: np.ndarray, count: int | float, seed: int) -> np.ndarray:
+    """Picks `count` items (or that fraction) spread evenly over the classes present."""
+    n = len(labels)
+    if isinstance(count, float):
+        if not 0.0 <= count <= 1.0:
+            raise DataError(f"fraction must be in [0, 1]. Received: {count}")
+        count = int(round(count * n))
+    if not 0 <= count <= n:
+        raise DataError(f"cannot pick {count} of {n} examples")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    # Largest-remainder allocation keeps class proportions and hits `count` exactly.
+    sizes = np.array([len(p) for p in per_class], dtype=np.float64)
+    quota = sizes * count / max(n, 1)
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: count - take.sum()]:
+        take[i] += 1
+    picked = np.concatenate([p[:k] for p, k in zip(per_class, take)]) if len(per_class) else np.array([], int)
+    return np.sort(picked)
+
+
+def stratified_subset(split: Split, count: int | float, seed: int = 0) -> Split:
+    """A class-balanced subset of `count` examples (int) or that fraction (float)."""
+    return _take(split, _stratified_pick(split.labels, count, seed))
+
+
+def train_val_split(split: Split, val_size: int | float, seed: int = 0) -> tuple[Split, Split]:
+    """Holds out a class-balanced validation set; returns (train, val)."""
+    val_idx = _stratified_pick(split.labels, val_size, seed)
+    mask = np.ones(len(split.labels), bool)
+    mask[val_idx] = False
+    return _take(split, np.flatnonzero(mask)), _take(split, val_idx)
+
+
+def select_classes(split: Split, classes: Sequence[int | str], relabel: bool = False) -> Split:
+    """Keeps the examples of `classes`.
+
+    Args:
+      split: the data.
+      classes: names or indices of the classes to keep.
+      relabel: renumber the kept classes 0..k-1 in the order given, and keep only their
+        names; otherwise labels and class names are unchanged.
+    """
+    idx = class_indices(split, classes)
+    keep = np.flatnonzero(np.isin(split.labels, idx))
+    if not relabel:
+        return _take(split, keep)
+    remap = np.full(len(split.class_names), -1, np.int64)
+    remap[idx] = np.arange(len(idx))
+    return Split(split.images[keep], remap[split.labels[keep]], tuple(split.class_names[i] for i in idx))
+
+
+def hold_out_classes(split: Split, classes: Sequence[int | str]) -> tuple[Split, Split]:
+    """Splits into (examples of the other classes, examples of `classes`); labels unchanged."""
+    idx = class_indices(split, classes)
+    held = np.isin(split.labels, idx)
+    return _take(split, np.flatnonzero(~held)), _take(split, np.flatnonzero(held))
+
+
+def labelled_unlabelled(split: Split, labelled: int | float, seed: int = 0,
+                        classes: Sequence[int | str] | None = None) -> tuple[Split, Split]:
+    """Splits each class's images into a labelled and an unlabelled pool.
+
+    Args:
+      split: the data.
+      labelled: images per class that stay labelled (int), or that fraction (float).
+      seed: the random seed.
+      classes: restrict to these classes (default all).
+
+    Returns:
+      (labelled, unlabelled). The unlabelled pool keeps its true labels so that accuracy
+      can be measured; callers must not train on them.
+    """
+    if isinstance(labelled, float) and not 0.0 <= labelled <= 1.0:
+        raise DataError(f"labelled fraction must be in [0, 1]. Received: {labelled}")
+    chosen = class_indices(split, classes) if classes is not None else sorted(set(split.labels.tolist()))
+    rng = np.random.default_rng(seed)
+    lab, unl = [], []
+    for c in chosen:
+        members = rng.permutation(np.flatnonzero(split.labels == c))
+        k = int(round(labelled * len(members))) if isinstance(labelled, float) else int(labelled)
+        if not 0 <= k <= len(members):
+            raise DataError(f"class {split.class_names[c]!r} has {len(members)} images; cannot keep {k} labelled")
+        lab.append(members[:k])
+        unl.append(members[k:])
+    return (_take(split, np.sort(np.concatenate(lab)) if lab else np.array([], int)),
+            _take(split, np.sort(np.concatenate(unl)) if unl else np.array([], int)))
+
+
+def concat(*splits: Split) -> Split:
+    """Concatenates splits that share class names."""
+    names = {s.class_names for s in splits}
+    if len(names) != 1:
+        raise DataError(f"cannot concatenate splits with different class names: {sorted(names)}")
+    return Split(np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits]),
+                 splits[0].class_names)

@@ -1,0 +1,72 @@
+"""TensorFlow Datasets sources (`tfds:cifar10`), for machines that can download."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekt.data.types import DataError, DataSplits, make_split
+
+TFDS_PREFIX = "tfds:"
+DEFAULT_TFDS_NAME = "cifar10"
+
+
+def tfds_name(source: str) -> str | None:
+    """Returns the tfds data set name for `tfds`, `tfds:NAME`, else None."""
+    if source == "tfds":
+        return DEFAULT_TFDS_NAME
+    if source.startswith(TFDS_PREFIX):
+        name = source[len(TFDS_PREFIX):]
+        if not name:
+            raise DataError(f"empty tfds name. Received: data={source!r}; use e.g. 'tfds:cifar10'")
+        return name
+    return None
+
+
+def read_tfds(name: str, data_dir: str | None = None, download: bool = True) -> DataSplits:
+    """Loads the `train` and `test` splits of a tfds image classification data set.
+
+    Args:
+      name: tfds name, e.g. "cifar10" (a version may follow: "cifar10:3.0.2").
+      data_dir: tfds data directory (None: tfds's default, ~/tensorflow_datasets).
+      download: whether tfds may download and prepare the data set.
+
+    Raises:
+      DataError: tfds is not installed, the data set is unknown, or it is not prepared and
+        cannot be downloaded (e.g. no internet).
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError("tensorflow-datasets is not installed; `pip install tensorflow-datasets` "
+                        f"or use a local archive/folder. Received: data=tfds:{name}") from e
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # tfds raises its own DatasetNotFoundError and friends.
+        raise DataError(f"tfds:{name}: unknown data set ({type(e).__name__}: {e})") from e
+    if download:
+        try:
+            builder.download_and_prepare()
+        except Exception as e:
+            raise DataError(
+                f"tfds:{name}: could not download/prepare ({type(e).__name__}: {e}). Without internet "
+                "use a local copy: --data=PATH/cifar10.tar.gz or a cifar-10-batches-py folder") from e
+    features = builder.info.features
+    image_key, label_key = builder.info.supervised_keys or ("image", "label")
+    if image_key not in features or label_key not in features:
+        raise DataError(f"tfds:{name}: needs image and label features; has {list(features)}")
+    class_names = tuple(features[label_key].names)
+    out = {}
+    for split in ("train", "test"):
+        if split not in builder.info.splits:
+            continue
+        try:
+            batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        except Exception as e:
+            raise DataError(f"tfds:{name}: split {split!r} could not be read ({type(e).__name__}: {e})") from e
+        images = np.asarray(batch[image_key])
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = np.repeat(images, 3, axis=-1)
+        out[split] = make_split(images.astype(np.uint8), np.asarray(batch[label_key]), class_names)
+    if not out:
+        raise DataError(f"tfds:{name}: has neither a 'train' nor a 'test' split")
+    return DataSplits(out, class_names, f"{TFDS_PREFIX}{name}")

@@ -1,0 +1,1 @@
+"""absl-flag binaries, one per stage (`python -m pipelines.NAME --helpfull`)."""

@@ -1,0 +1,72 @@
+"""Shared fixtures: the real CIFAR-10 archive and small real-image trees built from it."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR10_ARCHIVE = os.environ.get("EDGEKT_CIFAR10", os.path.join(REPO_ROOT, "..", "shared", "datasets",
+                                                                   "cifar10.tar.gz"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~30 s; run with -m slow")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("edgekt_cache"))
+
+
+@pytest.fixture(scope="session")
+def cifar(cache_dir):
+    """The real CIFAR-10 archive (train 50,000 / test 5,000), decoded once per session."""
+    if not os.path.exists(CIFAR10_ARCHIVE):
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR10_ARCHIVE} (set EDGEKT_CIFAR10)")
+    from edgekt import data
+
+    return data.load(CIFAR10_ARCHIVE, cache_dir=cache_dir)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_tree(root: str, splits: dict, class_names, per_class: int, wrapper: str | None = "mydata") -> str:
+    """Writes `split/class/NNNN.png` from real images; returns the tree's top folder."""
+    top = os.path.join(root, wrapper) if wrapper else root
+    for split_name, split in splits.items():
+        for label, cls in enumerate(class_names):
+            folder = os.path.join(top, split_name, cls)
+            os.makedirs(folder, exist_ok=True)
+            for i, idx in enumerate(np.flatnonzero(split.labels == label)[:per_class]):
+                with open(os.path.join(folder, f"{i:04d}.png"), "wb") as f:
+                    f.write(encode_png(split.images[idx]))
+    return top
+
+
+@pytest.fixture(scope="session")
+def small_cifar(cifar):
+    """A class-balanced real subset: 3 classes, 8 train and 4 test images each."""
+    from edgekt import data
+
+    out = {}
+    for split_name, per_class in (("train", 8), ("test", 4)):
+        split = data.select_classes(cifar[split_name], ["airplane", "cat", "ship"], relabel=True)
+        idx = np.concatenate([np.flatnonzero(split.labels == c)[:per_class] for c in range(3)])
+        out[split_name] = data.Split(split.images[idx], split.labels[idx], split.class_names)
+    return data.DataSplits(out, out["train"].class_names, "small_cifar")
+
+
+@pytest.fixture
+def small_tree(tmp_path, small_cifar):
+    """`mydata/{train,test}/{airplane,cat,ship}/*.png` under tmp_path; returns mydata's path."""
+    return write_tree(str(tmp_path), dict(small_cifar), small_cifar.class_names, per_class=8)

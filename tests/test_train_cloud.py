@@ -1,0 +1,145 @@
+"""The cloud training stage: resume, config checks, the pipeline binary, multi-device engines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from edgekt import data, train
+from edgekt.train import checkpoint
+from edgekt.train.optimizers import L2SGD, learning_rate_schedule
+
+from conftest import CIFAR10_ARCHIVE, REPO_ROOT
+
+TINY = train.CloudTrainConfig(depth=10, width=1, epochs=2, batch_size=32, learning_rate=0.05, warmup_epochs=0.5,
+                              train_size=256, val_size=64, test_size=200, seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(cifar):
+    return data.DataSplits({"train": data.stratified_subset(cifar["train"], 2000, seed=0),
+                            "test": cifar["test"]}, cifar.class_names, "cifar10-subset")
+
+
+def _weights(path):
+    return keras.models.load_model(path).get_weights()
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """Simulates a crash right after the first epoch's checkpoint was written."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt("simulated interruption")
+
+
+def test_resumed_run_matches_uninterrupted_run(tiny_data, tmp_path):
+    full = train.train_and_evaluate(TINY, tiny_data, str(tmp_path / "full"), verbose=0)
+    part_dir = str(tmp_path / "part")
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(TINY, tiny_data, part_dir, verbose=0, callbacks=(_StopAfterEpoch(),))
+    state_path = os.path.join(part_dir, "checkpoints", checkpoint.STATE_FILE)
+    assert json.load(open(state_path))["epoch"] == 1
+    assert not os.path.exists(os.path.join(part_dir, "model.keras"))
+    resumed = train.train_and_evaluate(TINY, tiny_data, part_dir, verbose=0)
+    assert resumed["epochs"] == 2 and len(json.load(open(state_path))["history"]) == 2
+    for a, b in zip(_weights(os.path.join(part_dir, "model.keras")), _weights(str(tmp_path / "full" / "model.keras"))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert resumed["test_accuracy"] == pytest.approx(full["test_accuracy"], abs=0.011)
+
+
+def test_finished_run_is_not_repeated_and_other_config_is_refused(tiny_data, tmp_path):
+    out = str(tmp_path / "run")
+    cfg = dataclasses.replace(TINY, epochs=1)
+    first = train.train_and_evaluate(cfg, tiny_data, out, verbose=0)
+    mtime = os.path.getmtime(os.path.join(out, "model.keras"))
+    again = train.train_and_evaluate(cfg, tiny_data, out, verbose=0)
+    assert again == first and os.path.getmtime(os.path.join(out, "model.keras")) == mtime
+    with pytest.raises(ValueError, match=r"different setup \(learning_rate: 0.05 -> 0.1\)"):
+        train.train_and_evaluate(dataclasses.replace(cfg, learning_rate=0.1), tiny_data, out, verbose=0)
+
+
+def test_config_ranges_are_checked():
+    with pytest.raises(ValueError, match=r"CloudTrainConfig.depth must be 6n\+4 >= 10. Received: depth=12"):
+        train.CloudTrainConfig(depth=12)
+    with pytest.raises(ValueError, match=r"unknown preset; expected one of \['cpu', 'paper', 'smoke'\]"):
+        train.preset("fast")
+    with pytest.raises(ValueError, match=r"unknown CloudTrainConfig fields \['lr'\]"):
+        train.preset("smoke", lr=0.1)
+    assert train.preset("paper").architecture == "WRN-28-10"
+
+
+def test_l2sgd_adds_decay_to_kernel_gradients_only():
+    kernel = keras.Variable(np.ones((2, 2), np.float32))
+    bias = keras.Variable(np.ones((2,), np.float32))
+    opt = L2SGD(learning_rate=0.1, momentum=0.0, nesterov=False, l2=0.5)
+    opt.apply_gradients([(np.zeros((2, 2), np.float32), kernel), (np.zeros((2,), np.float32), bias)])
+    np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5)
+    np.testing.assert_allclose(bias.numpy(), 1.0)
+
+
+def test_learning_rate_schedules():
+    cos = learning_rate_schedule("cosine", 0.1, 100, warmup_steps=10)
+    assert float(cos(0)) == pytest.approx(0.0) and float(cos(10)) == pytest.approx(0.1)
+    assert float(cos(100)) == pytest.approx(0.0, abs=1e-6)
+    step = learning_rate_schedule("step", 0.1, 200, milestones=(0.3, 0.6, 0.8), gamma=0.2)
+    assert [round(float(step(s)), 6) for s in (0, 61, 121, 161)] == [0.1, 0.02, 0.004, 0.0008]
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        learning_rate_schedule("linear", 0.1, 10)
+
+
+def _run_pipeline(args, env_extra=None, timeout=600):
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "pipelines.train_cloud", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+TINY_FLAGS = ["--preset=smoke", "--depth=10", "--epochs=1", "--train_size=128", "--val_size=64", "--batch_size=32",
+              "--progress=none"]
+
+
+def test_train_cloud_binary_writes_model_and_metrics(tmp_path, cifar, cache_dir):
+    out = tmp_path / "cloud"
+    proc = _run_pipeline([f"--data={CIFAR10_ARCHIVE}", f"--out_dir={out}", *TINY_FLAGS],
+                         env_extra={"EDGEKT_CACHE_DIR": cache_dir})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "params", "flops", "wall_seconds", "images_per_second", "preset", "data"):
+        assert key in metrics
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_images"] == 5000
+    assert metrics["preset"] == "smoke" and metrics["data"] == CIFAR10_ARCHIVE
+    assert metrics["params"] == 77_850  # WRN-10-1: 432 + 4,672 + 14,432 + 57,536 + 128 + 650
+    model = keras.models.load_model(out / "model.keras")
+    assert model.output_shape == (None, 10)
+
+
+def test_train_cloud_binary_rejects_stray_arguments(tmp_path):
+    proc = _run_pipeline(["--data=x", f"--out_dir={tmp_path}", "extra"])
+    assert proc.returncode != 0 and "unexpected arguments: extra" in proc.stderr
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path, cifar, cache_dir):
+    out = tmp_path / "mirrored"
+    proc = _run_pipeline([f"--data={CIFAR10_ARCHIVE}", f"--out_dir={out}", *TINY_FLAGS, "--cpu_devices=2",
+                          "--distribution=mirrored"], env_extra={"EDGEKT_CACHE_DIR": cache_dir})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["distribution"] == "mirrored"
+
+
+def test_jax_backend_data_parallel_on_two_cpu_devices(tmp_path, cifar, cache_dir):
+    pytest.importorskip("jax")
+    out = tmp_path / "jax"
+    proc = _run_pipeline([f"--data={CIFAR10_ARCHIVE}", f"--out_dir={out}", *TINY_FLAGS, "--distribution=data_parallel"],
+                         env_extra={"EDGEKT_CACHE_DIR": cache_dir, "KERAS_BACKEND": "jax",
+                                    "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backend"] == "jax" and metrics["replicas"] == 2
+    assert metrics["test_accuracy"] > 0.0
