@@ -42,3 +42,20 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names=N
 def evaluate(model, images: np.ndarray, labels: np.ndarray, class_names=None, batch_size: int = 256) -> dict:
     """`classification_metrics` of `model` on `images`."""
     return classification_metrics(predict_logits(model, images, batch_size), labels, class_names)
+
+
+def inference_latency_ms(model, input_shape: tuple[int, ...], batch_size: int = 1, repeats: int = 30,
+                         warmup: int = 3) -> float:
+    """Median wall time of one forward pass of a batch, in milliseconds (Keras, this host)."""
+    import time
+
+    x = np.random.default_rng(0).uniform(0, 255, (batch_size, *input_shape)).astype(np.float32)
+    call = model.predict_on_batch
+    for _ in range(warmup):
+        call(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000.0)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from edgekt.data.types import DataError, Split
+from edgekt.data.types import DataError, DataSplits, Split
 
 
 def _take(split: Split, index: np.ndarray, class_names=None) -> Split:
@@ -130,3 +131,37 @@ def concat(*splits: Split) -> Split:
         raise DataError(f"cannot concatenate splits with different class names: {sorted(names)}")
     return Split(np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits]),
                  splits[0].class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """The splits a stage works with: train (after hold-out and subsetting), val, test."""
+
+    train: Split
+    val: Split | None
+    test: Split | None
+    class_names: tuple[str, ...]
+    source: str
+
+
+def prepare_splits(splits: DataSplits, *, val_size: int, seed: int, train_size: int | None = None,
+                   test_size: int | None = None) -> PreparedData:
+    """Holds out a class-balanced validation split of `train` and takes optional subsets.
+
+    Every stage calls this with the cloud stage's `val_size` and `seed`, so they all see the
+    same validation images, none of which the teacher trained on.
+
+    Raises:
+      DataError: the source has no training split.
+    """
+    if "train" not in splits:
+        raise DataError(f"{splits.source}: no 'train' split; found {sorted(splits)}")
+    train, val = splits["train"], None
+    if val_size:
+        train, val = train_val_split(train, val_size, seed=seed)
+    if train_size is not None and train_size < len(train.labels):
+        train = stratified_subset(train, train_size, seed=seed)
+    test = splits.get("test")
+    if test is not None and test_size is not None and test_size < len(test.labels):
+        test = stratified_subset(test, test_size, seed=seed)
+    return PreparedData(train, val, test, splits.class_names, splits.source)

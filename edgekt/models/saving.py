@@ -9,30 +9,33 @@ import keras
 from edgekt import atomic
 
 
-def _float32_config(config):
-    """Rewrites every layer's dtype policy in a (nested) model config to float32."""
+def _policy_config(config, policy: str):
+    """Rewrites every layer's dtype policy in a (nested) model config to `policy`."""
     if isinstance(config, dict):
-        out = {k: _float32_config(v) for k, v in config.items()}
-        if "dtype" in out and isinstance(out.get("dtype"), (dict, str)) and "layers" not in out:
-            dtype = out["dtype"]
-            name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
-            if isinstance(name, str) and name.startswith("mixed_"):
-                out["dtype"] = "float32"
+        out = {k: _policy_config(v, policy) for k, v in config.items()}
+        dtype = out.get("dtype")
+        if "layers" not in out and "inbound_nodes" not in out and isinstance(dtype, dict) \
+                and dtype.get("class_name") == "DTypePolicy":
+            out["dtype"] = policy
         return out
     if isinstance(config, list):
-        return [_float32_config(v) for v in config]
+        return [_policy_config(v, policy) for v in config]
     return config
 
 
-def float32_copy(model: keras.Model) -> keras.Model:
-    """A copy of `model` with every layer in float32 and no optimizer or compile state.
-
-    Models trained under a mixed-precision policy carry that policy in their layer
-    configs; the copy is what later stages and users load.
-    """
-    copy = type(model).from_config(_float32_config(model.get_config()))
+def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
+    """A copy of `model` whose layers all use the Keras dtype policy `policy` (e.g.
+    "mixed_bfloat16" to fine-tune fast, "float32" to save), with the same weights and no
+    optimizer or compile state."""
+    copy = type(model).from_config(_policy_config(model.get_config(), policy))
     copy.set_weights(model.get_weights())
     return copy
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """A float32 copy of `model` without optimizer or compile state: what stages save and
+    users load (a model trained under mixed precision carries that policy in its configs)."""
+    return with_dtype_policy(model, "float32")
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> str:

@@ -25,37 +25,6 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-@dataclasses.dataclass(frozen=True)
-class PreparedData:
-    """The splits a training run uses, after validation hold-out and subsetting."""
-
-    train: data.Split
-    val: data.Split | None
-    test: data.Split | None
-    class_names: tuple[str, ...]
-    source: str
-
-
-def prepare_data(splits: data.DataSplits, config: CloudTrainConfig) -> PreparedData:
-    """Holds out the validation split and takes the configured subsets (all seeded).
-
-    Raises:
-      data.DataError: the source has no training split.
-    """
-    if "train" not in splits:
-        raise data.DataError(f"{splits.source}: no 'train' split; found {sorted(splits)}")
-    train = splits["train"]
-    val = None
-    if config.val_size:
-        train, val = data.train_val_split(train, config.val_size, seed=config.seed)
-    if config.train_size is not None and config.train_size < len(train.labels):
-        train = data.stratified_subset(train, config.train_size, seed=config.seed)
-    test = splits.get("test")
-    if test is not None and config.test_size is not None and config.test_size < len(test.labels):
-        test = data.stratified_subset(test, config.test_size, seed=config.seed)
-    return PreparedData(train, val, test, splits.class_names, splits.source)
-
-
 class _EpochRecorder(keras.callbacks.Callback):
     """Times each epoch's training part and checkpoints at its end."""
 
@@ -154,7 +123,8 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
       ValueError: `out_dir` holds a checkpoint of a different configuration or data.
     """
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
-    prepared = prepare_data(splits, config)
+    prepared = data.prepare_splits(splits, val_size=config.val_size, seed=config.seed,
+                                   train_size=config.train_size, test_size=config.test_size)
     num_classes = len(prepared.class_names)
     steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
     identity = {"config": _config_dict(config), "data": prepared.source,
@@ -218,7 +188,7 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
     return result
 
 
-def _metrics(model, prepared: PreparedData, state, config, cost, preset_name, distribution, replicas) -> dict:
+def _metrics(model, prepared: data.PreparedData, state, config, cost, preset_name, distribution, replicas) -> dict:
     test = evaluation.evaluate(model, prepared.test.images, prepared.test.labels,
                                prepared.class_names) if prepared.test is not None else None
     val = evaluation.evaluate(model, prepared.val.images, prepared.val.labels,
@@ -275,4 +245,4 @@ def load_metrics(out_dir: str) -> dict:
         return json.load(f)
 
 
-__all__ = ["PreparedData", "build_and_compile", "load_metrics", "prepare_data", "train_and_evaluate"]
+__all__ = ["build_and_compile", "load_metrics", "train_and_evaluate"]

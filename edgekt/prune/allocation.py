@@ -1,0 +1,179 @@
+"""Which channels to remove to meet a parameter/FLOPs budget, given importance scores.
+
+`CostModel` counts a model's parameters and FLOPs (same conventions as `edgekt.flops`) as a
+function of each group's channel count, without building the model, so the budget search
+can try many candidate widths. `select_channels` then removes the least important channels,
+either globally (one ranking over all groups) or uniformly (the same fraction per group),
+until the budget is met.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+import numpy as np
+
+from edgekt.prune.graph import DependencyGraph
+
+ALLOCATIONS = ("global", "uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class _LayerTerm:
+    cls: str
+    in_gid: int | None
+    per: int
+    out_gid: int
+    kernel_area: int
+    spatial: int
+    bias: bool
+    multiplier: int  # depth multiplier or per-channel params (BN: 2 with scale+center)
+
+
+class CostModel:
+    """Parameters and FLOPs of a graph's model for any per-group channel counts."""
+
+    def __init__(self, graph: DependencyGraph):
+        self.graph = graph
+        self.base = np.array([g.channels for g in graph.groups], dtype=np.int64)
+        self.terms: list[_LayerTerm] = []
+        for name in graph.order:
+            layer = graph.model.get_layer(name)
+            cls = graph.layer_class[name]
+            out_gid = graph.output_group[name][0]
+            in_gid, per = graph.input_group.get(name, (None, 1))
+            learnable = [v for v in layer.weights if v.trainable]
+            if cls in ("Conv2D", "SeparableConv2D", "DepthwiseConv2D"):
+                kh, kw = layer.kernel_size
+                spatial = int(math.prod(layer.output.shape[1:-1]))
+                mult = getattr(layer, "depth_multiplier", 1)
+                self.terms.append(_LayerTerm(cls, in_gid, per, out_gid, kh * kw, spatial, bool(layer.use_bias), mult))
+            elif cls == "Dense":
+                spatial = int(math.prod(layer.output.shape[1:-1])) if len(layer.output.shape) > 2 else 1
+                self.terms.append(_LayerTerm(cls, in_gid, per, out_gid, 1, spatial, bool(layer.use_bias), 1))
+            elif learnable:
+                # Per-channel parameters (BN gamma/beta, PReLU alpha): size / channels each.
+                total = sum(int(np.prod(v.shape)) for v in learnable)
+                channels = self.base[out_gid]
+                self.terms.append(_LayerTerm("perchannel", None, 1, out_gid, 0, 0, False, total // max(channels, 1)))
+
+    def count(self, channels: np.ndarray | Mapping[int, int] | None = None) -> tuple[int, int]:
+        """(params, flops) with group i at `channels[i]` channels (default: unpruned)."""
+        if channels is None:
+            c = self.base
+        elif isinstance(channels, Mapping):
+            c = self.base.copy()
+            for gid, n in channels.items():
+                c[gid] = n
+        else:
+            c = np.asarray(channels, dtype=np.int64)
+        params = flops = 0
+        for t in self.terms:
+            cout = int(c[t.out_gid])
+            cin = int(c[t.in_gid]) * t.per if t.in_gid is not None else 0
+            if t.cls == "Conv2D":
+                params += t.kernel_area * cin * cout + (cout if t.bias else 0)
+                flops += t.spatial * t.kernel_area * cin * cout
+            elif t.cls == "Dense":
+                params += cin * cout + (cout if t.bias else 0)
+                flops += t.spatial * cin * cout
+            elif t.cls == "SeparableConv2D":
+                mid = cin * t.multiplier
+                params += t.kernel_area * mid + mid * cout + (cout if t.bias else 0)
+                flops += t.spatial * (t.kernel_area * mid + mid * cout)
+            elif t.cls == "DepthwiseConv2D":
+                params += t.kernel_area * cout + (cout if t.bias else 0)
+                flops += t.spatial * t.kernel_area * cout
+            else:
+                params += t.multiplier * cout
+        return params, flops
+
+
+def _keep_from_removed(scores: Mapping[int, np.ndarray], removed: Mapping[int, int]) -> dict[int, np.ndarray]:
+    keep = {}
+    for gid, s in scores.items():
+        order = np.argsort(s, kind="stable")  # ascending: least important first
+        keep[gid] = np.sort(order[removed.get(gid, 0):])
+    return keep
+
+
+def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
+                    max_params: int | None = None, max_flops: int | None = None, min_channels: int = 1,
+                    allocation: str = "global", cost: CostModel | None = None) -> dict[int, np.ndarray]:
+    """Chooses the channels to keep so that params <= max_params and flops <= max_flops.
+
+    Removes as few channels as possible: with "global" allocation, the k lowest-scored
+    channels over all groups (k found by bisection); with "uniform", the same fraction of
+    every group. No group goes below `min_channels` (or its current size, if smaller).
+
+    Args:
+      graph: the model's graph.
+      scores: group id -> per-channel importance (higher = keep), for the groups that may
+        be pruned.
+      max_params, max_flops: the budget (None: no limit on that measure).
+      min_channels: floor per group.
+      allocation: "global" or "uniform".
+      cost: a `CostModel` of `graph`, if already built.
+
+    Returns:
+      group id -> sorted kept channel indices.
+
+    Raises:
+      ValueError: the budget cannot be met even at the floor, or bad arguments.
+    """
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation; expected one of {ALLOCATIONS}. Received: {allocation!r}")
+    if min_channels < 1:
+        raise ValueError(f"min_channels must be >= 1. Received: {min_channels}")
+    cost = cost or CostModel(graph)
+    sizes = {gid: len(s) for gid, s in scores.items()}
+    floors = {gid: min(min_channels, n) for gid, n in sizes.items()}
+
+    def fits(removed: Mapping[int, int]) -> bool:
+        p, f = cost.count({gid: sizes[gid] - r for gid, r in removed.items()})
+        return (max_params is None or p <= max_params) and (max_flops is None or f <= max_flops)
+
+    if allocation == "global":
+        # One ranking over all channels; removal order respects each group's floor.
+        entries = sorted(((float(s[i]), gid, rank) for gid, s in scores.items()
+                          for rank, i in enumerate(np.argsort(s, kind="stable"))
+                          if rank < sizes[gid] - floors[gid]), key=lambda e: (e[0], e[1], e[2]))
+
+        def removed_after(k: int) -> dict[int, int]:
+            counts: dict[int, int] = {}
+            for _, gid, _ in entries[:k]:
+                counts[gid] = counts.get(gid, 0) + 1
+            return counts
+
+        lo, hi = 0, len(entries)
+        if not fits(removed_after(hi)):
+            raise ValueError(_unreachable(cost, sizes, floors, max_params, max_flops))
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fits(removed_after(mid)):
+                hi = mid
+            else:
+                lo = mid + 1
+        return _keep_from_removed(scores, removed_after(lo))
+
+    def removed_at(fraction: float) -> dict[int, int]:
+        return {gid: min(int(round(fraction * n)), n - floors[gid]) for gid, n in sizes.items()}
+
+    if not fits(removed_at(1.0)):
+        raise ValueError(_unreachable(cost, sizes, floors, max_params, max_flops))
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if fits(removed_at(mid)):
+            hi = mid
+        else:
+            lo = mid
+    return _keep_from_removed(scores, removed_at(hi))
+
+
+def _unreachable(cost, sizes, floors, max_params, max_flops) -> str:
+    p, f = cost.count(dict(floors))
+    return (f"budget params<={max_params}, flops<={max_flops} cannot be met: with every group at its floor "
+            f"({min(floors.values()) if floors else 0}+ channels) the model still has {p:,} params and {f:,} FLOPs")

@@ -1,0 +1,112 @@
+"""Pruning-stage configuration and presets (smoke / cpu / paper)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from edgekt.prune.allocation import ALLOCATIONS
+from edgekt.prune.criteria import CRITERIA, NORMALIZATIONS
+
+TRANSFERS = ("kd_at", "kd", "at", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """How the teacher is pruned and fine-tuned.
+
+    Policy (any combination; at least one):
+      target_params_ratio: keep this fraction of the teacher's parameters (0.05 removes 95%).
+      target_flops_ratio: keep this fraction of the teacher's FLOPs.
+      max_accuracy_drop: stop before validation accuracy falls more than this many points
+        below the teacher's; with no ratio target, pruning continues (each step keeping
+        `step_keep` of the parameters) until this would be violated.
+
+    Importance: `criterion` ("attention" or "l1"), `attention_p`, per-layer `normalization`,
+    `calibration_size` images; `allocation` "global" (one ranking over all groups) or
+    "uniform" (same fraction per group); `min_channels` per group.
+
+    Schedule: `steps` geometric steps to the ratio target (or up to `max_steps` steps of
+    `step_keep`), each followed by `step_epochs` of fine-tuning; the chosen model then gets
+    `final_epochs`. Fine-tuning uses `transfer` from the unpruned teacher ("kd_at": KD on
+    logits + attention transfer, "kd", "at", or "none": labels only).
+    """
+
+    target_params_ratio: Optional[float] = 0.05
+    target_flops_ratio: Optional[float] = None
+    max_accuracy_drop: Optional[float] = None
+    criterion: str = "attention"
+    attention_p: float = 2.0
+    normalization: str = "mean"
+    allocation: str = "global"
+    min_channels: int = 2
+    calibration_size: int = 1024
+    steps: int = 4
+    step_keep: float = 0.6
+    max_steps: int = 10
+    step_epochs: int = 2
+    final_epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 0.05
+    final_learning_rate: float = 0.05
+    weight_decay: float = 5e-4
+    transfer: str = "kd_at"
+    kd_temperature: float = 4.0
+    kd_weight: float = 0.9
+    at_weight: float = 500.0
+    train_size: Optional[int] = None
+    precision: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = [
+            (self.target_params_ratio is None or 0 < self.target_params_ratio <= 1, "target_params_ratio", "in (0, 1]"),
+            (self.target_flops_ratio is None or 0 < self.target_flops_ratio <= 1, "target_flops_ratio", "in (0, 1]"),
+            (self.max_accuracy_drop is None or self.max_accuracy_drop >= 0, "max_accuracy_drop", ">= 0 (points)"),
+            (self.target_params_ratio is not None or self.target_flops_ratio is not None
+             or self.max_accuracy_drop is not None, "target_params_ratio",
+             "set, or target_flops_ratio or max_accuracy_drop set (no policy given)"),
+            (self.criterion in CRITERIA, "criterion", f"one of {CRITERIA}"),
+            (self.attention_p > 0, "attention_p", "> 0"),
+            (self.normalization in NORMALIZATIONS, "normalization", f"one of {NORMALIZATIONS}"),
+            (self.allocation in ALLOCATIONS, "allocation", f"one of {ALLOCATIONS}"),
+            (self.min_channels >= 1, "min_channels", ">= 1"),
+            (self.calibration_size >= 1, "calibration_size", ">= 1"),
+            (self.steps >= 1, "steps", ">= 1"),
+            (0 < self.step_keep < 1, "step_keep", "in (0, 1)"),
+            (self.max_steps >= 1, "max_steps", ">= 1"),
+            (self.step_epochs >= 0, "step_epochs", ">= 0"),
+            (self.final_epochs >= 0, "final_epochs", ">= 0"),
+            (self.batch_size >= 1, "batch_size", ">= 1"),
+            (self.learning_rate > 0 and self.final_learning_rate > 0, "learning_rate", "> 0"),
+            (self.transfer in TRANSFERS, "transfer", f"one of {TRANSFERS}"),
+            (self.kd_temperature > 0, "kd_temperature", "> 0"),
+            (self.train_size is None or self.train_size >= self.batch_size, "train_size", ">= batch_size"),
+        ]
+        for ok, field, expected in checks:
+            if not ok:
+                raise ValueError(f"PruneConfig.{field} must be {expected}. Received: {field}={getattr(self, field)!r}")
+
+
+PRESETS: dict[str, PruneConfig] = {
+    # Minutes on a 2-core CPU: two short steps on a 5k-image subset.
+    "smoke": PruneConfig(target_params_ratio=0.3, steps=2, step_epochs=1, final_epochs=1, calibration_size=256,
+                         batch_size=64, train_size=5000),
+    # A WRN-16-2 teacher to 5% of its parameters on a 2-core CPU in about half an hour.
+    "cpu": PruneConfig(target_params_ratio=0.05, steps=4, step_epochs=2, final_epochs=12, calibration_size=1024,
+                       precision="mixed_bfloat16"),
+    # The paper's setting: WRN-28-10 to 0.64% of its parameters (99.36% removed), on a GPU.
+    "paper": PruneConfig(target_params_ratio=0.0064, steps=8, step_epochs=10, final_epochs=100, calibration_size=2048,
+                         learning_rate=0.05, final_learning_rate=0.1, precision="mixed_bfloat16"),
+}
+
+
+def preset(name: str, **overrides) -> PruneConfig:
+    """A preset with some fields replaced (None values of ratio fields clear them)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset; expected one of {sorted(PRESETS)}. Received: {name!r}")
+    fields = {f.name for f in dataclasses.fields(PruneConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown PruneConfig fields {unknown}; fields are {sorted(fields)}")
+    return dataclasses.replace(PRESETS[name], **overrides)

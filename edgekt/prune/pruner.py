@@ -1,0 +1,256 @@
+"""The iterative pruner: score -> select -> surgery -> fine-tune (with transfer), step by step,
+then keep the best model that satisfies the policy and fine-tune it once more.
+
+Each completed step is saved (model + log, atomically) so a killed run resumes after its
+last completed step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+from absl import logging
+
+from edgekt import atomic, data, evaluation, flops
+from edgekt.models import saving
+from edgekt.prune import allocation, criteria, schedule
+from edgekt.prune.config import PruneConfig
+from edgekt.prune.graph import build_graph
+from edgekt.prune.report import write_log, write_plot
+from edgekt.prune.surgery import prune_model
+from edgekt.transfer.distiller import TransferConfig
+from edgekt.transfer.training import FinetuneConfig, fit_student
+
+PRUNED_FILE = "pruned.keras"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "prune_log.json"
+STATE_FILE = "prune_state.json"
+STEPS_DIR = "steps"
+FINAL_FILE = "final_done.json"  # marks pruned.keras as the finished, fine-tuned model
+
+
+def transfer_config(config: PruneConfig) -> TransferConfig:
+    """The fine-tuning loss of the pruning stage from its `transfer` setting."""
+    if config.transfer == "none":
+        return TransferConfig.labels_only()
+    kd = config.kd_weight if config.transfer in ("kd_at", "kd") else 0.0
+    at = config.at_weight if config.transfer in ("kd_at", "at") else 0.0
+    return TransferConfig(ce_weight=1.0 - kd if kd else 1.0, kd_weight=kd, temperature=config.kd_temperature,
+                          at_weight=at)
+
+
+def load_teacher(path: str) -> tuple[keras.Model, dict]:
+    """Loads a teacher `.keras` and the metrics.json written beside it (if any)."""
+    model = saving.load_model(path)
+    metrics_path = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
+    info = {}
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            info = json.load(f)
+    return model, info
+
+
+def _config_dict(config) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _summary(model: keras.Model, prepared: data.PreparedData, batch: int) -> dict:
+    cost = flops.model_cost(model)
+    val = evaluation.evaluate(model, prepared.val.images, prepared.val.labels, prepared.class_names, batch)
+    return {"params": cost.params, "flops": cost.flops, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+
+
+def _satisfies(entry: dict, floor: float | None) -> bool:
+    return floor is None or entry["val_accuracy"] >= floor
+
+
+def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, config: PruneConfig, *,
+                       val_size: int = 5000, split_seed: int = 0, preset_name: str | None = None,
+                       teacher_path: str | None = None, verbose: int | str = 0) -> dict:
+    """Prunes `teacher` by the policy of `config` and writes the results to `out_dir`.
+
+    Args:
+      teacher: the unpruned model (not changed).
+      source: data source (or loaded splits); validation uses the split of `val_size`
+        images held out with `split_seed` (the cloud stage's, so the teacher never trained on it).
+      out_dir: output folder (`pruned.keras`, `metrics.json`, `prune_log.json`/`.csv`,
+        `prune_plot.png`, `steps/`).
+      config: the pruning configuration.
+      val_size, split_seed: the validation hold-out.
+      preset_name, teacher_path: recorded in the metrics.
+      verbose: Keras fit verbosity for fine-tuning.
+
+    Returns:
+      The metrics written to `metrics.json`.
+
+    Raises:
+      UnsupportedModelError: the teacher has a layer filter pruning cannot handle (before any
+        work is done).
+      ValueError: no validation split, or a checkpoint of another setup in `out_dir`.
+    """
+    start_time = time.perf_counter()
+    graph = build_graph(teacher)  # fails fast on unsupported layers
+    splits = source if isinstance(source, data.DataSplits) else data.load(source)
+    prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size)
+    if prepared.val is None:
+        raise ValueError("pruning chooses models on a validation split; val_size must be > 0")
+    if int(teacher.output_shape[-1]) != len(prepared.class_names):
+        raise ValueError(f"the teacher has {teacher.output_shape[-1]} outputs but the data has "
+                         f"{len(prepared.class_names)} classes ({list(prepared.class_names)})")
+    os.makedirs(os.path.join(out_dir, STEPS_DIR), exist_ok=True)
+    batch = max(config.batch_size, 256)
+    transfer = transfer_config(config)
+    teacher32 = saving.float32_copy(teacher)
+    base = _summary(teacher32, prepared, batch)
+    floor = None
+    if config.max_accuracy_drop is not None:
+        floor = base["val_accuracy"] - config.max_accuracy_drop / 100.0
+    targets = schedule.step_targets(base["params"], base["flops"], target_params_ratio=config.target_params_ratio,
+                                    target_flops_ratio=config.target_flops_ratio, steps=config.steps,
+                                    step_keep=config.step_keep, max_steps=config.max_steps)
+    logging.info("teacher: %s params, %.1f MFLOPs, val top-1 %.4f; %d steps%s", f"{base['params']:,}",
+                 base["flops"] / 1e6, base["val_accuracy"], len(targets),
+                 f", accuracy floor {floor:.4f}" if floor is not None else "")
+
+    identity = {"config": _config_dict(config), "data": prepared.source, "val_size": val_size,
+                "split_seed": split_seed, "teacher_params": base["params"], "teacher_flops": base["flops"]}
+    state_path = os.path.join(out_dir, STATE_FILE)
+    state = {"identity": identity, "log": [{"step": 0, **base, "params_ratio": 1.0, "flops_ratio": 1.0,
+                                            "seconds": 0.0, "target_params": None, "target_flops": None}],
+             "stopped": False}
+    student = teacher32
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            saved = json.load(f)
+        if saved.get("identity") != identity:
+            raise ValueError(f"{state_path}: made with a different setup; use another --out_dir or delete it")
+        state = saved
+        last = state["log"][-1]
+        if last["step"] > 0:
+            student = saving.load_model(os.path.join(out_dir, STEPS_DIR, f"step_{last['step']:02d}.keras"))
+            logging.info("resuming after step %d", last["step"])
+
+    calib = data.stratified_subset(prepared.train, min(config.calibration_size, len(prepared.train.labels)),
+                                   seed=config.seed).images
+    for step in range(len(state["log"]), len(targets) + 1):
+        if state["stopped"]:
+            break
+        max_params, max_flops = targets[step - 1]
+        t0 = time.perf_counter()
+        g = build_graph(student)
+        scores = criteria.importance(g, config.criterion, calib, p=config.attention_p,
+                                     normalization=config.normalization, batch_size=64)
+        try:
+            keep = allocation.select_channels(g, scores, max_params=max_params, max_flops=max_flops,
+                                              min_channels=config.min_channels, allocation=config.allocation)
+        except ValueError as e:
+            logging.warning("step %d: %s; stopping", step, e)
+            state["stopped"] = True
+            atomic.write_json(state_path, state)
+            break
+        student = prune_model(student, keep, g)
+        if config.step_epochs:
+            ft = FinetuneConfig(epochs=config.step_epochs, batch_size=config.batch_size,
+                                learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+                                precision=config.precision, seed=config.seed * 1000 + step)
+            student, _ = fit_student(student, prepared.train, teacher=teacher32, transfer=transfer, config=ft,
+                                     verbose=verbose)
+        entry = {"step": step, **_summary(student, prepared, batch), "seconds": time.perf_counter() - t0,
+                 "target_params": max_params, "target_flops": max_flops,
+                 "channels": {g.groups[gid].name: int(len(idx)) for gid, idx in keep.items()}}
+        entry["params_ratio"] = entry["params"] / base["params"]
+        entry["flops_ratio"] = entry["flops"] / base["flops"]
+        saving.save_model(student, os.path.join(out_dir, STEPS_DIR, f"step_{step:02d}.keras"))
+        state["log"].append(entry)
+        if not _satisfies(entry, floor):
+            logging.info("step %d: val top-1 %.4f is below the floor %.4f; stopping", step, entry["val_accuracy"], floor)
+            state["stopped"] = True
+        atomic.write_json(state_path, state)
+        write_log(out_dir, state["log"], config.criterion)
+        logging.info("step %d: params %s (%.2f%%), FLOPs %.1fM, val top-1 %.4f, %.0fs", step, f"{entry['params']:,}",
+                     100 * entry["params_ratio"], entry["flops"] / 1e6, entry["val_accuracy"], entry["seconds"])
+
+    chosen = _choose(state["log"], floor, config)
+    if chosen["step"] == 0:
+        raise ValueError("no pruned model satisfies the policy: every step fell below the accuracy floor "
+                         f"{floor:.4f}; allow a larger --max_accuracy_drop")
+    pruned_path = os.path.join(out_dir, PRUNED_FILE)
+    final_state_path = os.path.join(out_dir, FINAL_FILE)
+    if os.path.exists(final_state_path) and os.path.exists(pruned_path):
+        final = saving.load_model(pruned_path)
+    else:
+        final = saving.load_model(os.path.join(out_dir, STEPS_DIR, f"step_{chosen['step']:02d}.keras"))
+        if config.final_epochs:
+            ft = FinetuneConfig(epochs=config.final_epochs, batch_size=config.batch_size,
+                                learning_rate=config.final_learning_rate, weight_decay=config.weight_decay,
+                                precision=config.precision, seed=config.seed * 1000 + 999)
+            final, _ = fit_student(final, prepared.train, teacher=teacher32, transfer=transfer, config=ft,
+                                   verbose=verbose)
+        saving.save_model(final, pruned_path)
+        atomic.write_json(final_state_path, {"chosen_step": chosen["step"]})
+
+    metrics = _final_metrics(final, teacher32, prepared, base, chosen, config, floor, batch, pruned_path,
+                             teacher_path, preset_name, time.perf_counter() - start_time)
+    atomic.write_json(os.path.join(out_dir, METRICS_FILE), metrics)
+    write_plot(out_dir, state["log"], config.criterion, final_point=(metrics["params"], metrics["val_accuracy"]))
+    logging.info("pruned: params %s -> %s (%.2f%% removed), FLOPs %.1fM -> %.1fM, test top-1 %.4f (teacher %.4f)",
+                 f"{metrics['teacher_params']:,}", f"{metrics['params']:,}", 100 * metrics["params_removed_fraction"],
+                 metrics["teacher_flops"] / 1e6, metrics["flops"] / 1e6, metrics["test_accuracy"] or float("nan"),
+                 metrics["teacher_test_accuracy"] or float("nan"))
+    return metrics
+
+
+def _choose(log: list[dict], floor: float | None, config: PruneConfig) -> dict:
+    """The smallest step model that satisfies the accuracy floor (the last step when the
+    targets were reached without violating it)."""
+    ok = [e for e in log[1:] if _satisfies(e, floor)]
+    if not ok:
+        return log[0]
+    return min(ok, key=lambda e: (e["params"], -e["val_accuracy"]))
+
+
+def _final_metrics(final, teacher, prepared, base, chosen, config, floor, batch, pruned_path, teacher_path,
+                   preset_name, seconds) -> dict:
+    cost = flops.model_cost(final)
+    val = evaluation.evaluate(final, prepared.val.images, prepared.val.labels, prepared.class_names, batch)
+    test = t_test = None
+    if prepared.test is not None:
+        test = evaluation.evaluate(final, prepared.test.images, prepared.test.labels, prepared.class_names, batch)
+        t_test = evaluation.evaluate(teacher, prepared.test.images, prepared.test.labels, prepared.class_names, batch)
+    shape = tuple(final.input_shape[1:])
+    target_met = ((config.target_params_ratio is None or cost.params <= config.target_params_ratio * base["params"] * 1.0001)
+                  and (config.target_flops_ratio is None or cost.flops <= config.target_flops_ratio * base["flops"] * 1.0001))
+    return {
+        "preset": preset_name,
+        "data": prepared.source,
+        "teacher": teacher_path,
+        "criterion": config.criterion,
+        "allocation": config.allocation,
+        "transfer": config.transfer,
+        "params": cost.params,
+        "teacher_params": base["params"],
+        "params_removed_fraction": 1.0 - cost.params / base["params"],
+        "flops": cost.flops,
+        "teacher_flops": base["flops"],
+        "flops_removed_fraction": 1.0 - cost.flops / base["flops"],
+        "test_accuracy": test["accuracy"] if test else None,
+        "teacher_test_accuracy": t_test["accuracy"] if t_test else None,
+        "test_images": test["n_images"] if test else 0,
+        "val_accuracy": val["accuracy"],
+        "teacher_val_accuracy": base["val_accuracy"],
+        "accuracy_floor": floor,
+        "target_met": bool(target_met),
+        "chosen_step": chosen["step"],
+        "file_bytes": os.path.getsize(pruned_path),
+        "teacher_file_bytes": os.path.getsize(teacher_path) if teacher_path and os.path.exists(teacher_path) else None,
+        "latency_ms_batch1": evaluation.inference_latency_ms(final, shape),
+        "teacher_latency_ms_batch1": evaluation.inference_latency_ms(teacher, shape),
+        "test_per_class": test["per_class"] if test else None,
+        "wall_seconds": seconds,
+        "config": _config_dict(config),
+    }

@@ -1,0 +1,53 @@
+"""Knowledge-transfer losses (keras.ops, every backend): cross-entropy, KD on softened
+logits (Hinton et al., 2015) and attention transfer (Zagoruyko & Komodakis, 2017).
+
+All return one value per example, so callers can weight examples (padding masks) and average.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def cross_entropy(targets, logits, label_smoothing: float = 0.0):
+    """Softmax cross-entropy per example. `targets` are one-hot (or soft) [B, K]."""
+    targets = ops.cast(targets, "float32")
+    if label_smoothing:
+        k = ops.cast(ops.shape(targets)[-1], "float32")
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / k
+    return -ops.sum(targets * ops.log_softmax(ops.cast(logits, "float32"), axis=-1), axis=-1)
+
+
+def kd_loss(student_logits, teacher_logits, temperature: float = 4.0):
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)) per example.
+
+    The T^2 factor keeps gradient magnitudes comparable across temperatures.
+    """
+    t = float(temperature)
+    s_log = ops.log_softmax(ops.cast(student_logits, "float32") / t, axis=-1)
+    t_log = ops.log_softmax(ops.cast(teacher_logits, "float32") / t, axis=-1)
+    t_prob = ops.exp(t_log)
+    return (t * t) * ops.sum(t_prob * (t_log - s_log), axis=-1)
+
+
+def soft_target_loss(student_logits, soft_targets, temperature: float = 1.0):
+    """Cross-entropy to teacher probabilities given as numbers (no teacher model at hand):
+    -sum p_t * log softmax(student / T), times T^2."""
+    t = float(temperature)
+    s_log = ops.log_softmax(ops.cast(student_logits, "float32") / t, axis=-1)
+    return -(t * t) * ops.sum(ops.cast(soft_targets, "float32") * s_log, axis=-1)
+
+
+def attention_map(features, p: float = 2.0):
+    """Spatial attention of [B, H, W, C] features: mean over channels of |A|^p, flattened
+    to [B, H*W] and L2-normalised per example."""
+    a = ops.mean(ops.power(ops.abs(ops.cast(features, "float32")), p), axis=-1)
+    a = ops.reshape(a, (ops.shape(a)[0], -1))
+    return a / (ops.sqrt(ops.sum(a * a, axis=-1, keepdims=True)) + 1e-12)
+
+
+def attention_transfer_loss(student_features, teacher_features, p: float = 2.0):
+    """Mean squared difference of normalised attention maps per example (the maps must have
+    the same spatial size; channel counts may differ)."""
+    diff = attention_map(student_features, p) - attention_map(teacher_features, p)
+    return ops.mean(diff * diff, axis=-1)

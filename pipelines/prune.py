@@ -1,0 +1,66 @@
+"""Prune a teacher by removing filters: `python -m pipelines.prune --teacher=DIR/model.keras --data=...
+--out_dir=OUT --preset=smoke|cpu|paper [--target_params_ratio=0.05] [--target_flops_ratio=...]
+[--max_accuracy_drop=POINTS] [--criterion=attention|l1]`.
+
+Writes OUT/pruned.keras, OUT/metrics.json, OUT/prune_log.json (+ .csv), OUT/prune_plot.png and
+one model per step in OUT/steps/ (a rerun resumes after the last completed step).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from pipelines import flag_utils
+
+_TEACHER = flags.DEFINE_string("teacher", None, "The unpruned .keras model.", required=True)
+_DATA = flags.DEFINE_string("data", None, "Image folder/archive, cifar-10-batches-py folder, or tfds[:NAME].",
+                            required=True)
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
+_PRESET = flags.DEFINE_enum("preset", "smoke", ["smoke", "cpu", "paper"], "Pruning preset.")
+flags.DEFINE_float("target_params_ratio", None, "Keep this fraction of the parameters (0 clears the preset's).")
+flags.DEFINE_float("target_flops_ratio", None, "Keep this fraction of the FLOPs.")
+flags.DEFINE_float("max_accuracy_drop", None, "Stop before validation accuracy drops more than this many points.")
+flags.DEFINE_enum("criterion", None, ["attention", "l1"], "Filter importance criterion.")
+flags.DEFINE_float("attention_p", None, "Exponent p of the attention sum |A|^p.")
+flags.DEFINE_enum("allocation", None, ["global", "uniform"], "Rank channels over all groups or per group.")
+flags.DEFINE_enum("transfer", None, ["kd_at", "kd", "at", "none"], "Knowledge transfer while fine-tuning.")
+flags.DEFINE_integer("steps", None, "Pruning steps to the target.")
+flags.DEFINE_integer("step_epochs", None, "Fine-tuning epochs after each step.")
+flags.DEFINE_integer("final_epochs", None, "Fine-tuning epochs of the chosen model.")
+flags.DEFINE_integer("calibration_size", None, "Images used to score filters.")
+flags.DEFINE_integer("seed", None, "Random seed.")
+_VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default: the teacher's, from its metrics.json).")
+_PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Fine-tuning progress display.")
+
+_FIELDS = {n: n for n in ("target_params_ratio", "target_flops_ratio", "max_accuracy_drop", "criterion", "attention_p",
+                          "allocation", "transfer", "steps", "step_epochs", "final_epochs", "calibration_size", "seed")}
+
+
+def main(argv):
+    flag_utils.reject_extra_args(argv)
+    from edgekt.prune import config as config_lib
+    from edgekt.prune import pruner
+
+    overrides = flag_utils.overrides_from_flags(_FIELDS)
+    for ratio in ("target_params_ratio", "target_flops_ratio"):
+        if overrides.get(ratio) == 0:
+            overrides[ratio] = None
+    config = config_lib.preset(_PRESET.value, **overrides)
+    teacher, info = pruner.load_teacher(_TEACHER.value)
+    teacher_config = info.get("config", {})
+    val_size = _VAL_SIZE.value if _VAL_SIZE.value is not None else teacher_config.get("val_size", 5000)
+    split_seed = teacher_config.get("seed", 0)
+    if not info:
+        logging.warning("no metrics.json beside %s: using val_size=%d, seed=%d; the validation images may overlap "
+                        "the teacher's training images", _TEACHER.value, val_size, split_seed)
+    flag_utils.log_config("prune", config, preset=_PRESET.value, teacher=_TEACHER.value, data=_DATA.value,
+                          out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed)
+    metrics = pruner.prune_and_finetune(teacher, _DATA.value, _OUT_DIR.value, config, val_size=val_size,
+                                        split_seed=split_seed, preset_name=_PRESET.value, teacher_path=_TEACHER.value,
+                                        verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
+    logging.info("wrote %s/pruned.keras: %.2f%% of parameters removed, test top-1 %s", _OUT_DIR.value,
+                 100 * metrics["params_removed_fraction"], metrics["test_accuracy"])
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,76 @@
+"""Small user-style Keras models for the pruning and export tests (not WRN)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def vgg_style(num_classes: int = 10) -> keras.Model:
+    """Conv-BN-ReLU blocks, max pooling, Flatten and a hidden Dense layer."""
+    inp = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0, name="scale")(inp)
+    for i, filters in enumerate((12, 16, 24)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(32, activation="relu", name="fc1")(x)
+    x = keras.layers.Dropout(0.2, name="drop")(x)
+    out = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inp, out, name="vgg_style")
+
+
+def mobilenet_style(num_classes: int = 10) -> keras.Model:
+    """Inverted residual blocks: expand 1x1 -> depthwise 3x3 -> project 1x1, with Add."""
+    inp = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale")(inp)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="stem")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    for i, (filters, stride) in enumerate(((16, 1), (24, 2), (24, 1))):
+        shortcut = x
+        y = keras.layers.Conv2D(filters * 3, 1, use_bias=False, name=f"b{i}_expand")(x)
+        y = keras.layers.BatchNormalization(name=f"b{i}_expand_bn")(y)
+        y = keras.layers.ReLU(6.0, name=f"b{i}_expand_relu")(y)
+        y = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"b{i}_dw")(y)
+        y = keras.layers.BatchNormalization(name=f"b{i}_dw_bn")(y)
+        y = keras.layers.ReLU(6.0, name=f"b{i}_dw_relu")(y)
+        y = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"b{i}_project")(y)
+        y = keras.layers.BatchNormalization(name=f"b{i}_project_bn")(y)
+        if stride == 1 and shortcut.shape[-1] == filters:
+            y = keras.layers.Add(name=f"b{i}_add")([shortcut, y])
+        x = y
+    x = keras.layers.SeparableConv2D(32, 3, padding="same", name="head_sep")(x)
+    x = keras.layers.Activation("relu", name="head_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inp, out, name="mobilenet_style")
+
+
+def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
+    """Gives every BN layer non-trivial parameters and statistics."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, v.shape) if "variance" in v.name or "gamma" in v.name
+                               else rng.normal(0, 0.2, v.shape) for v in layer.weights])
+
+
+def zero_channels(model: keras.Model, graph, group_id: int, channels) -> None:
+    """Makes `channels` of a group identically zero everywhere (producers' filters and biases,
+    BN scale/offset, depthwise kernels), so removing them must not change the output."""
+    group = graph.groups[group_id]
+    for name in group.producers + group.passthrough:
+        layer = model.get_layer(name)
+        cls = type(layer).__name__
+        values = []
+        for v in layer.weights:
+            a = np.array(v.numpy())
+            if cls == "DepthwiseConv2D" and v.name == "kernel":
+                a[:, :, channels, :] = 0
+            elif v.name in ("kernel", "pointwise_kernel", "bias", "gamma", "beta"):
+                a[..., channels] = 0
+            values.append(a)
+        layer.set_weights(values)

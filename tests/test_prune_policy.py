@@ -1,0 +1,163 @@
+"""Criteria (by hand), channel allocation under budgets, schedules, and the pruning binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from edgekt import data, flops, models
+from edgekt.prune import build_graph, criteria, schedule
+from edgekt.prune.allocation import CostModel, select_channels
+from edgekt.prune.config import PruneConfig, preset
+
+from conftest import CIFAR10_ARCHIVE, REPO_ROOT
+from prune_models import vgg_style
+
+
+def test_attention_is_mean_over_images_of_summed_powered_activations():
+    acts = np.zeros((2, 2, 2, 3))
+    acts[0, :, :, 0] = 1.0          # image 0: channel 0 all ones -> sum 4
+    acts[1, 0, 0, 1] = -3.0         # image 1: channel 1 one value -3 -> |.|^2 = 9
+    np.testing.assert_allclose(criteria.attention(acts, p=2), [2.0, 4.5, 0.0])
+    np.testing.assert_allclose(criteria.attention(acts, p=1), [2.0, 1.5, 0.0])
+
+
+def test_l1_norm_and_normalizations_by_hand():
+    kernel = np.array([[[[1.0, -2.0]], [[3.0, 0.0]]]])  # [1, 2, 1, 2]: filter 0 -> 4, filter 1 -> 2
+    np.testing.assert_allclose(criteria.l1_norm(kernel), [4.0, 2.0])
+    np.testing.assert_allclose(criteria.normalize(np.array([1.0, 3.0]), "mean"), [0.5, 1.5])
+    np.testing.assert_allclose(criteria.normalize(np.array([1.0, 3.0]), "max"), [1 / 3, 1.0])
+    np.testing.assert_allclose(criteria.normalize(np.array([3.0, 4.0]), "l2"), [0.6, 0.8])
+    with pytest.raises(ValueError, match="unknown normalization"):
+        criteria.normalize(np.ones(2), "zscore")
+
+
+def test_attention_importance_finds_a_dead_channel(small_cifar):
+    model = vgg_style()
+    graph = build_graph(model)
+    conv0 = next(g for g in graph.groups if "conv0" in g.producers)
+    layer = model.get_layer("conv0")
+    kernel, bias = layer.get_weights()
+    kernel[..., 5] = 0.0
+    bias[5] = -1.0
+    layer.set_weights([kernel, bias])
+    bn = model.get_layer("bn0")
+    gamma, beta, mean, var = bn.get_weights()
+    beta[5], mean[5] = -5.0, 0.0   # relu(bn(...)) of channel 5 is 0 on every image
+    bn.set_weights([gamma, beta, mean, var])
+    scores = criteria.importance(graph, "attention", small_cifar["train"].images)
+    assert scores[conv0.id][5] == 0.0 and scores[conv0.id].min() == 0.0
+    assert scores[conv0.id].mean() == pytest.approx(1.0)  # mean-normalised
+    l1 = criteria.importance(graph, "l1")
+    assert np.argmin(l1[conv0.id]) == 5
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_select_channels_meets_the_budget_and_keeps_the_best(allocation):
+    model = models.wrn(16, 2)
+    graph = build_graph(model)
+    cost = CostModel(graph)
+    params, fl = cost.count()
+    rng = np.random.default_rng(0)
+    scores = {g.id: rng.random(g.channels) for g in graph.prunable_groups()}
+    keep = select_channels(graph, scores, max_params=int(0.05 * params), min_channels=2, allocation=allocation)
+    kept_params, _ = cost.count({gid: len(k) for gid, k in keep.items()})
+    assert kept_params <= 0.05 * params
+    assert min(len(k) for k in keep.values()) >= 2
+    for gid, k in keep.items():  # the kept channels are the highest-scored of their group
+        if len(k) < len(scores[gid]):
+            assert scores[gid][k].min() >= np.delete(scores[gid], k).max()
+    keep_f = select_channels(graph, scores, max_flops=int(0.1 * fl), allocation=allocation)
+    assert cost.count({gid: len(k) for gid, k in keep_f.items()})[1] <= 0.1 * fl
+
+
+def test_select_channels_refuses_an_impossible_budget():
+    graph = build_graph(vgg_style())
+    scores = {g.id: np.ones(g.channels) for g in graph.prunable_groups()}
+    with pytest.raises(ValueError, match=r"cannot be met: with every group at its floor"):
+        select_channels(graph, scores, max_params=10, min_channels=2)
+
+
+def test_schedules():
+    np.testing.assert_allclose(schedule.geometric_ratios(0.05, 4), [0.05 ** 0.25, 0.05 ** 0.5, 0.05 ** 0.75, 0.05])
+    assert schedule.constant_rate_ratios(0.5, 3) == [0.5, 0.25, 0.125]
+    assert schedule.step_targets(1000, 500, target_params_ratio=None, target_flops_ratio=0.25, steps=2,
+                                 step_keep=0.5, max_steps=3) == [(None, 250), (None, 125)]
+    assert schedule.step_targets(1000, 500, target_params_ratio=None, target_flops_ratio=None, steps=2,
+                                 step_keep=0.5, max_steps=2) == [(500, None), (250, None)]
+
+
+def test_prune_config_checks():
+    with pytest.raises(ValueError, match=r"no policy given"):
+        PruneConfig(target_params_ratio=None)
+    with pytest.raises(ValueError, match=r"PruneConfig.criterion must be one of"):
+        PruneConfig(criterion="taylor")
+    assert preset("cpu", criterion="l1").criterion == "l1"
+
+
+def _run(args, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "pipelines.prune", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_teacher(tmp_path_factory, cifar):
+    """A WRN-10-1 teacher trained briefly by the cloud stage on real CIFAR-10."""
+    from edgekt import train
+
+    out = str(tmp_path_factory.mktemp("teacher"))
+    cfg = train.CloudTrainConfig(depth=10, width=1, epochs=2, batch_size=64, learning_rate=0.05, warmup_epochs=0.5,
+                                 train_size=4000, val_size=500, seed=0)
+    train.train_and_evaluate(cfg, cifar, out, verbose=0)
+    return os.path.join(out, "model.keras")
+
+
+def test_prune_binary_removes_filters_and_writes_its_outputs(smoke_teacher, tmp_path, cache_dir):
+    out = tmp_path / "pruned"
+    proc = _run([f"--teacher={smoke_teacher}", f"--data={CIFAR10_ARCHIVE}", f"--out_dir={out}", "--preset=smoke",
+                 "--target_params_ratio=0.25", "--steps=2", "--final_epochs=1"], {"EDGEKT_CACHE_DIR": cache_dir})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("params", "teacher_params", "params_removed_fraction", "flops", "teacher_flops", "test_accuracy",
+                "teacher_test_accuracy", "criterion"):
+        assert key in metrics
+    assert metrics["params_removed_fraction"] >= 0.75 and metrics["target_met"]
+    assert metrics["flops"] < metrics["teacher_flops"] and metrics["file_bytes"] < metrics["teacher_file_bytes"]
+    assert metrics["test_accuracy"] > 0.2
+    log = json.loads((out / "prune_log.json").read_text())["steps"]
+    assert [e["step"] for e in log] == [0, 1, 2] and log[0]["params"] == metrics["teacher_params"]
+    assert (out / "prune_log.csv").exists() and (out / "prune_plot.png").stat().st_size > 1000
+    pruned = keras.models.load_model(out / "pruned.keras")
+    assert flops.count_params(pruned) == metrics["params"]
+    spec = models.spec_from_model(pruned)
+    assert spec.stem < 16
+    # Reloaded model keeps its accuracy on the test folder.
+    test = data.load(CIFAR10_ARCHIVE, cache_dir=cache_dir)["test"]
+    from edgekt import evaluation
+
+    assert evaluation.evaluate(pruned, test.images, test.labels)["accuracy"] == pytest.approx(metrics["test_accuracy"],
+                                                                                                abs=1e-6)
+    # A second run finds everything done and returns the same result without training.
+    again = _run([f"--teacher={smoke_teacher}", f"--data={CIFAR10_ARCHIVE}", f"--out_dir={out}", "--preset=smoke",
+                  "--target_params_ratio=0.25", "--steps=2", "--final_epochs=1"], {"EDGEKT_CACHE_DIR": cache_dir})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["params"] == metrics["params"]
+
+
+def test_prune_binary_names_an_unsupported_layer(tmp_path):
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="c")(inp)
+    x = keras.layers.Conv2DTranspose(4, 3, name="up")(x)
+    out = keras.layers.Dense(10, name="logits")(keras.layers.GlobalAveragePooling2D()(x))
+    path = str(tmp_path / "user.keras")
+    keras.Model(inp, out).save(path)
+    proc = _run([f"--teacher={path}", f"--data={CIFAR10_ARCHIVE}", f"--out_dir={tmp_path / 'o'}"])
+    assert proc.returncode != 0
+    assert "layer 'up' (Conv2DTranspose) cannot be pruned" in proc.stderr
