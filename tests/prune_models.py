@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 
-def vgg_style(num_classes: int = 10) -> keras.Model:
+def vgg_style(num_classes: int = 10, dropout: float = 0.2) -> keras.Model:
     """Conv-BN-ReLU blocks, max pooling, Flatten and a hidden Dense layer."""
     inp = keras.Input((32, 32, 3), name="image")
     x = keras.layers.Rescaling(1 / 255.0, name="scale")(inp)
@@ -17,7 +17,7 @@ def vgg_style(num_classes: int = 10) -> keras.Model:
         x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(32, activation="relu", name="fc1")(x)
-    x = keras.layers.Dropout(0.2, name="drop")(x)
+    x = keras.layers.Dropout(dropout, name="drop")(x)
     out = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inp, out, name="vgg_style")
 

@@ -75,6 +75,8 @@ class DependencyGraph:
     input_group: dict[str, tuple[int, int]]   # layer -> (group id, features per channel) of its input
     output_group: dict[str, tuple[int, int]]  # layer -> (group id, features per channel) of its output
     layer_class: dict[str, str]
+    inputs: dict[str, list[str]]               # layer -> the layers feeding it, in call order
+    output_layer: str                          # the layer producing the model's output
 
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
@@ -285,4 +287,5 @@ def build_graph(model: keras.Model) -> DependencyGraph:
         if g.prunable and not g.producers:
             g.prunable, g.reason = False, "no layer creates these channels"
     return DependencyGraph(model=model, groups=groups, order=order, input_group=input_group,
-                           output_group=output_group, layer_class=classes)
+                           output_group=output_group, layer_class=classes,
+                           inputs={n: [src for src, _, _ in inbound[n]] for n in order}, output_layer=output_names[0])
