@@ -42,24 +42,27 @@ def convert_trainer(trainer: DeviceTrainer) -> bytes:
     return model
 
 
-def convert_inference(model: keras.Model, representative: np.ndarray | None, quantization: str = "int8") -> bytes:
-    """An inference-only model (input raw float pixels, output probabilities).
+def convert_inference(trainer: DeviceTrainer, representative: np.ndarray | None, quantization: str = "int8") -> bytes:
+    """An inference-only model of batch 1 (input raw float pixels, output probabilities),
+    with the trainer's current weights frozen in.
 
     Args:
-      model: the Keras model (raw-pixel input, logits output).
+      trainer: the device trainer (its plain tf.Variables freeze cleanly; Keras 3 variables
+        would stay unread resource variables in the flatbuffer).
       representative: calibration images for int8 (a few hundred suffice).
       quantization: "int8" (weights and activations int8, float input/output) or "float16"
         (float16 weights).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}. Received: {quantization!r}")
-    shape = tuple(model.input_shape[1:])
+    shape = trainer.input_shape
 
     @tf.function(input_signature=[tf.TensorSpec([1, *shape], tf.float32, name="x")])
     def infer(x):
-        return {"probabilities": tf.nn.softmax(model(x, training=False), axis=-1)}
+        logits, _ = trainer.forward(x, training=False)
+        return {"probabilities": tf.nn.softmax(logits, axis=-1)}
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([infer.get_concrete_function()], model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([infer.get_concrete_function()], trainer)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "int8":
         if representative is None or len(representative) == 0:
@@ -120,7 +123,7 @@ def export(model: keras.Model, out_dir: str, *, class_names, options: TrainerOpt
     os.makedirs(out_dir, exist_ok=True)
     atomic.write_bytes(os.path.join(out_dir, TRAINABLE_FILE), trainable)
     inference_file = f"model_{quantization}.tflite"
-    inference = convert_inference(model, representative, quantization)
+    inference = convert_inference(trainer, representative, quantization)
     atomic.write_bytes(os.path.join(out_dir, inference_file), inference)
     meta = {
         "format": "edgekt-device-model",

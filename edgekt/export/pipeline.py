@@ -1,0 +1,85 @@
+"""The export stage: a `.keras` file in, the device files and their measured accuracy out."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+
+from edgekt import atomic, data, evaluation, flops
+from edgekt.export import convert
+from edgekt.export import evaluate as export_eval
+from edgekt.export.device_trainer import TrainerOptions
+from edgekt.models import saving
+
+METRICS_FILE = "metrics.json"
+
+
+def _sidecar_class_names(model_path: str):
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "metrics.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f).get("class_names")
+    return None
+
+
+def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataSplits | None = None,
+                 class_names=None, new_class_names=(), quantization: str = "int8", calibration_size: int = 300,
+                 **trainer_options) -> dict:
+    """Exports `model_path` and measures what was exported.
+
+    Class names come from `class_names`, else the data, else the `metrics.json` beside the
+    model. With data, int8 calibration uses training images and accuracy is measured on the
+    test split (in TFLite).
+
+    Returns:
+      The metrics written to `out_dir/metrics.json`.
+    """
+    model = saving.load_model(model_path)
+    splits = None
+    if data_source is not None:
+        splits = data_source if isinstance(data_source, data.DataSplits) else data.load(data_source)
+    if class_names is None:
+        class_names = splits.class_names if splits is not None else _sidecar_class_names(model_path)
+    if class_names is None:
+        raise ValueError(f"no class names for {model_path}: pass class names or data, or keep the stage's metrics.json "
+                         "beside the model")
+    representative = None
+    if splits is not None and "train" in splits:
+        representative = data.stratified_subset(splits["train"], min(calibration_size, len(splits["train"].labels)),
+                                                seed=0).images
+    if quantization == "int8" and representative is None:
+        raise ValueError("int8 calibration needs training images: pass data, or use quantization='float16'")
+    options = TrainerOptions(**trainer_options)
+    meta = convert.export(model, out_dir, class_names=class_names, options=options, new_class_names=new_class_names,
+                          representative=representative, quantization=quantization)
+    trainable_path = os.path.join(out_dir, meta["trainable_model"])
+    inference_path = os.path.join(out_dir, meta["inference_model"])
+    cost = flops.model_cost(model)
+    metrics = {
+        "model": model_path,
+        "params": cost.params,
+        "flops": cost.flops,
+        "trainable_bytes": os.path.getsize(trainable_path),
+        "inference_bytes": os.path.getsize(inference_path),
+        "keras_bytes": os.path.getsize(model_path),
+        "inference_quantization": quantization,
+        "batch_size": options.batch_size,
+        "ops": meta["ops"],
+        "class_names": meta["class_names"],
+    }
+    if splits is not None and "test" in splits and not new_class_names:
+        test = splits["test"]
+        metrics["keras_test_accuracy"] = evaluation.evaluate(model, test.images, test.labels)["accuracy"]
+        metrics["trainable_test_accuracy"] = export_eval.trainable_model_metrics(trainable_path, test.images,
+                                                                                 test.labels)["accuracy"]
+        metrics["inference_test_accuracy"] = export_eval.inference_model_metrics(inference_path, test.images,
+                                                                                 test.labels)["accuracy"]
+        metrics["test_images"] = int(len(test.labels))
+    atomic.write_json(os.path.join(out_dir, METRICS_FILE), metrics)
+    logging.info("export: trainable %d B, %s %d B%s", metrics["trainable_bytes"], quantization,
+                 metrics["inference_bytes"],
+                 f", test top-1 keras {metrics['keras_test_accuracy']:.4f} / tflite {metrics['trainable_test_accuracy']:.4f}"
+                 f" / {quantization} {metrics['inference_test_accuracy']:.4f}" if "keras_test_accuracy" in metrics else "")
+    return metrics

@@ -1,0 +1,48 @@
+"""Export a Keras model to TFLite with on-device training signatures:
+`python -m pipelines.export_tflite --model=OUT/pruned.keras --out_dir=EXP [--data=...]`.
+
+Writes EXP/model_trainable.tflite (train, distill, infer, get_weights, set_weights; builtin
+ops only), EXP/model_int8.tflite (or model_float16.tflite), EXP/model_meta.json, and
+EXP/metrics.json (sizes, ops, and with --data the test accuracy of the Keras model and of
+both .tflite files measured in the TFLite interpreter).
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags, logging
+
+from pipelines import flag_utils
+
+_MODEL = flags.DEFINE_string("model", None, "The .keras model (raw-pixel input, logits output).", required=True)
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
+_DATA = flags.DEFINE_string("data", None, "Data for int8 calibration and test accuracy (folder/archive/tfds).")
+_CLASS_NAMES = flags.DEFINE_list("class_names", None, "Class names (default: from --data or the model's metrics.json).")
+_NEW_CLASSES = flags.DEFINE_list("new_classes", [], "Extra categories the device will learn (grows the classifier).")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Fixed batch size of the on-device signatures.")
+_TRAINABLE = flags.DEFINE_string("trainable", "all", "all | bn_classifier | classifier | last:N")
+_BN_MODE = flags.DEFINE_enum("bn_mode", "batch", ["batch", "frozen"], "BN statistics while training on the device.")
+_MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum on the device.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on the device.")
+_QUANT = flags.DEFINE_enum("quantization", "int8", ["int8", "float16"], "The inference-only model's format.")
+_CALIBRATION = flags.DEFINE_integer("calibration_size", 300, "Images for int8 calibration.")
+
+
+def main(argv):
+    flag_utils.reject_extra_args(argv)
+    from edgekt.export import pipeline
+
+    options = dict(batch_size=_BATCH.value, trainable=_TRAINABLE.value, bn_mode=_BN_MODE.value,
+                   momentum=_MOMENTUM.value, weight_decay=_WEIGHT_DECAY.value)
+    flag_utils.log_config("export_tflite", options, model=_MODEL.value, out_dir=_OUT_DIR.value, data=_DATA.value,
+                          quantization=_QUANT.value, new_classes=_NEW_CLASSES.value)
+    metrics = pipeline.export_model(_MODEL.value, _OUT_DIR.value, data_source=_DATA.value,
+                                    class_names=_CLASS_NAMES.value, new_class_names=_NEW_CLASSES.value,
+                                    quantization=_QUANT.value, calibration_size=_CALIBRATION.value, **options)
+    logging.info("wrote %s: %s", _OUT_DIR.value, json.dumps({k: metrics[k] for k in sorted(metrics)
+                                                               if k.endswith("accuracy") or k.endswith("bytes")}))
+
+
+if __name__ == "__main__":
+    app.run(main)
