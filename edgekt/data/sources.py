@@ -58,12 +58,12 @@ def load(source: str | os.PathLike, *, cache_dir: str | None = None, use_cache: 
             if not image_tree.is_archive(path):
                 raise DataError(f"{source}: not a supported archive; expected one of "
                                 f"{', '.join(image_tree.ARCHIVE_SUFFIXES)}")
-            reader = lambda: image_tree.read_image_tree(  # noqa: E731
+            reader = lambda: image_tree.read_splits(  # noqa: E731
                 image_tree.iter_archive(path), source, image_size=image_size, resize=resize)
         elif cifar_batches.is_cifar_batches_dir(path):
             reader = lambda: cifar_batches.read_cifar_batches(path)  # noqa: E731
         else:
-            reader = lambda: image_tree.read_image_tree(  # noqa: E731
+            reader = lambda: image_tree.read_splits(  # noqa: E731
                 image_tree.iter_directory(path), source, image_size=image_size, resize=resize)
         source_id = cache.fingerprint(path)
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from tflite_runtime_app.image_folder import DataError  # one error type for the app and the library
 
-
-class DataError(ValueError):
-    """A data source is missing, malformed or inconsistent; the message names the file."""
-
+__all__ = ["DataError", "DataSplits", "Split", "make_split"]
 
 class Split(NamedTuple):
     """One split of a data set.
