@@ -228,6 +228,7 @@ def _final_metrics(final, teacher, prepared, base, chosen, config, floor, batch,
     return {
         "preset": preset_name,
         "data": prepared.source,
+        "class_names": list(prepared.class_names),
         "teacher": teacher_path,
         "criterion": config.criterion,
         "allocation": config.allocation,

@@ -1,0 +1,220 @@
+"""The device app (`python -m tflite_runtime_app`): no TensorFlow, CLI results, input checks,
+checkpoint resume after SIGKILL, unseen-category learning from cloud soft labels."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+
+from edgekt import data, models
+from edgekt.export import TrainerOptions, export
+from edgekt.transfer import soft_labels
+
+from conftest import CIFAR10_ARCHIVE, REPO_ROOT, encode_png
+
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def device_model(tmp_path_factory, cifar):
+    """A WRN-10-1 trained for one short epoch on real images, exported for the device."""
+    keras.utils.set_random_seed(0)
+    model = models.wrn(10, 1)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    sub = data.stratified_subset(cifar["train"], 2000, seed=1)
+    model.fit(sub.images.astype(np.float32), sub.labels, batch_size=64, epochs=1, verbose=0)
+    out = tmp_path_factory.mktemp("device")
+    export(model, str(out), class_names=cifar.class_names, options=TrainerOptions(batch_size=BATCH),
+           quantization="float16")
+    return str(out / "model_trainable.tflite"), model
+
+
+@pytest.fixture(scope="module")
+def new_data(tmp_path_factory, cifar):
+    """200 labelled real training images as .npz."""
+    sub = data.stratified_subset(cifar["train"], 200, seed=7)
+    path = tmp_path_factory.mktemp("new") / "new.npz"
+    np.savez(path, images=sub.images, labels=sub.labels)
+    return str(path)
+
+
+def app(*args, python=sys.executable, env_extra=None, timeout=600):
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, **(env_extra or {})}
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['tflite_runtime_app'] + {list(args)!r}\n"
+            "try:\n    runpy.run_module('tflite_runtime_app', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'edgekt', 'tf_keras'})\n"
+            "print('IMPORTED:' + ','.join(heavy), file=sys.stderr)\n"
+            "sys.exit(code)\n")
+    return subprocess.run([python, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def last_json(proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "IMPORTED:\n" in proc.stderr or proc.stderr.rstrip().endswith("IMPORTED:"), "TensorFlow/Keras was imported"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_evaluate_prints_accuracy_json_without_tensorflow(device_model, cifar):
+    model_path, keras_model = device_model
+    result = last_json(app("evaluate", f"--model={model_path}", f"--data={CIFAR10_ARCHIVE}", "--quiet"))
+    assert result["n_images"] == 5000 and set(result["per_class"]) == set(cifar.class_names)
+    from edgekt import evaluation
+
+    expected = evaluation.evaluate(keras_model, cifar["test"].images, cifar["test"].labels)["accuracy"]
+    assert result["accuracy"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_info_and_predict(device_model, tmp_path, cifar):
+    model_path, _ = device_model
+    info = last_json(app("info", f"--model={model_path}", "--quiet"))
+    assert info["batch_size"] == BATCH and set(info["signatures"]) == {"train", "distill", "infer", "get_weights",
+                                                                        "set_weights"}
+    img = tmp_path / "ship.png"
+    img.write_bytes(encode_png(cifar["test"].images[-1]))
+    pred = last_json(app("predict", f"--model={model_path}", f"--images={img}", "--top_k=2"))
+    assert pred["n_images"] == 1 and len(pred["predictions"][0]["top"]) == 2
+
+
+def _weights(checkpoint_path):
+    with np.load(checkpoint_path) as z:
+        return {k: z[k] for k in z.files if k.startswith("w/")}, json.loads(str(z["__state__"]))
+
+
+def test_learn_killed_mid_checkpoint_resumes_to_the_same_result(device_model, new_data, tmp_path):
+    model_path, _ = device_model
+    common = [f"--model={model_path}", f"--data={new_data}", "--epochs=2", "--patience=5", "--checkpoint_every=3",
+              "--quiet", "--lr=0.005"]
+    reference = last_json(app("learn", *common, f"--checkpoint={tmp_path / 'ref.npz'}"))
+    assert reference["steps"] == 2 * reference["steps_per_epoch"]
+
+    ck = tmp_path / "killed.npz"
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "EDGEKT_APP_CHECKPOINT_WRITE_DELAY": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "tflite_runtime_app", "learn", *common, f"--checkpoint={ck}"],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    # Wait for the second checkpoint write to be in progress (the first one exists already).
+    while time.time() < deadline and not (ck.exists() and glob.glob(str(tmp_path / ".killed.npz.*.tmp"))):
+        time.sleep(0.05)
+    assert glob.glob(str(tmp_path / ".killed.npz.*.tmp")), "no checkpoint write was caught in progress"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    weights, state = _weights(ck)  # the last complete checkpoint is intact
+    assert 0 < state["global_step"] < reference["steps"]
+    for tmp in glob.glob(str(tmp_path / ".killed.npz.*.tmp")):
+        os.remove(tmp)  # what a killed writer leaves behind; a later save uses a new name anyway
+    resumed = last_json(app("learn", *common, f"--checkpoint={ck}"))
+    assert resumed["steps"] == reference["steps"] and resumed["epochs"] == reference["epochs"]
+    ref_w, _ = _weights(tmp_path / "ref.npz")
+    got_w, _ = _weights(ck)
+    for k in ref_w:
+        np.testing.assert_allclose(got_w[k], ref_w[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert [h["val"] for h in resumed["history"]] == [h["val"] for h in reference["history"]]
+
+
+def test_corrupt_or_foreign_checkpoint_is_refused_and_kept(device_model, new_data, tmp_path):
+    model_path, _ = device_model
+    ck = tmp_path / "ck.npz"
+    ck.write_bytes(b"not a checkpoint")
+    proc = app("learn", f"--model={model_path}", f"--data={new_data}", f"--checkpoint={ck}", "--epochs=1")
+    assert proc.returncode == 2 and "corrupt or unreadable checkpoint" in proc.stderr
+    assert ck.read_bytes() == b"not a checkpoint"
+    np.savez(ck, **{"w/other": np.zeros(3), "__state__": np.asarray("{}")})
+    proc = app("learn", f"--model={model_path}", f"--data={new_data}", f"--checkpoint={ck}", "--epochs=1")
+    assert proc.returncode == 2 and "belongs to another model" in proc.stderr
+
+
+def test_bad_inputs_get_clear_errors(device_model, tmp_path, cifar):
+    model_path, _ = device_model
+    base = ["evaluate", f"--model={model_path}"]
+    folder = tmp_path / "imgs"
+    for cls, idx in (("cat", 3), ("ship", 8)):
+        (folder / cls).mkdir(parents=True)
+        for i, j in enumerate(np.flatnonzero(cifar["test"].labels == idx)[:3]):
+            (folder / cls / f"{i}.png").write_bytes(encode_png(cifar["test"].images[j]))
+    ok = last_json(app(*base, f"--data={folder}"))
+    assert ok["n_images"] == 6
+    (folder / "cat" / "notes.txt").write_text("hello")
+    proc = app(*base, f"--data={folder}")
+    assert proc.returncode == 2 and "cat/notes.txt: not a readable image file" in proc.stderr
+    assert last_json(app(*base, f"--data={folder}", "--skip_bad_files"))["n_images"] == 6
+    os.remove(folder / "cat" / "notes.txt")
+    (folder / "unicorn").mkdir()
+    (folder / "unicorn" / "0.png").write_bytes(encode_png(cifar["test"].images[0]))
+    proc = app(*base, f"--data={folder}")
+    assert proc.returncode == 2 and "['unicorn'] are not among the model's classes" in proc.stderr
+    big = tmp_path / "big.npz"
+    np.savez(big, images=np.zeros((2, 40, 40, 3), np.uint8), labels=np.array([0, 1]))
+    proc = app(*base, f"--data={big}")
+    assert proc.returncode == 2 and "images are 40x40, the model takes 32x32; pass --resize" in proc.stderr
+    assert last_json(app(*base, f"--data={big}", "--resize"))["n_images"] == 2
+    nan = tmp_path / "nan.npz"
+    bad = np.zeros((3, 32, 32, 3), np.float32)
+    bad[1, 0, 0, 0] = np.nan
+    np.savez(nan, images=bad, labels=np.array([0, 1, 2]))
+    proc = app(*base, f"--data={nan}")
+    assert proc.returncode == 2 and "1 images contain NaN or inf (first: index 1)" in proc.stderr
+    empty = tmp_path / "empty"
+    (empty / "cat").mkdir(parents=True)
+    proc = app(*base, f"--data={empty}")
+    assert proc.returncode == 2 and "class folder is empty" in proc.stderr
+    labels_out = tmp_path / "labels.npz"
+    np.savez(labels_out, images=np.zeros((2, 32, 32, 3), np.uint8), labels=np.array([0, 12]))
+    proc = app(*base, f"--data={labels_out}")
+    assert proc.returncode == 2 and "label 12 is outside the model's 10 classes" in proc.stderr
+
+
+def test_learn_unseen_from_cloud_soft_labels_file_and_server(device_model, tmp_path, cifar):
+    model_path, keras_model = device_model
+    images = data.stratified_subset(cifar["train"], 100, seed=3).images
+    soft_path = str(tmp_path / "soft.npz")
+    soft_labels.write_soft_labels(keras_model, images, cifar.class_names, soft_path, temperature=4.0)
+    result = last_json(app("learn-unseen", f"--model={model_path}", f"--soft_labels={soft_path}",
+                           f"--checkpoint={tmp_path / 'u.npz'}", "--epochs=1", "--quiet"))
+    assert result["steps"] == result["steps_per_epoch"] and result["temperature"] == 4.0
+    assert result["initial_val"] == 1.0  # the device starts as the cloud model here: full agreement
+
+    server = soft_labels.make_server(keras_model, cifar.class_names, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        body = io.BytesIO()
+        np.savez(body, images=images[:5])
+        url = f"http://127.0.0.1:{server.server_address[1]}/soft_labels?temperature=2"
+        with urllib.request.urlopen(urllib.request.Request(url, data=body.getvalue(), method="POST")) as r:
+            reply = np.load(io.BytesIO(r.read()))
+            assert reply["soft_targets"].shape == (5, 10) and float(reply["temperature"]) == 2.0
+            np.testing.assert_allclose(reply["soft_targets"].sum(axis=1), 1.0, rtol=1e-5)
+        bad = io.BytesIO()
+        np.savez(bad, images=np.zeros((1, 8, 8, 3), np.uint8))
+        with pytest.raises(urllib.error.HTTPError, match="400"):
+            urllib.request.urlopen(urllib.request.Request(url, data=bad.getvalue(), method="POST"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.server_address[0] == "127.0.0.1"
+
+
+def test_app_runs_under_tflite_runtime_214(device_model):
+    python = os.environ.get("EDGEKT_TFLITE_RUNTIME_PYTHON",
+                            os.path.join(REPO_ROOT, ".venv-tflite-runtime", "bin", "python"))
+    if not os.path.exists(python):
+        pytest.skip(f"no tflite-runtime venv at {python} (.ci/run creates it)")
+    model_path, _ = device_model
+    result = last_json(app("info", f"--model={model_path}", "--quiet", python=python))
+    assert result["runtime"] == "tflite_runtime"
