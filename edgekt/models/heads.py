@@ -1,0 +1,52 @@
+"""Classifier heads: keep a subset of a model's outputs (e.g. the classes a device starts with)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from edgekt.prune.graph import build_graph
+
+
+def select_outputs(model: keras.Model, indices: Sequence[int]) -> keras.Model:
+    """A new model whose classifier (the last Dense layer) keeps only `indices` of its outputs,
+    in that order, with the matching kernel columns and biases. The caller's model is unchanged.
+
+    Raises:
+      ValueError: no Dense classifier, or an index out of range.
+    """
+    graph = build_graph(model)
+    dense = [n for n in graph.order if graph.layer_class[n] == "Dense"]
+    if not dense:
+        raise ValueError(f"model {model.name!r} has no Dense classifier")
+    head = dense[-1]
+    units = int(graph.model.get_layer(head).units)
+    idx = np.asarray(list(indices), dtype=np.int64)
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= units:
+        raise ValueError(f"output indices must be in 0..{units - 1}. Received: {list(indices)}")
+    config = copy.deepcopy(graph.model.get_config())
+    for layer_config in config["layers"]:
+        layer_config.pop("build_config", None)
+        if layer_config["name"] == head:
+            layer_config["config"]["units"] = int(idx.size)
+    new = keras.Model.from_config(config)
+    for layer in graph.model.layers:
+        if not layer.weights:
+            continue
+        values = [np.asarray(v.numpy()) for v in layer.weights]
+        if layer.name == head:
+            values = [v[:, idx] if v.ndim == 2 else v[idx] for v in values]
+        new.get_layer(layer.name).set_weights(values)
+    return new
+
+
+def reinitialized(model: keras.Model, seed: int = 0) -> keras.Model:
+    """The same architecture with fresh initial weights (the from-scratch baseline)."""
+    keras.utils.set_random_seed(seed)
+    config = copy.deepcopy(model.get_config())
+    for layer_config in config["layers"]:
+        layer_config.pop("build_config", None)
+    return type(model).from_config(config)

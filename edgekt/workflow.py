@@ -1,0 +1,182 @@
+"""The end-to-end workflow: cloud model -> prune -> export -> on-device transfer experiments
+(-> baseline -> report), each stage cached in a manifest keyed by a hash of its inputs.
+
+A stage whose inputs (flags, preset, upstream files, data) are unchanged and whose outputs
+exist is skipped; the cloud and pruning stages also resume inside themselves, so a run
+killed mid-stage continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+from absl import logging
+
+from edgekt import atomic, data
+from edgekt.data import cache as data_cache
+
+MANIFEST = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowPreset:
+    """The presets of every stage that a workflow preset combines."""
+
+    cloud: str
+    prune: str
+    experiment: str
+    export_batch_size: int = 32
+
+
+PRESETS = {
+    "smoke": WorkflowPreset(cloud="smoke", prune="smoke", experiment="smoke", export_batch_size=16),
+    "cpu": WorkflowPreset(cloud="cpu", prune="cpu", experiment="cpu"),
+    "paper": WorkflowPreset(cloud="paper", prune="paper", experiment="paper"),
+}
+
+
+def file_hash(path: str) -> str:
+    """sha256 of a file's bytes (or of a folder's names, sizes and mtimes)."""
+    if os.path.isdir(path):
+        return hashlib.sha256(json.dumps(data_cache.fingerprint(path)).encode()).hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_identity(source: str) -> str:
+    """What identifies a data source: tfds name, or the fingerprint of the file/folder."""
+    if source.startswith("tfds"):
+        return source
+    return hashlib.sha256(json.dumps(data_cache.fingerprint(source)).encode()).hexdigest()
+
+
+class Manifest:
+    """Per-stage input hashes and outputs, in `out_dir/manifest.json` (written atomically)."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, MANIFEST)
+        self.entries: dict = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.entries = json.load(f)
+
+    def run(self, name: str, inputs: dict, outputs: list[str], fn: Callable[[], dict | None]) -> dict:
+        """Runs `fn` unless the stage's inputs are unchanged and its outputs exist."""
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        entry = self.entries.get(name)
+        if entry and entry.get("key") == key and all(os.path.exists(p) for p in outputs):
+            logging.info("stage %s: cached (inputs unchanged)", name)
+            return entry.get("result") or {}
+        logging.info("stage %s: running", name)
+        start = time.perf_counter()
+        result = fn() or {}
+        self.entries[name] = {"key": key, "inputs": inputs, "outputs": outputs, "result": result,
+                              "seconds": time.perf_counter() - start}
+        atomic.write_json(self.path, self.entries)
+        return result
+
+
+def _load_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None = None,
+        pruned_path: str | None = None, stages: tuple[str, ...] = ("cloud", "prune", "export", "transfer"),
+        device_python: str = sys.executable, threads: int = 1) -> dict:
+    """Runs the workflow's stages for a preset; returns each stage's result by name.
+
+    Args:
+      preset_name: "smoke", "cpu" or "paper".
+      source: the data source.
+      out_dir: where every stage writes (cloud/, prune/, export/, transfer/).
+      teacher_path: use this cloud model instead of training one.
+      pruned_path: use this pruned model instead of pruning.
+      stages: which stages to run, in order.
+      device_python: the Python that runs the device app (e.g. a tflite-runtime venv).
+      threads: interpreter threads on the device.
+    """
+    from edgekt import train
+    from edgekt.models import saving
+    from edgekt.prune import config as prune_config
+    from edgekt.prune import pruner
+    from edgekt.transfer import experiments
+
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown preset; expected one of {sorted(PRESETS)}. Received: {preset_name!r}")
+    preset = PRESETS[preset_name]
+    os.makedirs(out_dir, exist_ok=True)
+    manifest = Manifest(out_dir)
+    data_id = data_identity(source)
+    results: dict = {}
+    splits_cache: dict = {}
+
+    def splits():
+        if "s" not in splits_cache:
+            splits_cache["s"] = data.load(source)
+        return splits_cache["s"]
+
+    cloud_dir = os.path.join(out_dir, "cloud")
+    given_teacher, given_pruned = teacher_path is not None, pruned_path is not None
+    teacher_path = teacher_path or os.path.join(cloud_dir, "model.keras")
+    if "cloud" in stages and not given_teacher:
+        cfg = train.preset(preset.cloud)
+        results["cloud"] = manifest.run(
+            "cloud", {"config": dataclasses.asdict(cfg), "data": data_id},
+            [teacher_path, os.path.join(cloud_dir, "metrics.json")],
+            lambda: train.train_and_evaluate(cfg, splits(), cloud_dir, preset_name=preset.cloud, verbose=2))
+    teacher_metrics = os.path.join(os.path.dirname(os.path.abspath(teacher_path)), "metrics.json")
+    teacher_info = _load_json(teacher_metrics) if os.path.exists(teacher_metrics) else {}
+    val_size = teacher_info.get("config", {}).get("val_size", 5000)
+    split_seed = teacher_info.get("config", {}).get("seed", 0)
+
+    prune_dir = os.path.join(out_dir, "prune")
+    pruned_path = pruned_path or os.path.join(prune_dir, "pruned.keras")
+    if "prune" in stages and not given_pruned:
+        pcfg = prune_config.preset(preset.prune)
+
+        def do_prune():
+            teacher, _ = pruner.load_teacher(teacher_path)
+            return pruner.prune_and_finetune(teacher, splits(), prune_dir, pcfg, val_size=val_size,
+                                             split_seed=split_seed, preset_name=preset.prune,
+                                             teacher_path=teacher_path)
+
+        results["prune"] = manifest.run(
+            "prune", {"config": dataclasses.asdict(pcfg), "data": data_id, "teacher": file_hash(teacher_path)},
+            [pruned_path, os.path.join(prune_dir, "metrics.json")], do_prune)
+
+    export_dir = os.path.join(out_dir, "export")
+    if "export" in stages:
+        from edgekt.export import pipeline as export_pipeline
+
+        results["export"] = manifest.run(
+            "export", {"model": file_hash(pruned_path), "data": data_id, "batch": preset.export_batch_size},
+            [os.path.join(export_dir, "model_trainable.tflite"), os.path.join(export_dir, "metrics.json")],
+            lambda: export_pipeline.export_model(pruned_path, export_dir, data_source=splits(),
+                                                 batch_size=preset.export_batch_size))
+
+    transfer_dir = os.path.join(out_dir, "transfer")
+    if "transfer" in stages:
+        ecfg = dataclasses.replace(experiments.PRESETS[preset.experiment], threads=threads)
+
+        def do_transfer():
+            return experiments.run_protocol(saving.load_model(teacher_path), saving.load_model(pruned_path), splits(),
+                                            transfer_dir, ecfg, val_size=val_size, split_seed=split_seed,
+                                            device_python=device_python)
+
+        results["transfer"] = manifest.run(
+            "transfer", {"config": dataclasses.asdict(ecfg), "data": data_id, "teacher": file_hash(teacher_path),
+                         "pruned": file_hash(pruned_path), "device_python": device_python},
+            [os.path.join(transfer_dir, "results.json")], do_transfer)
+    results["paths"] = {"teacher": teacher_path, "pruned": pruned_path, "export": export_dir,
+                        "transfer": transfer_dir, "out_dir": out_dir}
+    return results

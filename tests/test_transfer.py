@@ -1,0 +1,93 @@
+"""Knowledge-transfer losses against hand-computed values, the distiller, and a smoke run of
+the on-device protocol on real images."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from edgekt import data, models
+from edgekt.models import heads
+from edgekt.prune import build_graph, prune_model
+from edgekt.transfer import TransferConfig, losses
+from edgekt.transfer.experiments import ExperimentConfig, run_protocol
+
+
+def test_cross_entropy_by_hand():
+    logits = np.array([[0.0, math.log(3.0)]], np.float32)      # softmax = [0.25, 0.75]
+    targets = np.array([[0.0, 1.0]], np.float32)
+    assert float(losses.cross_entropy(targets, logits)[0]) == pytest.approx(-math.log(0.75), rel=1e-6)
+    # Label smoothing 0.2 over 2 classes: targets [0.1, 0.9].
+    expected = -(0.1 * math.log(0.25) + 0.9 * math.log(0.75))
+    assert float(losses.cross_entropy(targets, logits, 0.2)[0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_loss_by_hand():
+    s = np.array([[0.0, 0.0]], np.float32)                      # student at T=2: [0.5, 0.5]
+    t = np.array([[0.0, 2 * math.log(3.0)]], np.float32)        # teacher at T=2: [0.25, 0.75]
+    kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert float(losses.kd_loss(s, t, temperature=2.0)[0]) == pytest.approx(4.0 * kl, rel=1e-5)
+    assert float(losses.kd_loss(t, t, temperature=2.0)[0]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_soft_target_loss_by_hand():
+    s = np.array([[0.0, math.log(3.0)]], np.float32)
+    soft = np.array([[0.5, 0.5]], np.float32)
+    expected = -(0.5 * math.log(0.25) + 0.5 * math.log(0.75))
+    assert float(losses.soft_target_loss(s, soft, temperature=1.0)[0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_attention_transfer_by_hand():
+    a = np.zeros((1, 2, 2, 2), np.float32)
+    a[0, 0, 0, :] = 1.0                                          # attention map [1, 0, 0, 0] after normalising
+    b = np.zeros((1, 2, 2, 3), np.float32)
+    b[0, 1, 1, :] = 2.0                                          # [0, 0, 0, 1]
+    np.testing.assert_allclose(np.asarray(losses.attention_map(a)), [[1, 0, 0, 0]], atol=1e-6)
+    assert float(losses.attention_transfer_loss(a, b)[0]) == pytest.approx(2.0 / 4.0, rel=1e-6)
+    assert float(losses.attention_transfer_loss(a, a)[0]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_transfer_config_checks():
+    with pytest.raises(ValueError, match="at least one loss term"):
+        TransferConfig(ce_weight=0, kd_weight=0, at_weight=0)
+    assert not TransferConfig.labels_only().uses_teacher
+
+
+def test_select_outputs_keeps_chosen_logits():
+    model = models.wrn(10, 1)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    sub = heads.select_outputs(model, [4, 0, 2])
+    np.testing.assert_allclose(np.asarray(sub(x)), np.asarray(model(x))[:, [4, 0, 2]], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"output indices must be in 0..9"):
+        heads.select_outputs(model, [10])
+
+
+def test_protocol_smoke_runs_end_to_end_on_real_images(cifar, tmp_path):
+    keras.utils.set_random_seed(0)
+    teacher = models.wrn(10, 1)
+    teacher.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    sub = data.stratified_subset(cifar["train"], 3000, seed=0)
+    teacher.fit(sub.images.astype(np.float32), sub.labels, batch_size=64, epochs=1, verbose=0)
+    graph = build_graph(teacher)
+    pruned = prune_model(teacher, {g.id: np.arange(max(2, g.channels // 2)) for g in graph.prunable_groups()}, graph)
+    cfg = ExperimentConfig(base_epochs=1, base_train_size=500, new_per_class=16, unseen_per_class=16,
+                           replay_per_class=4, device_epochs=1, device_patience=1, device_batch_size=16)
+    results = run_protocol(teacher, pruned, cifar, str(tmp_path), cfg, val_size=1000)
+    for key in ("old_accuracy_before", "old_accuracy_after", "new_accuracy_after", "unseen_accuracy",
+                "time_to_converge_seconds", "baseline_finetune"):
+        assert key in results
+    for key in ("old_accuracy_before", "old_accuracy_after", "new_accuracy_after", "time_to_converge_seconds"):
+        assert key in results["baseline_finetune"]
+    assert results["new_accuracy_after"] is not None and 0 <= results["unseen_accuracy"] <= 1
+    assert results["time_to_converge_seconds"] >= 0 and results["data_sizes"]["new_labelled"] == 48
+    assert [u["update"] for u in results["updates"]] == ["base", "incremental", "unseen"]
+    assert json.loads((tmp_path / "results.json").read_text())["device_classes"][:5] == list(cfg.old_classes)
+    assert "| knowledge transfer (ours) |" in (tmp_path / "results.md").read_text()
+    for png in ("accuracy_per_update.png", "loss_vs_time.png"):
+        assert (tmp_path / png).stat().st_size > 1000
