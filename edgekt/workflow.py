@@ -26,17 +26,28 @@ MANIFEST = "manifest.json"
 
 @dataclasses.dataclass(frozen=True)
 class WorkflowPreset:
-    """The presets of every stage that a workflow preset combines."""
+    """The presets of every stage that a workflow preset combines, with field overrides that
+    fit the whole chain into the preset's time (e.g. `cpu`: under 90 minutes on 2 cores).
+
+    The tfmot baseline is fine-tuned for as many epochs as the pruning stage fine-tunes
+    (steps x step_epochs + final_epochs): the same budget.
+    """
 
     cloud: str
     prune: str
     experiment: str
+    cloud_overrides: tuple = ()
+    prune_overrides: tuple = ()
     export_batch_size: int = 32
+    baseline_train_size: int | None = None
+    baseline_batch_size: int = 128
 
 
 PRESETS = {
-    "smoke": WorkflowPreset(cloud="smoke", prune="smoke", experiment="smoke", export_batch_size=16),
-    "cpu": WorkflowPreset(cloud="cpu", prune="cpu", experiment="cpu"),
+    "smoke": WorkflowPreset(cloud="smoke", prune="smoke", experiment="smoke", export_batch_size=16,
+                            baseline_train_size=5000, baseline_batch_size=64),
+    "cpu": WorkflowPreset(cloud="cpu", prune="cpu", experiment="cpu", cloud_overrides=(("epochs", 15),),
+                          prune_overrides=(("step_epochs", 1), ("final_epochs", 6))),
     "paper": WorkflowPreset(cloud="paper", prune="paper", experiment="paper"),
 }
 
@@ -129,7 +140,7 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
     given_teacher, given_pruned = teacher_path is not None, pruned_path is not None
     teacher_path = teacher_path or os.path.join(cloud_dir, "model.keras")
     if "cloud" in stages and not given_teacher:
-        cfg = train.preset(preset.cloud)
+        cfg = train.preset(preset.cloud, **dict(preset.cloud_overrides))
         results["cloud"] = manifest.run(
             "cloud", {"config": dataclasses.asdict(cfg), "data": data_id},
             [teacher_path, os.path.join(cloud_dir, "metrics.json")],
@@ -142,7 +153,7 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
     prune_dir = os.path.join(out_dir, "prune")
     pruned_path = pruned_path or os.path.join(prune_dir, "pruned.keras")
     if "prune" in stages and not given_pruned:
-        pcfg = prune_config.preset(preset.prune)
+        pcfg = prune_config.preset(preset.prune, **dict(preset.prune_overrides))
 
         def do_prune():
             teacher, _ = pruner.load_teacher(teacher_path)
@@ -177,6 +188,33 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
             "transfer", {"config": dataclasses.asdict(ecfg), "data": data_id, "teacher": file_hash(teacher_path),
                          "pruned": file_hash(pruned_path), "device_python": device_python},
             [os.path.join(transfer_dir, "results.json")], do_transfer)
+    baseline_dir = os.path.join(out_dir, "baseline")
+    if "baseline" in stages:
+        from edgekt.baselines import tfmot_magnitude
+        from edgekt.flops import count_params
+
+        pcfg = prune_config.preset(preset.prune, **dict(preset.prune_overrides))
+        bcfg = tfmot_magnitude.MagnitudeConfig(epochs=pcfg.steps * pcfg.step_epochs + pcfg.final_epochs,
+                                               batch_size=preset.baseline_batch_size,
+                                               train_size=preset.baseline_train_size,
+                                               precision=pcfg.precision)
+
+        def do_baseline():
+            pruned = saving.load_model(pruned_path)
+            ours = tfmot_magnitude.measure_ours(pruned)
+            atomic.write_json(os.path.join(baseline_dir, "ours.json"), ours)
+            return tfmot_magnitude.run(saving.load_model(teacher_path), count_params(pruned), splits(), baseline_dir,
+                                       bcfg, val_size=val_size, split_seed=split_seed)
+
+        os.makedirs(baseline_dir, exist_ok=True)
+        results["baseline"] = manifest.run(
+            "baseline", {"config": dataclasses.asdict(bcfg), "data": data_id, "teacher": file_hash(teacher_path),
+                         "pruned": file_hash(pruned_path)},
+            [os.path.join(baseline_dir, "metrics.json"), os.path.join(baseline_dir, "ours.json")], do_baseline)
+    if "report" in stages:
+        from edgekt import report
+
+        results["report"] = report.write(out_dir, preset_name)
     results["paths"] = {"teacher": teacher_path, "pruned": pruned_path, "export": export_dir,
                         "transfer": transfer_dir, "out_dir": out_dir}
     return results

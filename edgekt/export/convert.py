@@ -18,7 +18,7 @@ from edgekt.export.device_trainer import SIGNATURE_VERSION, DeviceTrainer, Train
 
 TRAINABLE_FILE = "model_trainable.tflite"
 META_FILE = "model_meta.json"
-QUANTIZATIONS = ("int8", "float16")
+QUANTIZATIONS = ("int8", "float16", "float32")
 
 
 def convert_trainer(trainer: DeviceTrainer) -> bytes:
@@ -50,8 +50,8 @@ def convert_inference(trainer: DeviceTrainer, representative: np.ndarray | None,
       trainer: the device trainer (its plain tf.Variables freeze cleanly; Keras 3 variables
         would stay unread resource variables in the flatbuffer).
       representative: calibration images for int8 (a few hundred suffice).
-      quantization: "int8" (weights and activations int8, float input/output) or "float16"
-        (float16 weights).
+      quantization: "int8" (weights and activations int8, float input/output), "float16"
+        (float16 weights) or "float32" (no quantization).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}. Received: {quantization!r}")
@@ -74,8 +74,11 @@ def convert_inference(trainer: DeviceTrainer, representative: np.ndarray | None,
 
         converter.representative_dataset = gen
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    else:
+    elif quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    else:
+        converter.optimizations = []
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     tflite = converter.convert()
     op_check.check_builtin_only(tflite, f"model_{quantization}.tflite")

@@ -24,6 +24,34 @@ def _sidecar_class_names(model_path: str):
     return None
 
 
+def device_step_times(trainable_path: str, repeats: int = 10, threads: int = 1) -> dict:
+    """Median wall times of one `train` step and one `infer` batch in the TFLite interpreter."""
+    import time
+
+    import numpy as np
+    from tflite_runtime_app.runner import DeviceModel
+
+    model = DeviceModel(trainable_path, num_threads=threads)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (model.batch_size, *model.input_shape)).astype(np.float32)
+    y = rng.integers(0, model.num_classes, model.batch_size)
+    weights = model.get_weights()
+
+    def median(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times) * 1000)
+
+    out = {"train_step_ms": median(lambda: model.train_batch(x, y, 1e-4)),
+           "infer_batch_ms": median(lambda: model.logits(x)), "timing_threads": threads}
+    model.set_weights(weights)
+    return out
+
+
 def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataSplits | None = None,
                  class_names=None, new_class_names=(), quantization: str = "int8", calibration_size: int = 300,
                  **trainer_options) -> dict:
@@ -69,6 +97,7 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
         "ops": meta["ops"],
         "class_names": meta["class_names"],
     }
+    metrics.update(device_step_times(trainable_path))
     if splits is not None and "test" in splits and not new_class_names:
         test = splits["test"]
         metrics["keras_test_accuracy"] = evaluation.evaluate(model, test.images, test.labels)["accuracy"]

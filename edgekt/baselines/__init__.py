@@ -1,0 +1,1 @@
+"""Baselines edgekt measures itself against (kept apart from the library proper)."""

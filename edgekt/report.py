@@ -1,0 +1,201 @@
+"""The end-to-end report: report.md, a self-contained report.html (plots inlined), summary.json
+and PNG plots, from the outputs of every stage of a workflow run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+
+from edgekt import atomic
+
+
+def _load(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def _int(v) -> str:
+    return "–" if v is None else f"{int(v):,}"
+
+
+def _kib(v) -> str:
+    return "–" if v is None else f"{v / 1024:.1f} KiB"
+
+
+def _ms(v) -> str:
+    return "–" if v is None else f"{v:.2f} ms"
+
+
+def summarize(out_dir: str) -> dict:
+    """Collects the headline figures of a workflow run from its stage folders."""
+    cloud = _load(os.path.join(out_dir, "cloud", "metrics.json"))
+    prune = _load(os.path.join(out_dir, "prune", "metrics.json"))
+    export = _load(os.path.join(out_dir, "export", "metrics.json"))
+    transfer = _load(os.path.join(out_dir, "transfer", "results.json"))
+    baseline = _load(os.path.join(out_dir, "baseline", "metrics.json"))
+    ours_tflite = _load(os.path.join(out_dir, "baseline", "ours.json"))
+    return {
+        "teacher": {"params": prune.get("teacher_params") or cloud.get("params"),
+                    "flops": prune.get("teacher_flops") or cloud.get("flops"),
+                    "test_accuracy": prune.get("teacher_test_accuracy") or cloud.get("test_accuracy"),
+                    "architecture": cloud.get("architecture"), "keras_bytes": prune.get("teacher_file_bytes"),
+                    "train_seconds": cloud.get("wall_seconds")},
+        "pruned": {"params": prune.get("params"), "flops": prune.get("flops"),
+                   "params_removed_fraction": prune.get("params_removed_fraction"),
+                   "flops_removed_fraction": prune.get("flops_removed_fraction"),
+                   "test_accuracy": prune.get("test_accuracy"), "keras_bytes": prune.get("file_bytes"),
+                   "criterion": prune.get("criterion"), "tflite_float32_bytes": ours_tflite.get("tflite_bytes"),
+                   "tflite_float32_latency_ms": ours_tflite.get("tflite_latency_ms"),
+                   "seconds": prune.get("wall_seconds")},
+        "device": {"trainable_bytes": export.get("trainable_bytes"), "inference_bytes": export.get("inference_bytes"),
+                   "inference_quantization": export.get("inference_quantization"),
+                   "trainable_test_accuracy": export.get("trainable_test_accuracy"),
+                   "inference_test_accuracy": export.get("inference_test_accuracy"),
+                   "train_step_ms": export.get("train_step_ms"), "infer_batch_ms": export.get("infer_batch_ms"),
+                   "batch_size": export.get("batch_size")},
+        "transfer": {k: transfer.get(k) for k in ("old_accuracy_before", "old_accuracy_after", "new_accuracy_after",
+                                                  "unseen_accuracy", "all_accuracy_after", "time_to_converge_seconds",
+                                                  "unseen_time_to_converge_seconds")},
+        "baseline_finetune": {k: transfer.get("baseline_finetune", {}).get(k)
+                              for k in ("old_accuracy_after", "new_accuracy_after", "time_to_converge_seconds")},
+        "baseline_scratch": {k: transfer.get("baseline_scratch", {}).get(k)
+                             for k in ("old_accuracy_after", "new_accuracy_after", "time_to_converge_seconds")},
+        "tfmot": {k: baseline.get(k) for k in ("nonzero_params", "stored_params", "test_accuracy", "tflite_bytes",
+                                               "tflite_gzip_bytes", "tflite_latency_ms", "epochs")},
+    }
+
+
+def markdown(summary: dict, preset: str | None) -> str:
+    t, p, d, tr, tm = summary["teacher"], summary["pruned"], summary["device"], summary["transfer"], summary["tfmot"]
+    ft, sc = summary["baseline_finetune"], summary["baseline_scratch"]
+    lines = [
+        f"# edgekt report{f' ({preset} preset)' if preset else ''}",
+        "",
+        f"Cloud model {t.get('architecture') or ''} pruned with the {p.get('criterion')} criterion: "
+        f"**{_pct(p.get('params_removed_fraction'))} of parameters and {_pct(p.get('flops_removed_fraction'))} of "
+        f"FLOPs removed**, test top-1 {_pct(t.get('test_accuracy'))} -> {_pct(p.get('test_accuracy'))}.",
+        "",
+        "| | cloud model | pruned (ours) | tfmot magnitude, same budget | on device (TFLite) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| parameters | {_int(t.get('params'))} | {_int(p.get('params'))} | {_int(tm.get('nonzero_params'))} non-zero "
+        f"of {_int(tm.get('stored_params'))} | {_int(p.get('params'))} |",
+        f"| FLOPs (MACs/image) | {_int(t.get('flops'))} | {_int(p.get('flops'))} | {_int(t.get('flops'))} "
+        f"(zeros are still computed) | {_int(p.get('flops'))} |",
+        f"| test top-1 | {_pct(t.get('test_accuracy'))} | {_pct(p.get('test_accuracy'))} | {_pct(tm.get('test_accuracy'))} "
+        f"| {_pct(d.get('trainable_test_accuracy'))} (trainable), {_pct(d.get('inference_test_accuracy'))} "
+        f"({d.get('inference_quantization')}) |",
+        f"| .tflite size | – | {_kib(p.get('tflite_float32_bytes'))} (float32) | {_kib(tm.get('tflite_bytes'))} "
+        f"(float32; gzip {_kib(tm.get('tflite_gzip_bytes'))}) | {_kib(d.get('trainable_bytes'))} trainable, "
+        f"{_kib(d.get('inference_bytes'))} {d.get('inference_quantization')} |",
+        f"| inference latency (batch 1, 1 thread) | – | {_ms(p.get('tflite_float32_latency_ms'))} | "
+        f"{_ms(tm.get('tflite_latency_ms'))} | {_ms(d.get('infer_batch_ms'))} per batch of {d.get('batch_size')} |",
+        f"| train step (batch {d.get('batch_size')}, 1 thread) | – | – | – | {_ms(d.get('train_step_ms'))} |",
+        "",
+        "## On-device learning",
+        "",
+        "| | old classes before | old after | new after | unseen | time to converge |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| knowledge transfer (ours) | {_pct(tr.get('old_accuracy_before'))} | {_pct(tr.get('old_accuracy_after'))} | "
+        f"{_pct(tr.get('new_accuracy_after'))} | {_pct(tr.get('unseen_accuracy'))} | "
+        f"{tr.get('time_to_converge_seconds') or 0:.1f} s |",
+        f"| fine-tuning without transfer | {_pct(tr.get('old_accuracy_before'))} | {_pct(ft.get('old_accuracy_after'))} | "
+        f"{_pct(ft.get('new_accuracy_after'))} | – | {ft.get('time_to_converge_seconds') or 0:.1f} s |",
+        f"| training from scratch | – | {_pct(sc.get('old_accuracy_after'))} | {_pct(sc.get('new_accuracy_after'))} | – "
+        f"| {sc.get('time_to_converge_seconds') or 0:.1f} s |",
+        "",
+        "Times are wall times of the device app on this machine (not a board). Plots: `sizes.png`, "
+        "`transfer/accuracy_per_update.png`, `transfer/loss_vs_time.png`, `prune/prune_plot.png`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plot_sizes(out_dir: str, summary: dict) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, tm, d = summary["pruned"], summary["tfmot"], summary["device"]
+    bars = [("tfmot magnitude\n(float32)", tm.get("tflite_bytes")), ("ours pruned\n(float32)", p.get("tflite_float32_bytes")),
+            ("ours trainable\n(device)", d.get("trainable_bytes")),
+            (f"ours {d.get('inference_quantization')}", d.get("inference_bytes"))]
+    bars = [(k, v) for k, v in bars if v]
+    if not bars:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.bar([k for k, _ in bars], [v / 1024 for _, v in bars], color=["#999", "#2a7", "#27a", "#a72"][: len(bars)])
+    ax.set_ylabel(".tflite size (KiB)")
+    ax.set_yscale("log")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "sizes.png")
+    atomic.write_with(path, lambda t: fig.savefig(t, format="png"), suffix=".png")
+    plt.close(fig)
+    return path
+
+
+def _html(md_text: str, images: list[str]) -> str:
+    body = []
+    in_table = False
+    for line in md_text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= set("-: ") for c in cells):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("# "):
+            body.append(f"<h1>{_inline(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    for path in images:
+        with open(path, "rb") as f:
+            data = base64.b64encode(f.read()).decode()
+        body.append(f'<figure><img alt="{html.escape(os.path.basename(path))}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(os.path.basename(path))}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>edgekt report</title><style>{style}</style></head>" \
+           f"<body>{''.join(body)}</body></html>\n"
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    parts = text.split("**")
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def write(out_dir: str, preset: str | None = None) -> dict:
+    """Writes report.md, report.html, summary.json and sizes.png into `out_dir`."""
+    summary = summarize(out_dir)
+    md_text = markdown(summary, preset)
+    atomic.write_text(os.path.join(out_dir, "report.md"), md_text)
+    images = [p for p in (_plot_sizes(out_dir, summary), os.path.join(out_dir, "prune", "prune_plot.png"),
+                          os.path.join(out_dir, "transfer", "accuracy_per_update.png"),
+                          os.path.join(out_dir, "transfer", "loss_vs_time.png")) if p and os.path.exists(p)]
+    atomic.write_text(os.path.join(out_dir, "report.html"), _html(md_text, images))
+    atomic.write_json(os.path.join(out_dir, "summary.json"), {"preset": preset, **summary})
+    return summary

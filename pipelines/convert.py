@@ -1,0 +1,51 @@
+"""Convert your own Keras model: `python -m pipelines.convert --model=my.keras --data=FOLDER --out_dir=OUT
+[--preset=smoke|cpu|paper] [--target_params_ratio=0.3] [--check_only]`.
+
+The model must take raw RGB pixels (0-255; put a Rescaling/Normalization layer first) and
+end in a Dense classifier. Writes OUT/prune/pruned.keras and OUT/export/ (trainable .tflite,
+int8 .tflite, model_meta.json for the device app), or lists every unsupported layer.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+
+from pipelines import flag_utils
+
+_MODEL = flags.DEFINE_string("model", None, "Your .keras model.", required=True)
+_DATA = flags.DEFINE_string("data", None, "Your data: folder/archive with class folders (train/, test/).")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.")
+_PRESET = flags.DEFINE_enum("preset", "smoke", ["smoke", "cpu", "paper"], "Pruning preset.")
+flags.DEFINE_float("target_params_ratio", None, "Keep this fraction of the parameters.")
+flags.DEFINE_float("max_accuracy_drop", None, "Accuracy floor in points below the original model.")
+_VAL_SIZE = flags.DEFINE_integer("val_size", 1000, "Validation images held out of train.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Fixed batch size on the device.")
+_CHECK_ONLY = flags.DEFINE_bool("check_only", False, "Only list what in the model is unsupported.")
+
+
+def main(argv):
+    flag_utils.reject_extra_args(argv)
+    from edgekt import convert_user
+
+    problems = convert_user.check(_MODEL.value)
+    if problems:
+        print(f"{_MODEL.value} cannot be converted:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        sys.exit(2)
+    if _CHECK_ONLY.value:
+        print(f"{_MODEL.value}: every layer is supported by pruning and on-device training")
+        return
+    if not _DATA.value or not _OUT_DIR.value:
+        raise app.UsageError("--data and --out_dir are required to convert")
+    overrides = flag_utils.overrides_from_flags({"target_params_ratio": "target_params_ratio",
+                                                 "max_accuracy_drop": "max_accuracy_drop"})
+    summary = convert_user.convert(_MODEL.value, _DATA.value, _OUT_DIR.value, preset=_PRESET.value,
+                                   val_size=_VAL_SIZE.value, batch_size=_BATCH.value, **overrides)
+    logging.info("done: %s", summary["export"])
+
+
+if __name__ == "__main__":
+    app.run(main)

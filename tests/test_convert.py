@@ -1,0 +1,96 @@
+"""`pipelines.convert`: user-style Keras models (not WRN) to device models, or a clear list of
+what is unsupported; and the run_all workflow's caching."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from edgekt import compatibility, data
+
+from conftest import REPO_ROOT, write_tree
+from prune_models import mobilenet_style, vgg_style
+
+
+def _run(module, args, timeout=900):
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory, cifar):
+    """A user's image folder: 3 classes, 120 train and 30 test images each (real CIFAR-10)."""
+    splits = {}
+    for name, split, per in (("train", cifar["train"], 120), ("test", cifar["test"], 30)):
+        sub = data.select_classes(split, ["cat", "dog", "truck"], relabel=True)
+        idx = np.concatenate([np.flatnonzero(sub.labels == c)[:per] for c in range(3)])
+        splits[name] = data.Split(sub.images[idx], sub.labels[idx], sub.class_names)
+    root = tmp_path_factory.mktemp("user")
+    return write_tree(str(root), splits, ("cat", "dog", "truck"), per_class=120, wrapper="pets"), splits
+
+
+@pytest.mark.parametrize("builder", [vgg_style, mobilenet_style], ids=["vgg_style", "mobilenet_style"])
+def test_convert_user_models(builder, user_data, tmp_path):
+    folder, splits = user_data
+    keras.utils.set_random_seed(0)
+    model = builder(num_classes=3)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(splits["train"].images.astype(np.float32), splits["train"].labels, epochs=2, batch_size=32, verbose=0)
+    path = str(tmp_path / "user.keras")
+    model.save(path)
+    out = tmp_path / "out"
+    proc = _run("pipelines.convert", [f"--model={path}", f"--data={folder}", f"--out_dir={out}", "--preset=smoke",
+                                      "--val_size=30", "--batch_size=8", "--target_params_ratio=0.5"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "convert.json").read_text())
+    assert summary["prune"]["params"] <= 0.5 * summary["prune"]["teacher_params"] * 1.0001
+    meta = json.loads((out / "export" / "model_meta.json").read_text())
+    assert meta["class_names"] == ["cat", "dog", "truck"] and meta["batch_size"] == 8
+    assert (out / "export" / "model_trainable.tflite").exists() and (out / "export" / "model_int8.tflite").exists()
+    assert summary["export"]["trainable_test_accuracy"] is not None
+
+
+def test_convert_lists_every_unsupported_layer(tmp_path):
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2DTranspose(4, 3, name="upsample")(inp)
+    x = keras.layers.LayerNormalization(name="layer_norm")(x)
+    out = keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    found = compatibility.problems(model)
+    assert len(found) == 2 and "'upsample' (Conv2DTranspose)" in found[0] and "'layer_norm'" in found[1]
+    path = str(tmp_path / "bad.keras")
+    model.save(path)
+    proc = _run("pipelines.convert", [f"--model={path}", "--check_only"])
+    assert proc.returncode == 2
+    assert "'upsample' (Conv2DTranspose)" in proc.stderr and "'layer_norm' (LayerNormalization)" in proc.stderr
+
+
+def test_supported_model_passes_the_check():
+    assert compatibility.problems(vgg_style()) == []
+
+
+def test_workflow_manifest_reuses_unchanged_stages(tmp_path):
+    from edgekt.workflow import Manifest
+
+    calls = []
+    out = tmp_path / "stage_out.txt"
+
+    def stage():
+        calls.append(1)
+        out.write_text("done")
+        return {"value": len(calls)}
+
+    manifest = Manifest(str(tmp_path))
+    assert manifest.run("s", {"a": 1}, [str(out)], stage) == {"value": 1}
+    assert Manifest(str(tmp_path)).run("s", {"a": 1}, [str(out)], stage) == {"value": 1}  # cached, from disk
+    assert len(calls) == 1
+    assert Manifest(str(tmp_path)).run("s", {"a": 2}, [str(out)], stage) == {"value": 2}  # inputs changed
+    os.remove(out)
+    assert Manifest(str(tmp_path)).run("s", {"a": 2}, [str(out)], stage) == {"value": 3}  # output missing
