@@ -34,6 +34,8 @@ setup(
         "jax": ["jax[cpu]>=0.4.30"],
         # The magnitude-pruning baseline (tfmot works on tf_keras models only).
         "baseline": ["tf_keras==2.21.*", "tensorflow-model-optimization==0.8.*"],
-        "test": ["pytest>=8", "ai-edge-litert==2.3.*", "jax[cpu]>=0.4.30"],
+        # Everything the tests and the README's main job need.
+        "test": ["pytest>=8", "ai-edge-litert==2.3.*", "jax[cpu]>=0.4.30", "tf_keras==2.21.*",
+                 "tensorflow-model-optimization==0.8.*"],
     },
 )

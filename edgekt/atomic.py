@@ -2,60 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+from tflite_runtime_app.atomic_file import atomic_path
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Some platforms cannot open directories; rename is still atomic.
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
-    """Yields a temporary path next to `path`; renames it onto `path` on success.
-
-    The temporary file lives in the same directory so that the final `os.replace` is an
-    atomic rename. On any exception the temporary file is removed and `path` is untouched.
-
-    Args:
-      path: the final destination.
-      suffix: suffix for the temporary name (some writers insist on an extension,
-        e.g. Keras needs `.keras`).
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix or ".tmp", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+__all__ = ["atomic_path", "write_bytes", "write_json", "write_text", "write_with"]
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

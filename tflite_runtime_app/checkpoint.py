@@ -9,11 +9,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import time
 import zipfile
 
 import numpy as np
+
+from tflite_runtime_app.atomic_file import atomic_path
 
 STATE_KEY = "__state__"
 WEIGHT_PREFIX = "w/"
@@ -31,19 +32,6 @@ def previous_path(path: str) -> str:
     return root + ".prev.npz"
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save(path: str, weights: dict[str, np.ndarray], state: dict, best: dict[str, np.ndarray] | None = None) -> None:
     """Writes a checkpoint atomically; the one it replaces becomes `<name>.prev.npz`."""
     arrays = {WEIGHT_PREFIX + k: np.asarray(v) for k, v in weights.items()}
@@ -53,11 +41,8 @@ def save(path: str, weights: dict[str, np.ndarray], state: dict, best: dict[str,
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     blob = buffer.getvalue()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             half = len(blob) // 2
             f.write(blob[:half])
             delay = float(os.environ.get(DELAY_ENV, "0") or 0)
@@ -65,19 +50,15 @@ def save(path: str, weights: dict[str, np.ndarray], state: dict, best: dict[str,
                 f.flush()
                 time.sleep(delay)
             f.write(blob[half:])
-            f.flush()
-            os.fsync(f.fileno())
         if os.path.exists(path):
-            link_tmp = tmp + ".prev"
-            os.link(path, link_tmp)
-            os.replace(link_tmp, previous_path(path))
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    except BaseException:
-        for leftover in (tmp, tmp + ".prev"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-        raise
+            # Keep the checkpoint being replaced (a hard link, so it is never absent).
+            link = tmp + ".prev"
+            os.link(path, link)
+            try:
+                os.replace(link, previous_path(path))
+            finally:
+                if os.path.exists(link):
+                    os.remove(link)
 
 
 def load(path: str, expected_shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray], dict,

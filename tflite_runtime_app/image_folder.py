@@ -216,31 +216,16 @@ def read_image_tree(entries: Iterable[tuple[tuple[str, ...], bool, Callable[[], 
         if missing:
             logger.warning("%s: split %r has no folder for classes %s", source, split, missing)
 
-    expected = tuple(image_size) if image_size is not None else None
-    first_name = None
+    decode = _Decoder(image_size, resize, skip_bad_files)
     out = {}
     for split in sorted(by_split):
         images, labels = [], []
         for label, cls in enumerate(class_names):
             for name, reader in by_split[split].get(cls, []):
-                try:
-                    img = decode_image(reader(), name)
-                except DataError as e:
-                    if not skip_bad_files:
-                        raise
-                    logger.warning("skipped %s", e)
-                    continue
-                if expected is None:
-                    expected, first_name = img.shape[:2], name
-                if img.shape[:2] != expected:
-                    if not resize:
-                        got_h, got_w = img.shape[:2]
-                        ref = f" (the size of {first_name})" if first_name else ""
-                        raise DataError(f"{name}: image is {got_h}x{got_w} (HxW), expected "
-                                        f"{expected[0]}x{expected[1]}{ref}; pass resize=True to resize")
-                    img = _resize(img, expected)
-                images.append(img)
-                labels.append(label)
+                img = decode(reader, name)
+                if img is not None:
+                    images.append(img)
+                    labels.append(label)
         if not images:
             raise DataError(f"{source}: split {split!r} has no readable images")
         out[split] = (np.stack(images), np.asarray(labels, np.int64))
@@ -266,6 +251,34 @@ def read_path(path: str, image_size: tuple[int, int] | None = None, resize: bool
     return read_image_tree(entries, path, image_size=image_size, resize=resize, skip_bad_files=skip_bad_files)
 
 
+class _Decoder:
+    """Decodes files one by one and holds every image to one size (the first image's, unless
+    given): other sizes are resized or refused, unreadable files skipped or refused."""
+
+    def __init__(self, image_size, resize: bool, skip_bad_files: bool):
+        self.expected = tuple(image_size) if image_size is not None else None
+        self.first: str | None = None
+        self.resize, self.skip = resize, skip_bad_files
+
+    def __call__(self, reader: Callable[[], bytes], name: str) -> np.ndarray | None:
+        try:
+            img = decode_image(reader(), name)
+        except DataError as e:
+            if not self.skip:
+                raise
+            logger.warning("skipped %s", e)
+            return None
+        if self.expected is None:
+            self.expected, self.first = img.shape[:2], name
+        if img.shape[:2] != self.expected:
+            if not self.resize:
+                ref = f" (the size of {self.first})" if self.first else ""
+                raise DataError(f"{name}: image is {img.shape[0]}x{img.shape[1]} (HxW), expected "
+                                f"{self.expected[0]}x{self.expected[1]}{ref}; pass resize=True to resize")
+            img = _resize(img, self.expected)
+        return img
+
+
 def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
@@ -283,27 +296,15 @@ def read_images(path: str, image_size: tuple[int, int] | None = None, resize: bo
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or folder")
     entries = iter_archive(path) if os.path.isfile(path) else iter_directory(path)
-    files = sorted((parts, reader) for parts, is_dir, reader in entries if not is_dir and not _is_ignored(parts))
-    images, names, expected, first = [], [], tuple(image_size) if image_size else None, None
+    files = sorted(((parts, reader) for parts, is_dir, reader in entries if not is_dir and not _is_ignored(parts)),
+                   key=lambda item: item[0])
+    decode = _Decoder(image_size, resize, skip_bad_files)
+    images, names = [], []
     for parts, reader in files:
-        name = os.path.join(path, *parts)
-        try:
-            img = decode_image(reader(), name)
-        except DataError as e:
-            if not skip_bad_files:
-                raise
-            logger.warning("skipped %s", e)
-            continue
-        if expected is None:
-            expected, first = img.shape[:2], name
-        if img.shape[:2] != expected:
-            if not resize:
-                raise DataError(f"{name}: image is {img.shape[0]}x{img.shape[1]} (HxW), expected "
-                                f"{expected[0]}x{expected[1]}{f' (the size of {first})' if first else ''}; "
-                                "pass resize=True to resize")
-            img = _resize(img, expected)
-        images.append(img)
-        names.append("/".join(parts))
+        img = decode(reader, os.path.join(path, *parts))
+        if img is not None:
+            images.append(img)
+            names.append("/".join(parts))
     if not images:
         raise DataError(f"{path}: no images found")
     return np.stack(images), names

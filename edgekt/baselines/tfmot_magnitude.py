@@ -177,8 +177,12 @@ def run(teacher: keras.Model, budget_params: int, splits: data.DataSplits, out_d
         *, val_size: int = 5000, split_seed: int = 0) -> dict:
     """Magnitude-prunes `teacher` to `budget_params` non-zero parameters with tfmot, fine-tunes,
     and measures it. Writes `out_dir/metrics.json` and `out_dir/model_magnitude.tflite`."""
-    import tensorflow_model_optimization as tfmot
-    import tf_keras
+    try:
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
+    except ImportError as e:
+        raise ImportError("the tfmot baseline needs tf_keras and tensorflow-model-optimization: "
+                          "pip install -e '.[baseline]' (or run_all --skip_baseline)") from e
 
     os.makedirs(out_dir, exist_ok=True)
     prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size)

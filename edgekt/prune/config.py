@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from edgekt import presets
 from edgekt.prune.allocation import ALLOCATIONS
 from edgekt.prune.criteria import CRITERIA, NORMALIZATIONS
 
@@ -103,10 +104,4 @@ PRESETS: dict[str, PruneConfig] = {
 
 def preset(name: str, **overrides) -> PruneConfig:
     """A preset with some fields replaced (None values of ratio fields clear them)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset; expected one of {sorted(PRESETS)}. Received: {name!r}")
-    fields = {f.name for f in dataclasses.fields(PruneConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown PruneConfig fields {unknown}; fields are {sorted(fields)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return presets.choose(PRESETS, name, overrides)

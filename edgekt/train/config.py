@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Union
 
+from edgekt import presets
+
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -99,15 +101,5 @@ PRESETS: dict[str, CloudTrainConfig] = {
 
 
 def preset(name: str, **overrides) -> CloudTrainConfig:
-    """A preset with some fields replaced.
-
-    Raises:
-      ValueError: unknown preset or field.
-    """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset; expected one of {sorted(PRESETS)}. Received: {name!r}")
-    fields = {f.name for f in dataclasses.fields(CloudTrainConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown CloudTrainConfig fields {unknown}; fields are {sorted(fields)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    """A preset with some fields replaced."""
+    return presets.choose(PRESETS, name, overrides)
