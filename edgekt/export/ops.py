@@ -201,7 +201,11 @@ def batch_norm_train(x: tf.Tensor, gamma, beta, mask: tf.Tensor, epsilon: float)
     """Batch normalisation with batch statistics from reduce ops, over the examples whose
     `mask` is 1 (padding examples of a short last batch do not count).
 
-    Returns (normalised x, batch mean, batch variance).
+    The backward pass is the closed form (one fused custom gradient instead of autodiff
+    through every reduction, which would add TILE/broadcast ops):
+      dx = rstd * (g - m * sum(g m) / n - m * xhat * sum(g xhat m) / n),  g = dy * gamma.
+
+    Returns (normalised x, batch mean, batch variance); mean and variance carry no gradient.
     """
     axes = list(range(x.shape.rank - 1))
     m = tf.reshape(mask, [-1] + [1] * (x.shape.rank - 1))
@@ -209,12 +213,30 @@ def batch_norm_train(x: tf.Tensor, gamma, beta, mask: tf.Tensor, epsilon: float)
     for d in x.shape[1:-1]:
         positions *= int(d)
     count = tf.maximum(tf.reduce_sum(mask) * positions, 1.0)
-    mean = tf.reduce_sum(x * m, axis=axes) / count
-    centered = x - mean
-    var = tf.reduce_sum(tf.square(centered) * m, axis=axes) / count
-    y = centered * tf.math.rsqrt(var + epsilon)
-    if gamma is not None:
-        y = y * gamma
-    if beta is not None:
-        y = y + beta
-    return y, mean, var
+    channels = x.shape[-1]
+    ones = tf.ones([channels], x.dtype)
+    g_in = gamma if gamma is not None else ones
+    b_in = beta if beta is not None else tf.zeros([channels], x.dtype)
+
+    @tf.custom_gradient
+    def _bn(x, g_param, b_param):
+        mean = tf.reduce_sum(x * m, axis=axes) / count
+        centered = x - mean
+        var = tf.reduce_sum(tf.square(centered) * m, axis=axes) / count
+        rstd = tf.math.rsqrt(var + epsilon)
+        xhat = centered * rstd
+        y = xhat * g_param + b_param
+
+        def grad(dy, *unused):  # mean and variance outputs carry no gradient
+            d_beta = tf.reduce_sum(dy, axis=axes)
+            d_gamma = tf.reduce_sum(dy * xhat, axis=axes)
+            g = dy * g_param
+            gm = g * m
+            mean_g = tf.reduce_sum(gm, axis=axes) / count
+            mean_gx = tf.reduce_sum(gm * xhat, axis=axes) / count
+            dx = rstd * (g - m * (mean_g + xhat * mean_gx))
+            return dx, d_gamma, d_beta
+
+        return (y, tf.stop_gradient(mean), tf.stop_gradient(var)), grad
+
+    return _bn(x, g_in, b_in)
