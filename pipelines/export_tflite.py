@@ -3,8 +3,9 @@
 
 Writes EXP/model_trainable.tflite (train, distill, infer, get_weights, set_weights; builtin
 ops only), EXP/model_int8.tflite (or model_float16.tflite), EXP/model_meta.json, and
-EXP/metrics.json (sizes, ops, and with --data the test accuracy of the Keras model and of
-both .tflite files measured in the TFLite interpreter).
+EXP/metrics.json (sizes, ops, train-step and inference times, and with --data the test
+accuracy of the Keras model and of both .tflite files measured in the TFLite interpreter),
+and with --data EXP/replay.npz (a few training images per class for the device's replay).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum on the device.")
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on the device.")
 _QUANT = flags.DEFINE_enum("quantization", "int8", ["int8", "float16"], "The inference-only model's format.")
 _CALIBRATION = flags.DEFINE_integer("calibration_size", 300, "Images for int8 calibration.")
+_REPLAY = flags.DEFINE_integer("replay_per_class", 20, "Training images per class kept in replay.npz for the device.")
 
 
 def main(argv):
@@ -39,7 +41,8 @@ def main(argv):
                           quantization=_QUANT.value, new_classes=_NEW_CLASSES.value)
     metrics = pipeline.export_model(_MODEL.value, _OUT_DIR.value, data_source=_DATA.value,
                                     class_names=_CLASS_NAMES.value, new_class_names=_NEW_CLASSES.value,
-                                    quantization=_QUANT.value, calibration_size=_CALIBRATION.value, **options)
+                                    quantization=_QUANT.value, calibration_size=_CALIBRATION.value,
+                                    replay_per_class=_REPLAY.value, **options)
     logging.info("wrote %s: %s", _OUT_DIR.value, json.dumps({k: metrics[k] for k in sorted(metrics)
                                                                if k.endswith("accuracy") or k.endswith("bytes")}))
 

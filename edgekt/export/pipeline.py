@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 from absl import logging
 
 from edgekt import atomic, data, evaluation, flops
@@ -28,7 +29,6 @@ def device_step_times(trainable_path: str, repeats: int = 10, threads: int = 1) 
     """Median wall times of one `train` step and one `infer` batch in the TFLite interpreter."""
     import time
 
-    import numpy as np
     from tflite_runtime_app.runner import DeviceModel
 
     model = DeviceModel(trainable_path, num_threads=threads)
@@ -54,12 +54,13 @@ def device_step_times(trainable_path: str, repeats: int = 10, threads: int = 1) 
 
 def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataSplits | None = None,
                  class_names=None, new_class_names=(), quantization: str = "int8", calibration_size: int = 300,
-                 **trainer_options) -> dict:
+                 replay_per_class: int = 20, **trainer_options) -> dict:
     """Exports `model_path` and measures what was exported.
 
     Class names come from `class_names`, else the data, else the `metrics.json` beside the
-    model. With data, int8 calibration uses training images and accuracy is measured on the
-    test split (in TFLite).
+    model. With data, int8 calibration uses training images, accuracy is measured on the
+    test split (in TFLite), and `replay.npz` keeps `replay_per_class` training images of each
+    class for the device's replay buffer.
 
     Returns:
       The metrics written to `out_dir/metrics.json`.
@@ -97,6 +98,14 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
         "ops": meta["ops"],
         "class_names": meta["class_names"],
     }
+    if splits is not None and "train" in splits and replay_per_class > 0:
+        train = splits["train"]
+        per_class = min(replay_per_class, int(np.bincount(train.labels).min()))
+        replay, _ = data.labelled_unlabelled(train, per_class, seed=0)
+        atomic.write_with(os.path.join(out_dir, "replay.npz"),
+                          lambda tmp: np.savez(tmp, images=replay.images, labels=replay.labels,
+                                               class_names=np.asarray(list(splits.class_names))), suffix=".npz")
+        metrics["replay_images"] = int(len(replay.labels))
     metrics.update(device_step_times(trainable_path))
     if splits is not None and "test" in splits and not new_class_names:
         test = splits["test"]
