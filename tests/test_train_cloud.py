@@ -136,9 +136,16 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, cifar, cache_dir):
 def test_jax_backend_data_parallel_on_two_cpu_devices(tmp_path, cifar, cache_dir):
     pytest.importorskip("jax")
     out = tmp_path / "jax"
-    proc = _run_pipeline([f"--data={CIFAR10_ARCHIVE}", f"--out_dir={out}", *TINY_FLAGS, "--distribution=data_parallel"],
-                         env_extra={"EDGEKT_CACHE_DIR": cache_dir, "KERAS_BACKEND": "jax",
-                                    "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    args = [f"--data={CIFAR10_ARCHIVE}", f"--out_dir={out}", *TINY_FLAGS, "--distribution=data_parallel"]
+    env = {"EDGEKT_CACHE_DIR": cache_dir, "KERAS_BACKEND": "jax",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = _run_pipeline(args, env_extra=env)
+    if proc.returncode < 0:
+        # jaxlib on CPU has aborted (SIGABRT) intermittently under heavy machine load, outside
+        # edgekt's code; one retry keeps that from failing the suite, a second abort fails it.
+        fatal = [line for line in proc.stderr.splitlines() if "Fatal" in line or "Check failed" in line]
+        print(f"JAX run aborted with signal {-proc.returncode}: {fatal[:3]}; retrying once")
+        proc = _run_pipeline(args, env_extra=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backend"] == "jax" and metrics["replicas"] == 2
