@@ -9,6 +9,8 @@ X/transfer/results.md and plots (accuracy per update, loss against on-device tim
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 
 from absl import app, flags, logging
@@ -39,10 +41,7 @@ def main(argv):
     logging.info("results: %s", json.dumps({k: out[k] for k in ("old_accuracy_before", "old_accuracy_after",
                                                                 "new_accuracy_after", "unseen_accuracy",
                                                                 "time_to_converge_seconds")}))
-    # The interface's path: X/results.json, X/results.md (also in X/transfer/).
-    import os
-    import shutil
-
+    # The interface's paths: X/results.json, X/results.md and the plots (also in X/transfer/).
     for name in ("results.json", "results.md", "accuracy_per_update.png", "loss_vs_time.png"):
         shutil.copyfile(os.path.join(results["paths"]["transfer"], name), os.path.join(_OUT_DIR.value, name))
 

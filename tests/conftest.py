@@ -70,3 +70,18 @@ def small_cifar(cifar):
 def small_tree(tmp_path, small_cifar):
     """`mydata/{train,test}/{airplane,cat,ship}/*.png` under tmp_path; returns mydata's path."""
     return write_tree(str(tmp_path), dict(small_cifar), small_cifar.class_names, per_class=8)
+
+
+def quick_wrn(split, images: int, seed: int = 0, depth: int = 10, epochs: int = 1):
+    """A WRN-depth-1 trained briefly on a class-balanced subset of real images."""
+    import keras
+
+    from edgekt import data, models
+
+    keras.utils.set_random_seed(seed)
+    model = models.wrn(depth, 1, num_classes=split.num_classes)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    sub = data.stratified_subset(split, images, seed=seed)
+    model.fit(sub.images.astype(np.float32), sub.labels, batch_size=64, epochs=epochs, verbose=0)
+    return model

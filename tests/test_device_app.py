@@ -14,15 +14,14 @@ import threading
 import time
 import urllib.request
 
-import keras
 import numpy as np
 import pytest
 
-from edgekt import data, models
+from edgekt import data
 from edgekt.export import TrainerOptions, export
 from edgekt.transfer import soft_labels
 
-from conftest import CIFAR10_ARCHIVE, REPO_ROOT, encode_png
+from conftest import CIFAR10_ARCHIVE, REPO_ROOT, encode_png, quick_wrn
 
 BATCH = 16
 
@@ -30,12 +29,7 @@ BATCH = 16
 @pytest.fixture(scope="module")
 def device_model(tmp_path_factory, cifar):
     """A WRN-10-1 trained for one short epoch on real images, exported for the device."""
-    keras.utils.set_random_seed(0)
-    model = models.wrn(10, 1)
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    sub = data.stratified_subset(cifar["train"], 2000, seed=1)
-    model.fit(sub.images.astype(np.float32), sub.labels, batch_size=64, epochs=1, verbose=0)
+    model = quick_wrn(cifar["train"], 2000, seed=1)
     out = tmp_path_factory.mktemp("device")
     export(model, str(out), class_names=cifar.class_names, options=TrainerOptions(batch_size=BATCH),
            quantization="float16")

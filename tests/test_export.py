@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -14,7 +13,7 @@ import tensorflow as tf
 
 from edgekt import models
 from edgekt.export import (DeviceTrainer, NonBuiltinOpsError, TrainerOptions, UnsupportedOnDeviceError,
-                           check_builtin_only, convert_trainer, export, list_ops)
+                           check_builtin_only, convert_trainer, list_ops)
 from edgekt.models import saving
 from edgekt.prune import build_graph, prune_model
 

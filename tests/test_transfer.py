@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
-import keras
 import numpy as np
 import pytest
 
-from edgekt import data, models
+from edgekt import models
 from edgekt.models import heads
 from edgekt.prune import build_graph, prune_model
 from edgekt.transfer import TransferConfig, losses
 from edgekt.transfer.experiments import ExperimentConfig, run_protocol
+
+from conftest import quick_wrn
 
 
 def test_cross_entropy_by_hand():
@@ -68,12 +68,7 @@ def test_select_outputs_keeps_chosen_logits():
 
 
 def test_protocol_smoke_runs_end_to_end_on_real_images(cifar, tmp_path):
-    keras.utils.set_random_seed(0)
-    teacher = models.wrn(10, 1)
-    teacher.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    sub = data.stratified_subset(cifar["train"], 3000, seed=0)
-    teacher.fit(sub.images.astype(np.float32), sub.labels, batch_size=64, epochs=1, verbose=0)
+    teacher = quick_wrn(cifar["train"], 3000, seed=0)
     graph = build_graph(teacher)
     pruned = prune_model(teacher, {g.id: np.arange(max(2, g.channels // 2)) for g in graph.prunable_groups()}, graph)
     cfg = ExperimentConfig(base_epochs=1, base_train_size=500, new_per_class=16, unseen_per_class=16,

@@ -13,7 +13,6 @@ import os
 import time
 
 import keras
-import numpy as np
 from absl import logging
 
 from edgekt import atomic, data, evaluation, flops
@@ -94,7 +93,7 @@ def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_
       ValueError: no validation split, or a checkpoint of another setup in `out_dir`.
     """
     start_time = time.perf_counter()
-    graph = build_graph(teacher)  # fails fast on unsupported layers
+    build_graph(teacher)  # fails fast on unsupported layers, before any work
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
     prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size)
     if prepared.val is None:
