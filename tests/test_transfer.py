@@ -72,7 +72,8 @@ def test_protocol_smoke_runs_end_to_end_on_real_images(cifar, tmp_path):
     graph = build_graph(teacher)
     pruned = prune_model(teacher, {g.id: np.arange(max(2, g.channels // 2)) for g in graph.prunable_groups()}, graph)
     cfg = ExperimentConfig(base_epochs=1, base_train_size=500, new_per_class=16, unseen_per_class=16,
-                           replay_per_class=4, device_epochs=1, device_patience=1, device_batch_size=16)
+                           replay_per_class=4, device_epochs=1, device_patience=1, device_batch_size=16,
+                           trainable_choices=("all", "bn_classifier"), lr_choices=(0.01,))
     results = run_protocol(teacher, pruned, cifar, str(tmp_path), cfg, val_size=1000)
     for key in ("old_accuracy_before", "old_accuracy_after", "new_accuracy_after", "unseen_accuracy",
                 "time_to_converge_seconds", "baseline_finetune"):
@@ -82,6 +83,7 @@ def test_protocol_smoke_runs_end_to_end_on_real_images(cifar, tmp_path):
     assert results["new_accuracy_after"] is not None and 0 <= results["unseen_accuracy"] <= 1
     assert results["time_to_converge_seconds"] >= 0 and results["data_sizes"]["new_labelled"] == 48
     assert [u["update"] for u in results["updates"]] == ["base", "incremental", "unseen"]
+    assert set(results["selection_val_all_accuracy"]["ours"]) == {"all lr=0.01", "bn_classifier lr=0.01", "chosen"}
     assert json.loads((tmp_path / "results.json").read_text())["device_classes"][:5] == list(cfg.old_classes)
     assert "| knowledge transfer (ours) |" in (tmp_path / "results.md").read_text()
     for png in ("accuracy_per_update.png", "loss_vs_time.png"):

@@ -53,7 +53,10 @@ class ExperimentConfig:
       replay_ratio: the app's replay share (half of each batch, or one replay step per step).
       label_mix: weight of the cloud's soft labels in the transfer targets of new images.
       temperature: softmax temperature of the cloud's soft labels.
-      device_epochs, device_lr, device_patience, device_batch_size: the app's training.
+      device_epochs, device_patience, device_batch_size: the app's training.
+      trainable_choices, lr_choices: device settings tried per method (which weights train
+        on the device, learning rate); each method keeps the one with the best validation
+        accuracy over all classes, so no choice looks at the test split.
       threads: interpreter threads.
       precision: Keras dtype policy for the cloud-side fine-tuning.
       seed: samples and splits.
@@ -69,9 +72,10 @@ class ExperimentConfig:
     replay_per_class: int = 20
     replay_ratio: float = 0.5
     label_mix: float = 0.5
-    temperature: float = 2.0
+    temperature: float = 1.0
     device_epochs: int = 15
-    device_lr: float = 0.01
+    trainable_choices: tuple[str, ...] = ("all", "bn_classifier")
+    lr_choices: tuple[float, ...] = (0.01, 0.003)
     device_patience: int = 3
     device_batch_size: int = 32
     threads: int = 1
@@ -96,7 +100,8 @@ class ExperimentConfig:
 
 PRESETS = {
     "smoke": ExperimentConfig(base_epochs=1, base_train_size=2000, new_per_class=40, unseen_per_class=40,
-                              replay_per_class=8, device_epochs=2, device_patience=2, device_batch_size=16),
+                              replay_per_class=8, device_epochs=2, device_patience=2, device_batch_size=16,
+                              trainable_choices=("all",), lr_choices=(0.01,)),
     "cpu": ExperimentConfig(base_epochs=4, new_per_class=300, unseen_per_class=500, replay_per_class=20,
                             device_epochs=15, precision="mixed_bfloat16"),
     "paper": ExperimentConfig(base_epochs=30, new_per_class=1000, unseen_per_class=2000, replay_per_class=50,
@@ -179,18 +184,20 @@ def run_protocol(teacher: keras.Model, pruned: keras.Model, splits: data.DataSpl
                               transfer=TransferConfig(ce_weight=0.1, kd_weight=0.9, temperature=4.0, at_weight=500.0),
                               config=ft)
         saving.save_model(base, base_path)
-    options = TrainerOptions(batch_size=cfg.device_batch_size)
-    device_dir = os.path.join(out_dir, "device")
-    if not os.path.exists(os.path.join(device_dir, "model_meta.json")):
-        export(base, device_dir, class_names=list(cfg.old_classes),
-               new_class_names=list(cfg.new_classes) + list(cfg.unseen_classes), options=options,
-               quantization="float16")
+    classes_new = list(cfg.new_classes) + list(cfg.unseen_classes)
+    model_paths = {}
+    for trainable in dict.fromkeys(list(cfg.trainable_choices) + ["all"]):
+        device_dir = os.path.join(out_dir, f"device_{trainable.replace(':', '_')}")
+        if not os.path.exists(os.path.join(device_dir, "model_meta.json")):
+            export(base, device_dir, class_names=list(cfg.old_classes), new_class_names=classes_new,
+                   options=TrainerOptions(batch_size=cfg.device_batch_size, trainable=trainable),
+                   quantization="float16")
+        model_paths[trainable] = os.path.join(device_dir, "model_trainable.tflite")
     scratch_dir = os.path.join(out_dir, "device_scratch")
     if not os.path.exists(os.path.join(scratch_dir, "model_meta.json")):
         export(heads.reinitialized(base, seed=rng_seed), scratch_dir, class_names=list(cfg.old_classes),
-               new_class_names=list(cfg.new_classes) + list(cfg.unseen_classes), options=options,
+               new_class_names=classes_new, options=TrainerOptions(batch_size=cfg.device_batch_size),
                quantization="float16")
-    model_path = os.path.join(device_dir, "model_trainable.tflite")
     scratch_path = os.path.join(scratch_dir, "model_trainable.tflite")
 
     # The device's data (cloud-side soft labels are computed here, as the cloud would).
@@ -198,7 +205,9 @@ def run_protocol(teacher: keras.Model, pruned: keras.Model, splits: data.DataSpl
     os.makedirs(files, exist_ok=True)
     new_lab, _ = data.labelled_unlabelled(train, cfg.new_per_class, seed=rng_seed + 1, classes=new_d)
     replay, _ = data.labelled_unlabelled(train, cfg.replay_per_class, seed=rng_seed + 2, classes=old_d)
+    val = to_device(prepared.val)
     test_path = _save_npz(os.path.join(files, "test.npz"), images=test.images, labels=test.labels)
+    val_path = _save_npz(os.path.join(files, "val.npz"), images=val.images, labels=val.labels)
     new_path = _save_npz(os.path.join(files, "new.npz"), images=new_lab.images, labels=new_lab.labels)
     replay_path = _save_npz(os.path.join(files, "replay.npz"), images=replay.images, labels=replay.labels)
     new_and_replay = data.concat(new_lab, replay)
@@ -209,56 +218,91 @@ def run_protocol(teacher: keras.Model, pruned: keras.Model, splits: data.DataSpl
                                 labels=replay_all.labels)
     teacher_cols = [names.index(c) for c in device_names]
 
-    def cloud_soft(images, temperature):
-        p = soft_labels(teacher, images, temperature)[:, teacher_cols]
+    def cloud_soft(images):
+        p = soft_labels(teacher, images, cfg.temperature)[:, teacher_cols]
         return p / p.sum(axis=1, keepdims=True)
 
+    def soft_npz(name, images, targets):
+        return _save_npz(os.path.join(files, name), images=images, soft_targets=targets.astype(np.float32),
+                         temperature=np.float32(cfg.temperature), class_names=np.asarray(device_names))
+
+    # New images: labels mixed with the cloud's soft labels; replayed images: the cloud's view
+    # of them (learning without forgetting, with the cloud as the teacher).
     onehot = np.eye(len(device_names), dtype=np.float32)[new_and_replay.labels]
-    mixed = (1 - cfg.label_mix) * onehot + cfg.label_mix * cloud_soft(new_and_replay.images, cfg.temperature)
-    # Replay rows keep the cloud's view of old classes (learning without forgetting).
+    mixed = (1 - cfg.label_mix) * onehot + cfg.label_mix * cloud_soft(new_and_replay.images)
     is_replay = np.arange(len(new_and_replay.labels)) >= len(new_lab.labels)
-    mixed[is_replay] = cloud_soft(new_and_replay.images[is_replay], cfg.temperature)
-    transfer_targets = _save_npz(os.path.join(files, "transfer_targets.npz"), images=new_and_replay.images,
-                                 soft_targets=mixed.astype(np.float32), temperature=np.float32(cfg.temperature),
-                                 class_names=np.asarray(device_names))
+    mixed[is_replay] = cloud_soft(new_and_replay.images[is_replay])
+    transfer_targets = soft_npz("transfer_targets.npz", new_and_replay.images, mixed)
     unseen_path = None
     if unseen_d:
         unseen_imgs, _ = data.labelled_unlabelled(train, cfg.unseen_per_class, seed=rng_seed + 3, classes=unseen_d)
-        unseen_path = _save_npz(os.path.join(files, "unseen_soft.npz"), images=unseen_imgs.images,
-                                soft_targets=cloud_soft(unseen_imgs.images, cfg.temperature),
-                                temperature=np.float32(cfg.temperature), class_names=np.asarray(device_names))
+        # Unlabelled images of the unseen classes, plus the kept images of known classes, all
+        # with the cloud's soft labels: the new rows are learned against the old ones.
+        images = np.concatenate([unseen_imgs.images, replay_all.images])
+        unseen_path = soft_npz("unseen_soft.npz", images, cloud_soft(images))
 
     app = DeviceApp(device_python, cfg.threads)
     ck = os.path.join(out_dir, "checkpoints")
-    learning = [f"--epochs={cfg.device_epochs}", f"--lr={cfg.device_lr}", f"--patience={cfg.device_patience}",
+
+    def learning(lr):
+        return [f"--epochs={cfg.device_epochs}", f"--lr={lr}", f"--patience={cfg.device_patience}",
                 f"--seed={cfg.seed}", f"--replay={replay_path}", f"--replay_ratio={cfg.replay_ratio}"]
 
-    def evaluate(path, checkpoint=None):
-        args = ["evaluate", f"--model={path}", f"--data={test_path}"]
+    def evaluate(path, checkpoint=None, on=test_path):
+        args = ["evaluate", f"--model={path}", f"--data={on}"]
         if checkpoint:
             args.append(f"--checkpoint={checkpoint}")
         return _accuracies(app(*args), cfg)
 
-    logging.info("experiments: base device model on the device")
-    before = evaluate(model_path)
-    # 2. Incremental update of new classes.
-    ours_inc = app("learn-unseen", f"--model={model_path}", f"--soft_labels={transfer_targets}",
-                   f"--checkpoint={os.path.join(ck, 'ours_incremental.npz')}", *learning)
-    ours_after_inc = evaluate(model_path, os.path.join(ck, "ours_incremental.npz"))
-    ft_inc = app("learn", f"--model={model_path}", f"--data={new_path}",
-                 f"--checkpoint={os.path.join(ck, 'finetune_incremental.npz')}", *learning)
-    ft_after_inc = evaluate(model_path, os.path.join(ck, "finetune_incremental.npz"))
-    sc_inc = app("learn", f"--model={scratch_path}", f"--data={new_path}",
-                 f"--checkpoint={os.path.join(ck, 'scratch_incremental.npz')}", *learning)
-    sc_after_inc = evaluate(scratch_path, os.path.join(ck, "scratch_incremental.npz"))
-    # 3. Unseen classes from cloud soft labels (ours only: the baselines have no cloud).
-    ours_unseen = ours_after_unseen = None
-    if unseen_path:
-        ours_unseen = app("learn-unseen", f"--model={model_path}", f"--soft_labels={unseen_path}",
-                          f"--init={os.path.join(ck, 'ours_incremental.npz')}",
-                          f"--checkpoint={os.path.join(ck, 'ours_unseen.npz')}", *learning,
-                          f"--replay={replay_all_path}")
-        ours_after_unseen = evaluate(model_path, os.path.join(ck, "ours_unseen.npz"))
+    def run_ours(trainable, lr):
+        tag = f"ours_{trainable.replace(':', '_')}_{lr}"
+        path = model_paths[trainable]
+        inc = app("learn-unseen", f"--model={path}", f"--soft_labels={transfer_targets}",
+                  f"--checkpoint={os.path.join(ck, tag + '_incremental.npz')}", *learning(lr))
+        unseen = None
+        final_ck = os.path.join(ck, tag + "_incremental.npz")
+        if unseen_path:
+            unseen = app("learn-unseen", f"--model={path}", f"--soft_labels={unseen_path}", f"--init={final_ck}",
+                         f"--checkpoint={os.path.join(ck, tag + '_unseen.npz')}", *learning(lr),
+                         f"--replay={replay_all_path}")
+            final_ck = os.path.join(ck, tag + "_unseen.npz")
+        return {"path": path, "inc": inc, "unseen": unseen, "inc_ck": os.path.join(ck, tag + "_incremental.npz"),
+                "final_ck": final_ck, "val": evaluate(path, final_ck, val_path)}
+
+    def run_finetune(trainable, lr, path=None):
+        tag = f"finetune_{trainable.replace(':', '_')}_{lr}" if path is None else f"scratch_{lr}"
+        path = path or model_paths[trainable]
+        inc = app("learn", f"--model={path}", f"--data={new_path}",
+                  f"--checkpoint={os.path.join(ck, tag + '_incremental.npz')}", *learning(lr))
+        return {"path": path, "inc": inc, "unseen": None, "inc_ck": os.path.join(ck, tag + "_incremental.npz"),
+                "final_ck": os.path.join(ck, tag + "_incremental.npz"),
+                "val": evaluate(path, os.path.join(ck, tag + "_incremental.npz"), val_path)}
+
+    # Settings (which weights train on the device, learning rate) are chosen per method on the
+    # validation split (accuracy over all classes after the method's last update), never on test.
+    candidates = [(t, lr) for t in cfg.trainable_choices for lr in cfg.lr_choices]
+    logging.info("experiments: %d device settings per method, chosen on validation", len(candidates))
+    ours_runs = {c: run_ours(*c) for c in candidates}
+    ft_runs = {c: run_finetune(*c) for c in candidates}
+    sc_runs = {("all", lr): run_finetune("all", lr, scratch_path) for lr in cfg.lr_choices}
+
+    def best(runs):
+        key = max(runs, key=lambda c: runs[c]["val"]["all"])
+        return key, runs[key]
+
+    ours_key, ours = best(ours_runs)
+    ft_key, ft = best(ft_runs)
+    sc_key, sc = best(sc_runs)
+    before = evaluate(model_paths["all"])
+    scratch_before = evaluate(scratch_path)
+    ours_inc, ours_unseen = ours["inc"], ours["unseen"]
+    ours_after_inc = evaluate(ours["path"], ours["inc_ck"])
+    ours_after_unseen = evaluate(ours["path"], ours["final_ck"]) if ours_unseen else None
+    ft_inc, ft_after_inc = ft["inc"], evaluate(ft["path"], ft["inc_ck"])
+    sc_inc, sc_after_inc = sc["inc"], evaluate(sc["path"], sc["inc_ck"])
+    selection = {name: {f"{t} lr={lr}": r["val"]["all"] for (t, lr), r in runs.items()} | {"chosen": f"{k[0]} lr={k[1]}"}
+                 for name, runs, k in (("ours", ours_runs, ours_key), ("finetune", ft_runs, ft_key),
+                                       ("scratch", sc_runs, sc_key))}
 
     def method(before_acc, after_inc, inc_run, after_unseen=None, unseen_run=None):
         final = after_unseen or after_inc
@@ -280,12 +324,14 @@ def run_protocol(teacher: keras.Model, pruned: keras.Model, splits: data.DataSpl
             "history": {"incremental": inc_run["history"], "unseen": unseen_run["history"] if unseen_run else []},
         }
 
-    scratch_before = evaluate(scratch_path)
     results = {
         **method(before, ours_after_inc, ours_inc, ours_after_unseen, ours_unseen),
-        "baseline_finetune": method(before, ft_after_inc, ft_inc),
-        "baseline_scratch": method(scratch_before, sc_after_inc, sc_inc),
+        "device_setting": selection["ours"]["chosen"],
+        "baseline_finetune": {**method(before, ft_after_inc, ft_inc), "device_setting": selection["finetune"]["chosen"]},
+        "baseline_scratch": {**method(scratch_before, sc_after_inc, sc_inc),
+                             "device_setting": selection["scratch"]["chosen"]},
         "config": dataclasses.asdict(cfg),
+        "selection_val_all_accuracy": selection,
         "device_classes": device_names,
         "device_batch_size": cfg.device_batch_size,
         "threads": cfg.threads,
