@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tflite_runtime_app.atomic_file import atomic_path
 
-__all__ = ["atomic_path", "write_bytes", "write_json", "write_text", "write_with"]
+__all__ = ["atomic_path", "write_bytes", "write_csv", "write_json", "write_text", "write_with"]
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -26,6 +26,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Writes `obj` as indented JSON to `path` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], columns: Sequence[str] | None = None) -> None:
+    """Writes `rows` as CSV to `path` atomically; `columns` default to every key, "epoch" and
+    "step" first. None is written as an empty cell."""
+    if columns is None:
+        columns = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("epoch", "step"), k))
+    lines = [",".join(columns)]
+    lines += [",".join("" if row.get(c) is None else str(row.get(c)) for c in columns) for row in rows]
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[str], None], suffix: str = "") -> None:

@@ -88,3 +88,54 @@ def test_protocol_smoke_runs_end_to_end_on_real_images(cifar, tmp_path):
     assert "| knowledge transfer (ours) |" in (tmp_path / "results.md").read_text()
     for png in ("accuracy_per_update.png", "loss_vs_time.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def _run_transfer(args, cache_dir):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3", "EDGEKT_CACHE_DIR": cache_dir}
+    return subprocess.run([sys.executable, "-m", "pipelines.transfer", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_transfer_binary_distils_a_new_student_on_real_images(cifar, cache_dir, tmp_path):
+    import keras
+
+    from conftest import CIFAR10_ARCHIVE
+    from edgekt import evaluation, flops
+
+    teacher = quick_wrn(cifar["train"], 3000, seed=0)
+    teacher_path = str(tmp_path / "teacher.keras")
+    teacher.save(teacher_path)
+    out = tmp_path / "student"
+    common = [f"--teacher={teacher_path}", f"--data={CIFAR10_ARCHIVE}", "--preset=smoke", "--train_size=1024",
+              "--test_size=500", "--val_size=500", "--epochs=2", "--batch_size=64", "--temperature=2"]
+    proc = _run_transfer(common + ["--student=wrn-10-1", f"--out_dir={out}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["temperature"] == 2 and metrics["config"]["kd_weight"] == 0.9
+    assert metrics["attention_layers"] and metrics["train_images"] == 1024
+    losses_by_epoch = [row["loss"] for row in metrics["history"]]
+    assert len(losses_by_epoch) == 2 and losses_by_epoch[1] < losses_by_epoch[0]
+    assert len((out / "history.csv").read_text().strip().splitlines()) == 3
+    student = keras.models.load_model(out / "student.keras")
+    assert flops.count_params(student) == metrics["params"] == flops.count_params(models.wrn(10, 1))
+    test = cifar["test"]
+    from edgekt import data
+
+    test = data.stratified_subset(test, 500, seed=0)
+    assert evaluation.evaluate(student, test.images, test.labels)["accuracy"] == pytest.approx(
+        metrics["test_accuracy"], abs=1e-6)
+    assert metrics["test_accuracy"] > 0.15  # chance is 0.10
+
+    # A student with other classes, and a student that is neither a file nor a WRN name.
+    wrong = str(tmp_path / "wrong.keras")
+    models.wrn(10, 1, num_classes=7).save(wrong)
+    proc = _run_transfer(common + [f"--student={wrong}", f"--out_dir={tmp_path / 'w'}"], cache_dir)
+    assert proc.returncode != 0 and "the student has 7 outputs but the data has 10 classes" in proc.stderr
+    proc = _run_transfer(common + ["--student=resnet", f"--out_dir={tmp_path / 'w'}"], cache_dir)
+    assert proc.returncode != 0 and "--student must be a .keras model file or wrn-DEPTH-WIDTH" in proc.stderr

@@ -13,10 +13,7 @@ LOG_COLUMNS = ("step", "params", "params_ratio", "flops", "flops_ratio", "val_ac
 def write_log(out_dir: str, log: list[dict], criterion: str) -> None:
     """Writes `prune_log.json` (one entry per step, step 0 = teacher) and `prune_log.csv`."""
     atomic.write_json(os.path.join(out_dir, "prune_log.json"), {"criterion": criterion, "steps": log})
-    lines = [",".join(LOG_COLUMNS)]
-    for entry in log:
-        lines.append(",".join("" if entry.get(c) is None else str(entry.get(c)) for c in LOG_COLUMNS))
-    atomic.write_text(os.path.join(out_dir, "prune_log.csv"), "\n".join(lines) + "\n")
+    atomic.write_csv(os.path.join(out_dir, "prune_log.csv"), log, LOG_COLUMNS)
 
 
 def write_plot(out_dir: str, log: list[dict], criterion: str, final_point: tuple[int, float] | None = None,

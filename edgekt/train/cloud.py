@@ -179,7 +179,7 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
     result = _metrics(final, prepared, state, config, cost, preset_name, distribution, replicas)
     if _is_chief():
         saving.save_model(final, model_path)
-        _write_history_csv(os.path.join(out_dir, "history.csv"), state["history"])
+        atomic.write_csv(os.path.join(out_dir, "history.csv"), state["history"])
         atomic.write_json(metrics_path, result)
     logging.info("%s: params %s, FLOPs %.1fM, test top-1 %s, %.0f img/s, %.0fs", config.architecture,
                  f"{result['params']:,}", result["flops"] / 1e6,
@@ -219,14 +219,6 @@ def _metrics(model, prepared: data.PreparedData, state, config, cost, preset_nam
         "replicas": replicas,
         "config": _config_dict(config),
     }
-
-
-def _write_history_csv(path: str, history: list[dict]) -> None:
-    if not history:
-        return
-    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
-    lines = [",".join(keys)] + [",".join(str(row.get(k, "")) for k in keys) for row in history]
-    atomic.write_text(path, "\n".join(lines) + "\n")
 
 
 def _describe_difference(old: dict, new: dict) -> str:

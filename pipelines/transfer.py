@@ -1,0 +1,76 @@
+"""Knowledge transfer from the cloud model to a student: `python -m pipelines.transfer
+--teacher=DIR/model.keras --student=OUT/pruned.keras|wrn-16-1 --data=... --out_dir=T
+--preset=smoke|cpu|paper [--ce_weight=...] [--kd_weight=...] [--temperature=...] [--at_weight=...]`.
+
+The loss is composable: cross-entropy to the labels, KD on softened logits and attention
+transfer between stages of equal resolution; a zero weight drops a term (`--kd_weight=0
+--at_weight=0 --ce_weight=1` is plain training). Writes T/student.keras, T/metrics.json and
+T/history.csv.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from pipelines import flag_utils
+
+_TEACHER = flags.DEFINE_string("teacher", None, "The cloud .keras model.", required=True)
+_STUDENT = flags.DEFINE_string("student", None, "The student: a .keras model (e.g. the pruned one) or wrn-DEPTH-WIDTH "
+                               "for a new WRN trained from scratch.", required=True)
+_DATA = flags.DEFINE_string("data", None, "Image folder/archive, cifar-10-batches-py folder, or tfds[:NAME].",
+                            required=True)
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
+_PRESET = flags.DEFINE_enum("preset", "smoke", ["smoke", "cpu", "paper"], "Transfer preset.")
+flags.DEFINE_float("ce_weight", None, "Weight of cross-entropy to the labels.")
+flags.DEFINE_float("kd_weight", None, "Weight of KD on softened logits (0 drops it).")
+flags.DEFINE_float("temperature", None, "KD temperature.")
+flags.DEFINE_float("at_weight", None, "Weight of attention transfer (0 drops it).")
+flags.DEFINE_float("at_p", None, "Exponent p of the attention maps.")
+flags.DEFINE_float("label_smoothing", None, "Label smoothing of the cross-entropy term.")
+flags.DEFINE_integer("epochs", None, "Training epochs.")
+flags.DEFINE_integer("batch_size", None, "Batch size.")
+flags.DEFINE_float("learning_rate", None, "Peak learning rate (cosine decay).")
+flags.DEFINE_float("warmup_epochs", None, "Linear warm-up epochs.")
+flags.DEFINE_float("weight_decay", None, "L2 weight decay on kernels.")
+flags.DEFINE_enum("precision", None, ["float32", "mixed_bfloat16", "mixed_float16"], "Training dtype policy.")
+flags.DEFINE_integer("train_size", None, "Class-balanced subset of the training split.")
+flags.DEFINE_integer("test_size", None, "Class-balanced subset of the test split.")
+flags.DEFINE_integer("seed", None, "Random seed.")
+_VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default: the teacher's, from its metrics.json).")
+_PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Training progress display.")
+
+_FIELDS = {n: n for n in ("ce_weight", "kd_weight", "temperature", "at_weight", "at_p", "label_smoothing", "epochs",
+                          "batch_size", "learning_rate", "warmup_epochs", "weight_decay", "precision", "train_size",
+                          "test_size", "seed")}
+
+
+def main(argv):
+    flag_utils.reject_extra_args(argv)
+    from edgekt import data
+    from edgekt.prune.pruner import load_teacher
+    from edgekt.transfer import config as config_lib
+    from edgekt.transfer import stage
+
+    config = config_lib.preset(_PRESET.value, **flag_utils.overrides_from_flags(_FIELDS))
+    teacher, info = load_teacher(_TEACHER.value)
+    teacher_config = info.get("config", {})
+    val_size = _VAL_SIZE.value if _VAL_SIZE.value is not None else teacher_config.get("val_size", 5000)
+    split_seed = teacher_config.get("seed", 0)
+    if not info:
+        logging.warning("no metrics.json beside %s: using val_size=%d, seed=%d; the validation images may overlap "
+                        "the teacher's training images", _TEACHER.value, val_size, split_seed)
+    flag_utils.log_config("transfer", config, preset=_PRESET.value, teacher=_TEACHER.value, student=_STUDENT.value,
+                          data=_DATA.value, out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed)
+    splits = data.load(_DATA.value)
+    train_images = splits["train"].images if "train" in splits else None
+    if train_images is None:
+        raise app.UsageError(f"{_DATA.value}: no 'train' split; found {sorted(splits)}")
+    student = stage.make_student(_STUDENT.value, num_classes=len(splits.class_names), train_images=train_images,
+                                 input_shape=train_images.shape[1:], seed=config.seed)
+    stage.distill(teacher, student, splits, _OUT_DIR.value, config, val_size=val_size, split_seed=split_seed,
+                  preset_name=_PRESET.value, teacher_path=_TEACHER.value, student_name=_STUDENT.value,
+                  verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
+
+
+if __name__ == "__main__":
+    app.run(main)
