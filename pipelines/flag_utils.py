@@ -32,3 +32,28 @@ def log_config(stage: str, config, **extra) -> None:
     """Logs the resolved configuration as one JSON line."""
     body = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     logging.info("%s config: %s", stage, json.dumps({**body, **extra}, default=str, sort_keys=True))
+
+
+def load_teacher_and_split(path: str, val_size: int | None) -> tuple[object, int, int]:
+    """Loads the cloud model at `path` and the validation hold-out the cloud stage used
+    (`val_size`, seed from the metrics.json beside it), so later stages never validate on
+    images the teacher trained on.
+
+    Args:
+      path: the teacher's `.keras` file.
+      val_size: the --val_size flag (None: the teacher's).
+
+    Returns:
+      (teacher, val_size, split_seed).
+    """
+    from edgekt.prune.pruner import load_teacher
+
+    teacher, info = load_teacher(path)
+    teacher_config = info.get("config", {})
+    if val_size is None:
+        val_size = teacher_config.get("val_size", 5000)
+    split_seed = teacher_config.get("seed", 0)
+    if not info:
+        logging.warning("no metrics.json beside %s: using val_size=%d, seed=%d; the validation images may overlap "
+                        "the teacher's training images", path, val_size, split_seed)
+    return teacher, val_size, split_seed

@@ -46,13 +46,7 @@ def main(argv):
         if overrides.get(ratio) == 0:
             overrides[ratio] = None
     config = config_lib.preset(_PRESET.value, **overrides)
-    teacher, info = pruner.load_teacher(_TEACHER.value)
-    teacher_config = info.get("config", {})
-    val_size = _VAL_SIZE.value if _VAL_SIZE.value is not None else teacher_config.get("val_size", 5000)
-    split_seed = teacher_config.get("seed", 0)
-    if not info:
-        logging.warning("no metrics.json beside %s: using val_size=%d, seed=%d; the validation images may overlap "
-                        "the teacher's training images", _TEACHER.value, val_size, split_seed)
+    teacher, val_size, split_seed = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
     flag_utils.log_config("prune", config, preset=_PRESET.value, teacher=_TEACHER.value, data=_DATA.value,
                           out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed)
     metrics = pruner.prune_and_finetune(teacher, _DATA.value, _OUT_DIR.value, config, val_size=val_size,

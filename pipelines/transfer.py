@@ -10,7 +10,7 @@ T/history.csv.
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from pipelines import flag_utils
 
@@ -47,18 +47,11 @@ _FIELDS = {n: n for n in ("ce_weight", "kd_weight", "temperature", "at_weight", 
 def main(argv):
     flag_utils.reject_extra_args(argv)
     from edgekt import data
-    from edgekt.prune.pruner import load_teacher
     from edgekt.transfer import config as config_lib
     from edgekt.transfer import stage
 
     config = config_lib.preset(_PRESET.value, **flag_utils.overrides_from_flags(_FIELDS))
-    teacher, info = load_teacher(_TEACHER.value)
-    teacher_config = info.get("config", {})
-    val_size = _VAL_SIZE.value if _VAL_SIZE.value is not None else teacher_config.get("val_size", 5000)
-    split_seed = teacher_config.get("seed", 0)
-    if not info:
-        logging.warning("no metrics.json beside %s: using val_size=%d, seed=%d; the validation images may overlap "
-                        "the teacher's training images", _TEACHER.value, val_size, split_seed)
+    teacher, val_size, split_seed = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
     flag_utils.log_config("transfer", config, preset=_PRESET.value, teacher=_TEACHER.value, student=_STUDENT.value,
                           data=_DATA.value, out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed)
     splits = data.load(_DATA.value)
@@ -66,7 +59,7 @@ def main(argv):
     if train_images is None:
         raise app.UsageError(f"{_DATA.value}: no 'train' split; found {sorted(splits)}")
     student = stage.make_student(_STUDENT.value, num_classes=len(splits.class_names), train_images=train_images,
-                                 input_shape=train_images.shape[1:], seed=config.seed)
+                                 input_shape=train_images.shape[1:], seed=config.optimization.seed)
     stage.distill(teacher, student, splits, _OUT_DIR.value, config, val_size=val_size, split_seed=split_seed,
                   preset_name=_PRESET.value, teacher_path=_TEACHER.value, student_name=_STUDENT.value,
                   verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])

@@ -117,7 +117,8 @@ def test_transfer_binary_distils_a_new_student_on_real_images(cifar, cache_dir, 
     proc = _run_transfer(common + ["--student=wrn-10-1", f"--out_dir={out}"], cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["temperature"] == 2 and metrics["config"]["kd_weight"] == 0.9
+    assert metrics["config"]["loss"]["temperature"] == 2 and metrics["config"]["loss"]["kd_weight"] == 0.9
+    assert metrics["config"]["optimization"]["epochs"] == 2
     assert metrics["attention_layers"] and metrics["train_images"] == 1024
     losses_by_epoch = [row["loss"] for row in metrics["history"]]
     assert len(losses_by_epoch) == 2 and losses_by_epoch[1] < losses_by_epoch[0]
@@ -139,3 +140,20 @@ def test_transfer_binary_distils_a_new_student_on_real_images(cifar, cache_dir, 
     assert proc.returncode != 0 and "the student has 7 outputs but the data has 10 classes" in proc.stderr
     proc = _run_transfer(common + ["--student=resnet", f"--out_dir={tmp_path / 'w'}"], cache_dir)
     assert proc.returncode != 0 and "--student must be a .keras model file or wrn-DEPTH-WIDTH" in proc.stderr
+
+
+def test_transfer_stage_preset_routes_overrides():
+    from edgekt.transfer import config as stage_config
+
+    cfg = stage_config.preset("cpu", temperature=2.0, at_weight=0.0, epochs=3, train_size=500, seed=4)
+    assert (cfg.loss.temperature, cfg.loss.at_weight, cfg.loss.kd_weight) == (2.0, 0.0, 0.9)
+    assert (cfg.optimization.epochs, cfg.optimization.seed, cfg.train_size) == (3, 4, 500)
+    assert stage_config.preset("cpu").optimization.epochs == 10  # the preset itself is unchanged
+    with pytest.raises(ValueError, match="unknown transfer setting 'bogus'"):
+        stage_config.preset("cpu", bogus=1)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        stage_config.preset("cpu", precision="fp8")
+    with pytest.raises(ValueError, match="needs at least one loss term"):
+        stage_config.preset("cpu", ce_weight=0.0, kd_weight=0.0, at_weight=0.0)
+    with pytest.raises(ValueError, match="train_size must be >= batch_size"):
+        stage_config.preset("cpu", train_size=10)

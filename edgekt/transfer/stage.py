@@ -80,16 +80,16 @@ def distill(teacher: keras.Model, student: keras.Model, source: str | data.DataS
         if tuple(model.input_shape[1:]) != tuple(prepared.train.images.shape[1:]):
             raise ValueError(f"the {role} takes images of shape {tuple(model.input_shape[1:])} but the data's are "
                              f"{tuple(prepared.train.images.shape[1:])}")
-    transfer = config.transfer_config()
+    transfer = config.loss
     if transfer.at_weight > 0 and transfer.uses_teacher and not matching_feature_layers(student, teacher):
         logging.warning("attention transfer: the student and the teacher share no layer name at equal resolution; "
                         "only the CE and KD terms apply")
-    batch = max(config.batch_size, 256)
+    batch = max(config.optimization.batch_size, 256)
     teacher32 = saving.float32_copy(teacher)
     before = {"val": _evaluate(student, prepared.val, prepared.class_names, batch)}
     t0 = time.perf_counter()
     trained, history = fit_student(student, prepared.train, teacher=teacher32, transfer=transfer,
-                                   config=config.finetune_config(), verbose=verbose)
+                                   config=config.optimization, verbose=verbose)
     train_seconds = time.perf_counter() - t0
     os.makedirs(out_dir, exist_ok=True)
     student_path = saving.save_model(trained, os.path.join(out_dir, STUDENT_FILE))
@@ -118,7 +118,7 @@ def distill(teacher: keras.Model, student: keras.Model, source: str | data.DataS
         "attention_layers": matching_feature_layers(trained, teacher32) if transfer.at_weight else [],
         "train_images": int(len(prepared.train.labels)),
         "train_seconds": train_seconds,
-        "images_per_second": config.epochs * len(prepared.train.labels) / max(train_seconds, 1e-9),
+        "images_per_second": config.optimization.epochs * len(prepared.train.labels) / max(train_seconds, 1e-9),
         "wall_seconds": time.perf_counter() - start,
         "history": history,
         "config": json.loads(json.dumps(dataclasses.asdict(config))),

@@ -9,6 +9,7 @@ import keras
 
 from edgekt.data import Split, pipeline
 from edgekt.models import saving
+from edgekt.train.config import PRECISIONS
 from edgekt.train.optimizers import L2SGD, learning_rate_schedule
 from edgekt.transfer.distiller import Distiller, TransferConfig
 
@@ -48,6 +49,8 @@ class FinetuneConfig:
             raise ValueError(f"FinetuneConfig.batch_size must be >= 1. Received: {self.batch_size}")
         if self.learning_rate <= 0:
             raise ValueError(f"FinetuneConfig.learning_rate must be > 0. Received: {self.learning_rate}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"FinetuneConfig.precision must be one of {PRECISIONS}. Received: {self.precision!r}")
 
 
 def fit_student(student: keras.Model, train: Split, *, teacher: keras.Model | None = None,
