@@ -22,7 +22,8 @@ flags.DEFINE_float("target_flops_ratio", None, "Keep this fraction of the FLOPs.
 flags.DEFINE_float("max_accuracy_drop", None, "Stop before validation accuracy drops more than this many points.")
 flags.DEFINE_enum("criterion", None, ["attention", "l1"], "Filter importance criterion.")
 flags.DEFINE_float("attention_p", None, "Exponent p of the attention sum |A|^p.")
-flags.DEFINE_enum("allocation", None, ["global", "uniform"], "Rank channels over all groups or per group.")
+flags.DEFINE_enum("allocation", None, ["global", "cost", "uniform"],
+                  "Rank channels over all groups (by score, or by score per parameter/FLOP saved) or per group.")
 flags.DEFINE_enum("transfer", None, ["kd_at", "kd", "at", "none"], "Knowledge transfer while fine-tuning.")
 flags.DEFINE_integer("steps", None, "Pruning steps to the target.")
 flags.DEFINE_integer("step_epochs", None, "Fine-tuning epochs after each step.")

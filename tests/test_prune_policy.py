@@ -58,7 +58,7 @@ def test_attention_importance_finds_a_dead_channel(small_cifar):
     assert np.argmin(l1[conv0.id]) == 5
 
 
-@pytest.mark.parametrize("allocation", ["global", "uniform"])
+@pytest.mark.parametrize("allocation", ["global", "cost", "uniform"])
 def test_select_channels_meets_the_budget_and_keeps_the_best(allocation):
     model = models.wrn(16, 2)
     graph = build_graph(model)
@@ -75,6 +75,26 @@ def test_select_channels_meets_the_budget_and_keeps_the_best(allocation):
             assert scores[gid][k].min() >= np.delete(scores[gid], k).max()
     keep_f = select_channels(graph, scores, max_flops=int(0.1 * fl), allocation=allocation)
     assert cost.count({gid: len(k) for gid, k in keep_f.items()})[1] <= 0.1 * fl
+
+
+def test_cost_allocation_removes_expensive_channels_first():
+    model = models.wrn(16, 2)
+    graph = build_graph(model)
+    cost = CostModel(graph)
+    params, _ = cost.count()
+    per_channel = cost.channel_costs()
+    scores = {g.id: np.ones(g.channels) for g in graph.prunable_groups()}  # all equally important
+    keep = select_channels(graph, scores, max_params=int(0.5 * params), allocation="cost")
+    removed = {gid: len(scores[gid]) - len(k) for gid, k in keep.items()}
+    cheapest = min(scores, key=lambda gid: per_channel[gid][0])
+    dearest = max(scores, key=lambda gid: per_channel[gid][0])
+    assert per_channel[dearest][0] > 4 * per_channel[cheapest][0]
+    assert removed[dearest] > 0 and removed[cheapest] == 0
+    # One channel's saving is what the cost model counts for the narrower model.
+    gid = dearest
+    p0, f0 = cost.count()
+    p1, f1 = cost.count({gid: int(cost.base[gid]) - 1})
+    assert per_channel[gid] == (p0 - p1, f0 - f1)
 
 
 def test_select_channels_refuses_an_impossible_budget():

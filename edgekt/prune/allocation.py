@@ -4,7 +4,11 @@
 function of each group's channel count, without building the model, so the budget search
 can try many candidate widths. `select_channels` then removes the least important channels,
 either globally (one ranking over all groups) or uniformly (the same fraction per group),
-until the budget is met.
+until the budget is met. "cost" ranks globally by importance per unit of the budgeted
+resource: a channel's score divided by what removing it saves (its parameters under a
+parameter budget, its FLOPs under a FLOPs budget, the sum of both shares under both), so a
+wide late-stage channel that holds many parameters goes before a cheap early one of equal
+importance.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 
 from edgekt.prune.graph import DependencyGraph
 
-ALLOCATIONS = ("global", "uniform")
+ALLOCATIONS = ("global", "cost", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +62,20 @@ class CostModel:
                 total = sum(int(np.prod(v.shape)) for v in learnable)
                 channels = self.base[out_gid]
                 self.terms.append(_LayerTerm("perchannel", None, 1, out_gid, 0, 0, False, total // max(channels, 1)))
+
+    def channel_costs(self, channels: Mapping[int, int] | None = None) -> dict[int, tuple[int, int]]:
+        """Group id -> (params, flops) saved by removing one channel of that group, at the
+        given widths (default: unpruned)."""
+        c = {gid: int(n) for gid, n in enumerate(self.base)}
+        c.update(channels or {})
+        p0, f0 = self.count(c)
+        out = {}
+        for gid, n in c.items():
+            if n < 1:
+                continue
+            p1, f1 = self.count({**c, gid: n - 1})
+            out[gid] = (p0 - p1, f0 - f1)
+        return out
 
     def count(self, channels: np.ndarray | Mapping[int, int] | None = None) -> tuple[int, int]:
         """(params, flops) with group i at `channels[i]` channels (default: unpruned)."""
@@ -105,8 +123,8 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
     """Chooses the channels to keep so that params <= max_params and flops <= max_flops.
 
     Removes as few channels as possible: with "global" allocation, the k lowest-scored
-    channels over all groups (k found by bisection); with "uniform", the same fraction of
-    every group. No group goes below `min_channels` (or its current size, if smaller).
+    channels over all groups (k found by bisection); with "cost", the k channels of lowest
+    score per unit of saved budget; with "uniform", the same fraction of every group. No group goes below `min_channels` (or its current size, if smaller).
 
     Args:
       graph: the model's graph.
@@ -114,7 +132,7 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
         be pruned.
       max_params, max_flops: the budget (None: no limit on that measure).
       min_channels: floor per group.
-      allocation: "global" or "uniform".
+      allocation: "global", "cost" or "uniform".
       cost: a `CostModel` of `graph`, if already built.
 
     Returns:
@@ -135,9 +153,12 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
         p, f = cost.count({gid: sizes[gid] - r for gid, r in removed.items()})
         return (max_params is None or p <= max_params) and (max_flops is None or f <= max_flops)
 
-    if allocation == "global":
+    if allocation in ("global", "cost"):
+        weight = {gid: 1.0 for gid in scores}
+        if allocation == "cost":
+            weight = _cost_weights(cost, sizes, max_params, max_flops)
         # One ranking over all channels; removal order respects each group's floor.
-        entries = sorted(((float(s[i]), gid, rank) for gid, s in scores.items()
+        entries = sorted(((float(s[i]) / weight[gid], gid, rank) for gid, s in scores.items()
                           for rank, i in enumerate(np.argsort(s, kind="stable"))
                           if rank < sizes[gid] - floors[gid]), key=lambda e: (e[0], e[1], e[2]))
 
@@ -171,6 +192,27 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
         else:
             lo = mid
     return _keep_from_removed(scores, removed_at(hi))
+
+
+def _cost_weights(cost: CostModel, sizes: Mapping[int, int], max_params: int | None,
+                  max_flops: int | None) -> dict[int, float]:
+    """Per group, what removing one of its channels saves of the budgeted resources, relative
+    to the average over groups (so scores keep their scale)."""
+    per_channel = cost.channel_costs(dict(sizes))
+    shares = {}
+    for gid in sizes:
+        p, f = per_channel.get(gid, (0, 0))
+        share = 0.0
+        if max_params is not None:
+            share += p
+        if max_flops is not None:
+            # FLOPs and params differ in scale: bring FLOPs to the params' average scale.
+            mean_p = np.mean([v[0] for v in per_channel.values()]) or 1.0
+            mean_f = np.mean([v[1] for v in per_channel.values()]) or 1.0
+            share += f * (mean_p / mean_f if max_params is not None else 1.0)
+        shares[gid] = share
+    mean = float(np.mean([v for v in shares.values() if v > 0])) if any(v > 0 for v in shares.values()) else 1.0
+    return {gid: max(v, 1e-12) / mean for gid, v in shares.items()}
 
 
 def _unreachable(cost, sizes, floors, max_params, max_flops) -> str:

@@ -24,7 +24,8 @@ class PruneConfig:
         `step_keep` of the parameters) until this would be violated.
 
     Importance: `criterion` ("attention" or "l1"), `attention_p`, per-layer `normalization`,
-    `calibration_size` images; `allocation` "global" (one ranking over all groups) or
+    `calibration_size` images; `allocation` "global" (one ranking over all groups), "cost"
+    (one ranking of importance per parameter/FLOP saved) or
     "uniform" (same fraction per group); `min_channels` per group.
 
     Schedule: `steps` geometric steps to the ratio target (or up to `max_steps` steps of
