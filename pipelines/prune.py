@@ -25,6 +25,7 @@ flags.DEFINE_float("attention_p", None, "Exponent p of the attention sum |A|^p."
 flags.DEFINE_enum("allocation", None, ["global", "cost", "uniform"],
                   "Rank channels over all groups (by score, or by score per parameter/FLOP saved) or per group.")
 flags.DEFINE_enum("transfer", None, ["kd_at", "kd", "at", "none"], "Knowledge transfer while fine-tuning.")
+flags.DEFINE_float("cost_exponent", None, "With --allocation=cost: scores / (saving ** this); 1 = per unit saved.")
 flags.DEFINE_integer("steps", None, "Pruning steps to the target.")
 flags.DEFINE_integer("step_epochs", None, "Fine-tuning epochs after each step.")
 flags.DEFINE_integer("final_epochs", None, "Fine-tuning epochs of the chosen model.")
@@ -34,7 +35,7 @@ _VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default
 _PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Fine-tuning progress display.")
 
 _FIELDS = {n: n for n in ("target_params_ratio", "target_flops_ratio", "max_accuracy_drop", "criterion", "attention_p",
-                          "allocation", "transfer", "steps", "step_epochs", "final_epochs", "calibration_size", "seed")}
+                          "allocation", "cost_exponent", "transfer", "steps", "step_epochs", "final_epochs", "calibration_size", "seed")}
 
 
 def main(argv):

@@ -90,6 +90,10 @@ def test_cost_allocation_removes_expensive_channels_first():
     dearest = max(scores, key=lambda gid: per_channel[gid][0])
     assert per_channel[dearest][0] > 4 * per_channel[cheapest][0]
     assert removed[dearest] > 0 and removed[cheapest] == 0
+    # Exponent 0 is the plain global ranking.
+    assert all(np.array_equal(a, b) for a, b in zip(
+        select_channels(graph, scores, max_params=int(0.5 * params), allocation="cost", cost_exponent=0.0).values(),
+        select_channels(graph, scores, max_params=int(0.5 * params), allocation="global").values()))
     # One channel's saving is what the cost model counts for the narrower model.
     gid = dearest
     p0, f0 = cost.count()

@@ -119,7 +119,8 @@ def _keep_from_removed(scores: Mapping[int, np.ndarray], removed: Mapping[int, i
 
 def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
                     max_params: int | None = None, max_flops: int | None = None, min_channels: int = 1,
-                    allocation: str = "global", cost: CostModel | None = None) -> dict[int, np.ndarray]:
+                    allocation: str = "global", cost: CostModel | None = None,
+                    cost_exponent: float = 1.0) -> dict[int, np.ndarray]:
     """Chooses the channels to keep so that params <= max_params and flops <= max_flops.
 
     Removes as few channels as possible: with "global" allocation, the k lowest-scored
@@ -134,6 +135,8 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
       min_channels: floor per group.
       allocation: "global", "cost" or "uniform".
       cost: a `CostModel` of `graph`, if already built.
+      cost_exponent: with "cost", scores are divided by (relative saving) ** cost_exponent
+        (1: importance per unit saved; 0: the same as "global").
 
     Returns:
       group id -> sorted kept channel indices.
@@ -145,6 +148,8 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
         raise ValueError(f"unknown allocation; expected one of {ALLOCATIONS}. Received: {allocation!r}")
     if min_channels < 1:
         raise ValueError(f"min_channels must be >= 1. Received: {min_channels}")
+    if cost_exponent < 0:
+        raise ValueError(f"cost_exponent must be >= 0. Received: {cost_exponent}")
     cost = cost or CostModel(graph)
     sizes = {gid: len(s) for gid, s in scores.items()}
     floors = {gid: min(min_channels, n) for gid, n in sizes.items()}
@@ -156,7 +161,7 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
     if allocation in ("global", "cost"):
         weight = {gid: 1.0 for gid in scores}
         if allocation == "cost":
-            weight = _cost_weights(cost, sizes, max_params, max_flops)
+            weight = {gid: w ** cost_exponent for gid, w in _cost_weights(cost, sizes, max_params, max_flops).items()}
         # One ranking over all channels; removal order respects each group's floor.
         entries = sorted(((float(s[i]) / weight[gid], gid, rank) for gid, s in scores.items()
                           for rank, i in enumerate(np.argsort(s, kind="stable"))

@@ -25,7 +25,7 @@ class PruneConfig:
 
     Importance: `criterion` ("attention" or "l1"), `attention_p`, per-layer `normalization`,
     `calibration_size` images; `allocation` "global" (one ranking over all groups), "cost"
-    (one ranking of importance per parameter/FLOP saved) or
+    (one ranking of importance per (parameter/FLOP saved) ** `cost_exponent`) or
     "uniform" (same fraction per group); `min_channels` per group.
 
     Schedule: `steps` geometric steps to the ratio target (or up to `max_steps` steps of
@@ -41,6 +41,7 @@ class PruneConfig:
     attention_p: float = 2.0
     normalization: str = "mean"
     allocation: str = "global"
+    cost_exponent: float = 1.0
     min_channels: int = 2
     calibration_size: int = 1024
     steps: int = 4
@@ -72,6 +73,7 @@ class PruneConfig:
             (self.attention_p > 0, "attention_p", "> 0"),
             (self.normalization in NORMALIZATIONS, "normalization", f"one of {NORMALIZATIONS}"),
             (self.allocation in ALLOCATIONS, "allocation", f"one of {ALLOCATIONS}"),
+            (self.cost_exponent >= 0, "cost_exponent", ">= 0"),
             (self.min_channels >= 1, "min_channels", ">= 1"),
             (self.calibration_size >= 1, "calibration_size", ">= 1"),
             (self.steps >= 1, "steps", ">= 1"),

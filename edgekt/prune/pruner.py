@@ -146,7 +146,8 @@ def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_
                                      normalization=config.normalization, batch_size=64)
         try:
             keep = allocation.select_channels(g, scores, max_params=max_params, max_flops=max_flops,
-                                              min_channels=config.min_channels, allocation=config.allocation)
+                                              min_channels=config.min_channels, allocation=config.allocation,
+                                              cost_exponent=config.cost_exponent)
         except ValueError as e:
             logging.warning("step %d: %s; stopping", step, e)
             state["stopped"] = True
