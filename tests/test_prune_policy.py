@@ -82,7 +82,7 @@ def test_cost_allocation_removes_expensive_channels_first():
     graph = build_graph(model)
     cost = CostModel(graph)
     params, _ = cost.count()
-    per_channel = cost.channel_costs()
+    per_channel = cost.channel_costs({g.id: g.channels for g in graph.prunable_groups()})
     scores = {g.id: np.ones(g.channels) for g in graph.prunable_groups()}  # all equally important
     keep = select_channels(graph, scores, max_params=int(0.5 * params), allocation="cost")
     removed = {gid: len(scores[gid]) - len(k) for gid, k in keep.items()}

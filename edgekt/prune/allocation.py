@@ -63,17 +63,15 @@ class CostModel:
                 channels = self.base[out_gid]
                 self.terms.append(_LayerTerm("perchannel", None, 1, out_gid, 0, 0, False, total // max(channels, 1)))
 
-    def channel_costs(self, channels: Mapping[int, int] | None = None) -> dict[int, tuple[int, int]]:
-        """Group id -> (params, flops) saved by removing one channel of that group, at the
-        given widths (default: unpruned)."""
+    def channel_costs(self, channels: Mapping[int, int]) -> dict[int, tuple[int, int]]:
+        """For each group in `channels` (group id -> its current width; other groups unpruned),
+        the (params, flops) saved by removing one of its channels."""
         c = {gid: int(n) for gid, n in enumerate(self.base)}
-        c.update(channels or {})
+        c.update(channels)
         p0, f0 = self.count(c)
         out = {}
-        for gid, n in c.items():
-            if n < 1:
-                continue
-            p1, f1 = self.count({**c, gid: n - 1})
+        for gid in channels:
+            p1, f1 = self.count({**c, gid: max(c[gid] - 1, 0)})
             out[gid] = (p0 - p1, f0 - f1)
         return out
 
@@ -125,7 +123,8 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
 
     Removes as few channels as possible: with "global" allocation, the k lowest-scored
     channels over all groups (k found by bisection); with "cost", the k channels of lowest
-    score per unit of saved budget; with "uniform", the same fraction of every group. No group goes below `min_channels` (or its current size, if smaller).
+    score per unit of saved budget; with "uniform", the same fraction of every group. No
+    group goes below `min_channels` (or its current size, if smaller).
 
     Args:
       graph: the model's graph.
@@ -201,23 +200,16 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
 
 def _cost_weights(cost: CostModel, sizes: Mapping[int, int], max_params: int | None,
                   max_flops: int | None) -> dict[int, float]:
-    """Per group, what removing one of its channels saves of the budgeted resources, relative
-    to the average over groups (so scores keep their scale)."""
+    """Per group, what removing one of its channels saves of the budgeted resources, each
+    resource relative to its average over the groups (so scores keep their scale)."""
     per_channel = cost.channel_costs(dict(sizes))
-    shares = {}
-    for gid in sizes:
-        p, f = per_channel.get(gid, (0, 0))
-        share = 0.0
-        if max_params is not None:
-            share += p
-        if max_flops is not None:
-            # FLOPs and params differ in scale: bring FLOPs to the params' average scale.
-            mean_p = np.mean([v[0] for v in per_channel.values()]) or 1.0
-            mean_f = np.mean([v[1] for v in per_channel.values()]) or 1.0
-            share += f * (mean_p / mean_f if max_params is not None else 1.0)
-        shares[gid] = share
-    mean = float(np.mean([v for v in shares.values() if v > 0])) if any(v > 0 for v in shares.values()) else 1.0
-    return {gid: max(v, 1e-12) / mean for gid, v in shares.items()}
+    gids = list(sizes)
+    saved = np.array([per_channel[gid] for gid in gids], dtype=np.float64)  # [groups, (params, flops)]
+    share = np.zeros(len(gids))
+    for column, budgeted in ((0, max_params is not None), (1, max_flops is not None)):
+        if budgeted and saved[:, column].mean() > 0:
+            share += saved[:, column] / saved[:, column].mean()
+    return {gid: max(float(v), 1e-12) for gid, v in zip(gids, share)}
 
 
 def _unreachable(cost, sizes, floors, max_params, max_flops) -> str:
