@@ -7,11 +7,13 @@ on the others.
     python benchmarks/incremental_update.py --model=runs/all_cpu/export/model_trainable.tflite \
         --from_data=../shared/datasets/cifar10.tar.gz --out_dir=runs/bench/incremental
 
-    # new classes: the experiments' device model and data
-    D=runs/experiments_cpu/transfer
-    python benchmarks/incremental_update.py --model=$D/device_bn_classifier/model_trainable.tflite \
-        --new=$D/data/new.npz --val=$D/data/val.npz --test=$D/data/test.npz --replay=$D/data/replay.npz --lr=0.01 \
-        --old_classes=airplane,automobile,bird,cat,deer --out_dir=runs/bench/incremental_new_classes
+    # new classes: a device model and device data of the on-device learning benchmark
+    # (pipelines.experiments), whose device model never saw the new classes
+    D=runs/exp_cpu/splits/new-deer+dog+frog_unseen-horse+ship  # one split's folder
+    python benchmarks/incremental_update.py --model=$D/export/model_trainable.tflite \
+        --new=$D/seed0/data/new.npz --val=$D/seed0/data/val.npz --test=$D/test.npz \
+        --replay=$D/seed0/data/replay_old.npz --lr=0.01 --old_classes=airplane,automobile,bird,cat,truck \
+        --out_dir=runs/bench/incremental_new_classes
 
 The Raspberry Pi 4 figure is an estimate, not a Pi measurement: time here x --pi_factor (the
 ratio of the published Pi 4 time of MobileNet v1 to this machine's, from benchmarks/pi_scale.py).
@@ -53,7 +55,7 @@ def _prepare_from_data(source: str, out_dir: str) -> tuple[str, str, str]:
     from edgekt import data
 
     splits = data.load(source)
-    prepared = data.prepare_splits(splits, val_size=FLAGS.val_size, seed=0)
+    prepared = data.prepare_splits(splits, val_size=FLAGS.val_size, seed=0)  # validation: no stage trained on it
     order = np.random.default_rng(1).permutation(len(prepared.val.labels))
     need = FLAGS.new_images + FLAGS.val_images
     if need > len(order):
@@ -79,7 +81,7 @@ def main(argv):
     del argv
     import numpy as np
 
-    from edgekt.transfer.experiments import DeviceApp
+    from edgekt.device_learning.device_runs import DeviceApp
 
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     if FLAGS.from_data:
@@ -97,7 +99,11 @@ def main(argv):
     other = FLAGS.old_classes or [c for c in class_names if c not in new_classes]
     runs = []
     for threads in (int(t) for t in FLAGS.threads):
-        device = DeviceApp(FLAGS.device_python, threads)
+        run_app = DeviceApp(FLAGS.device_python, threads)
+
+        def device(*args):
+            return run_app(*args)[0]
+
         before = device("evaluate", f"--model={FLAGS.model}", f"--data={test}")
         checkpoint = os.path.join(FLAGS.out_dir, f"checkpoint_threads{threads}.npz")
         args = ["learn", f"--model={FLAGS.model}", f"--data={new}", f"--checkpoint={checkpoint}", "--restart",

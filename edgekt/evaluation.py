@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from tflite_runtime_app.metrics import classification_metrics, log_softmax  # one implementation
+
+__all__ = ["classification_metrics", "evaluate", "inference_latency_ms", "log_softmax", "predict_logits"]
 
 
 def predict_logits(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -14,29 +17,6 @@ def predict_logits(model, images: np.ndarray, batch_size: int = 256) -> np.ndarr
     if not outs:
         raise ValueError("no images to evaluate")
     return np.concatenate(outs)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names=None) -> dict:
-    """Top-1 accuracy, cross-entropy loss and per-class accuracy from logits."""
-    labels = np.asarray(labels, dtype=np.int64)
-    if logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"{logits.shape[0]} predictions for {labels.shape[0]} labels")
-    pred = logits.argmax(axis=-1)
-    correct = pred == labels
-    loss = float(-log_softmax(logits.astype(np.float64))[np.arange(len(labels)), labels].mean())
-    n_classes = logits.shape[-1]
-    names = list(class_names) if class_names is not None else [str(i) for i in range(n_classes)]
-    per_class = {}
-    for c in range(n_classes):
-        mask = labels == c
-        if mask.any():
-            per_class[names[c]] = float(correct[mask].mean())
-    return {"accuracy": float(correct.mean()), "loss": loss, "n_images": int(len(labels)), "per_class": per_class}
 
 
 def evaluate(model, images: np.ndarray, labels: np.ndarray, class_names=None, batch_size: int = 256) -> dict:

@@ -1,4 +1,4 @@
-"""The end-to-end workflow: cloud model -> prune -> export -> on-device transfer experiments
+"""The end-to-end workflow: cloud model -> prune -> export -> on-device learning benchmark
 (-> baseline -> report), each stage cached in a manifest keyed by a hash of its inputs.
 
 A stage whose inputs (flags, preset, upstream files, data) are unchanged and whose outputs
@@ -35,7 +35,7 @@ class WorkflowPreset:
 
     cloud: str
     prune: str
-    experiment: str
+    device_learning: str
     cloud_overrides: tuple = ()
     prune_overrides: tuple = ()
     export_batch_size: int = 32
@@ -44,11 +44,11 @@ class WorkflowPreset:
 
 
 PRESETS = {
-    "smoke": WorkflowPreset(cloud="smoke", prune="smoke", experiment="smoke", export_batch_size=16,
+    "smoke": WorkflowPreset(cloud="smoke", prune="smoke", device_learning="smoke", export_batch_size=16,
                             baseline_train_size=5000, baseline_batch_size=64),
-    "cpu": WorkflowPreset(cloud="cpu", prune="cpu", experiment="cpu", cloud_overrides=(("epochs", 15),),
+    "cpu": WorkflowPreset(cloud="cpu", prune="cpu", device_learning="cpu", cloud_overrides=(("epochs", 15),),
                           prune_overrides=(("step_epochs", 1), ("final_epochs", 6))),
-    "paper": WorkflowPreset(cloud="paper", prune="paper", experiment="paper"),
+    "paper": WorkflowPreset(cloud="paper", prune="paper", device_learning="paper"),
 }
 
 
@@ -102,14 +102,14 @@ def _load_json(path: str) -> dict:
 
 
 def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None = None,
-        pruned_path: str | None = None, stages: tuple[str, ...] = ("cloud", "prune", "export", "transfer"),
+        pruned_path: str | None = None, stages: tuple[str, ...] = ("cloud", "prune", "export", "device_learning"),
         device_python: str = sys.executable, threads: int = 1) -> dict:
     """Runs the workflow's stages for a preset; returns each stage's result by name.
 
     Args:
       preset_name: "smoke", "cpu" or "paper".
       source: the data source.
-      out_dir: where every stage writes (cloud/, prune/, export/, transfer/).
+      out_dir: where every stage writes (cloud/, prune/, export/, device_learning/, baseline/).
       teacher_path: use this cloud model instead of training one.
       pruned_path: use this pruned model instead of pruning.
       stages: which stages to run, in order.
@@ -120,11 +120,12 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
     from edgekt.models import saving
     from edgekt.prune import config as prune_config
     from edgekt.prune import pruner
-    from edgekt.transfer import experiments
+    from edgekt import device_learning
 
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset; expected one of {sorted(PRESETS)}. Received: {preset_name!r}")
     preset = PRESETS[preset_name]
+    dl_config = dataclasses.replace(device_learning.PRESETS[preset.device_learning], threads=threads)
     os.makedirs(out_dir, exist_ok=True)
     manifest = Manifest(out_dir)
     data_id = data_identity(source)
@@ -140,7 +141,8 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
     given_teacher, given_pruned = teacher_path is not None, pruned_path is not None
     teacher_path = teacher_path or os.path.join(cloud_dir, "model.keras")
     if "cloud" in stages and not given_teacher:
-        cfg = train.preset(preset.cloud, **dict(preset.cloud_overrides))
+        # The cloud never trains on the device pool: the device learning stage draws its images there.
+        cfg = train.preset(preset.cloud, **dict(preset.cloud_overrides), device_pool_size=dl_config.device_pool_size)
         results["cloud"] = manifest.run(
             "cloud", {"config": dataclasses.asdict(cfg), "data": data_id},
             [teacher_path, os.path.join(cloud_dir, "metrics.json")],
@@ -149,6 +151,7 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
     teacher_info = _load_json(teacher_metrics) if os.path.exists(teacher_metrics) else {}
     val_size = teacher_info.get("config", {}).get("val_size", 5000)
     split_seed = teacher_info.get("config", {}).get("seed", 0)
+    pool_size = (teacher_info.get("device_pool") or {}).get("size", 0)
 
     prune_dir = os.path.join(out_dir, "prune")
     pruned_path = pruned_path or os.path.join(prune_dir, "pruned.keras")
@@ -158,7 +161,8 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
         def do_prune():
             teacher, _ = pruner.load_teacher(teacher_path)
             return pruner.prune_and_finetune(teacher, splits(), prune_dir, pcfg, val_size=val_size,
-                                             split_seed=split_seed, preset_name=preset.prune,
+                                             split_seed=split_seed, device_pool_size=pool_size,
+                                             preset_name=preset.prune,
                                              teacher_path=teacher_path)
 
         results["prune"] = manifest.run(
@@ -175,19 +179,14 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
             lambda: export_pipeline.export_model(pruned_path, export_dir, data_source=splits(),
                                                  batch_size=preset.export_batch_size))
 
-    transfer_dir = os.path.join(out_dir, "transfer")
-    if "transfer" in stages:
-        ecfg = dataclasses.replace(experiments.PRESETS[preset.experiment], threads=threads)
-
-        def do_transfer():
-            return experiments.run_protocol(saving.load_model(teacher_path), saving.load_model(pruned_path), splits(),
-                                            transfer_dir, ecfg, val_size=val_size, split_seed=split_seed,
-                                            device_python=device_python)
-
-        results["transfer"] = manifest.run(
-            "transfer", {"config": dataclasses.asdict(ecfg), "data": data_id, "teacher": file_hash(teacher_path),
-                         "pruned": file_hash(pruned_path), "device_python": device_python},
-            [os.path.join(transfer_dir, "results.json")], do_transfer)
+    device_dir = os.path.join(out_dir, "device_learning")
+    if "device_learning" in stages:
+        results["device_learning"] = manifest.run(
+            "device_learning", {"config": dataclasses.asdict(dl_config), "data": data_id,
+                                "teacher": file_hash(teacher_path), "device_python": device_python},
+            [os.path.join(device_dir, "results.json")],
+            lambda: device_learning.run(dl_config, splits(), device_dir, teacher_path=teacher_path,
+                                        device_python=device_python, preset_name=preset.device_learning))
     baseline_dir = os.path.join(out_dir, "baseline")
     if "baseline" in stages:
         from edgekt.baselines import tfmot_magnitude
@@ -204,7 +203,7 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
             ours = tfmot_magnitude.measure_ours(pruned)
             atomic.write_json(os.path.join(baseline_dir, "ours.json"), ours)
             return tfmot_magnitude.run(saving.load_model(teacher_path), count_params(pruned), splits(), baseline_dir,
-                                       bcfg, val_size=val_size, split_seed=split_seed)
+                                       bcfg, val_size=val_size, split_seed=split_seed, device_pool_size=pool_size)
 
         os.makedirs(baseline_dir, exist_ok=True)
         results["baseline"] = manifest.run(
@@ -216,5 +215,5 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
 
         results["report"] = report.write(out_dir, preset_name)
     results["paths"] = {"teacher": teacher_path, "pruned": pruned_path, "export": export_dir,
-                        "transfer": transfer_dir, "out_dir": out_dir}
+                        "device_learning": device_dir, "out_dir": out_dir}
     return results

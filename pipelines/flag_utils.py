@@ -34,17 +34,17 @@ def log_config(stage: str, config, **extra) -> None:
     logging.info("%s config: %s", stage, json.dumps({**body, **extra}, default=str, sort_keys=True))
 
 
-def load_teacher_and_split(path: str, val_size: int | None) -> tuple[object, int, int]:
-    """Loads the cloud model at `path` and the validation hold-out the cloud stage used
-    (`val_size`, seed from the metrics.json beside it), so later stages never validate on
-    images the teacher trained on.
+def load_teacher_and_split(path: str, val_size: int | None) -> tuple[object, int, int, int]:
+    """Loads the cloud model at `path` and the hold-outs the cloud stage used (`val_size`,
+    seed and device pool from the metrics.json beside it), so later stages never validate on
+    images the teacher trained on, nor train on the device pool.
 
     Args:
       path: the teacher's `.keras` file.
       val_size: the --val_size flag (None: the teacher's).
 
     Returns:
-      (teacher, val_size, split_seed).
+      (teacher, val_size, split_seed, device_pool_size).
     """
     from edgekt.prune.pruner import load_teacher
 
@@ -56,4 +56,4 @@ def load_teacher_and_split(path: str, val_size: int | None) -> tuple[object, int
     if not info:
         logging.warning("no metrics.json beside %s: using val_size=%d, seed=%d; the validation images may overlap "
                         "the teacher's training images", path, val_size, split_seed)
-    return teacher, val_size, split_seed
+    return teacher, val_size, split_seed, int((info.get("device_pool") or {}).get("size", 0))

@@ -48,11 +48,12 @@ def main(argv):
         if overrides.get(ratio) == 0:
             overrides[ratio] = None
     config = config_lib.preset(_PRESET.value, **overrides)
-    teacher, val_size, split_seed = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
+    teacher, val_size, split_seed, pool_size = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
     flag_utils.log_config("prune", config, preset=_PRESET.value, teacher=_TEACHER.value, data=_DATA.value,
-                          out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed)
+                          out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed,
+                          device_pool_size=pool_size)
     metrics = pruner.prune_and_finetune(teacher, _DATA.value, _OUT_DIR.value, config, val_size=val_size,
-                                        split_seed=split_seed, preset_name=_PRESET.value, teacher_path=_TEACHER.value,
+                                        split_seed=split_seed, device_pool_size=pool_size, preset_name=_PRESET.value, teacher_path=_TEACHER.value,
                                         verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
     logging.info("wrote %s/pruned.keras: %.2f%% of parameters removed, test top-1 %s", _OUT_DIR.value,
                  100 * metrics["params_removed_fraction"], metrics["test_accuracy"])

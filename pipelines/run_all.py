@@ -1,10 +1,11 @@
 """From data to a device model that learns, with a report:
 `python -m pipelines.run_all --preset=smoke|cpu|paper --data=... --out_dir=X`.
 
-Stages: cloud model -> filter pruning (+ transfer) -> TFLite export -> on-device incremental
-and unseen-category learning through the device app -> tfmot magnitude-pruning baseline ->
-report. Writes X/report.md, X/report.html, X/summary.json and each stage's outputs in
-X/cloud, X/prune, X/export, X/transfer, X/baseline. Stages whose inputs did not change are
+Stages: cloud model (device pool held out) -> filter pruning (+ transfer) -> TFLite export ->
+the on-device learning benchmark (device models built from old classes only learn new and
+unseen classes through the device app) -> tfmot magnitude-pruning baseline -> report. Writes
+X/report.md, X/report.html, X/summary.json and each stage's outputs in X/cloud, X/prune,
+X/export, X/device_learning, X/baseline. Stages whose inputs did not change are
 reused (X/manifest.json); a killed run resumes.
 """
 
@@ -32,7 +33,7 @@ def main(argv):
     flag_utils.reject_extra_args(argv)
     from edgekt import workflow
 
-    stages = ("cloud", "prune", "export", "transfer") + (() if _SKIP_BASELINE.value else ("baseline",)) + ("report",)
+    stages = ("cloud", "prune", "export", "device_learning") + (() if _SKIP_BASELINE.value else ("baseline",)) + ("report",)
     flag_utils.log_config("run_all", {"preset": _PRESET.value, "data": _DATA.value, "out_dir": _OUT_DIR.value,
                                       "teacher": _TEACHER.value, "pruned": _PRUNED.value, "stages": stages})
     results = workflow.run(_PRESET.value, _DATA.value, _OUT_DIR.value, teacher_path=_TEACHER.value,

@@ -27,6 +27,8 @@ flags.DEFINE_float("weight_decay", None, "L2 weight decay on kernels; overrides 
 flags.DEFINE_float("label_smoothing", None, "Label smoothing; overrides the preset.")
 flags.DEFINE_integer("train_size", None, "Class-balanced training subset size; overrides the preset.")
 flags.DEFINE_integer("val_size", None, "Validation images held out of train; overrides the preset.")
+flags.DEFINE_integer("device_pool_size", None, "Class-balanced images held out of train for on-device learning "
+                     "experiments (the cloud never trains on them); overrides the preset.")
 flags.DEFINE_enum("precision", None, ["float32", "mixed_bfloat16", "mixed_float16"],
                   "Dtype policy; overrides the preset.")
 flags.DEFINE_integer("seed", None, "Random seed; overrides the preset.")
@@ -39,7 +41,8 @@ _PROGRESS = flags.DEFINE_enum("progress", "auto", ["auto", "bar", "epoch", "none
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an existing checkpoint instead of resuming.")
 
 _FIELDS = {name: name for name in ("depth", "width", "dropout", "epochs", "batch_size", "learning_rate", "schedule",
-                                   "weight_decay", "label_smoothing", "train_size", "val_size", "precision", "seed")}
+                                   "weight_decay", "label_smoothing", "train_size", "val_size", "device_pool_size", "precision",
+                                   "seed")}
 
 
 def main(argv):

@@ -51,9 +51,10 @@ def main(argv):
     from edgekt.transfer import stage
 
     config = config_lib.preset(_PRESET.value, **flag_utils.overrides_from_flags(_FIELDS))
-    teacher, val_size, split_seed = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
+    teacher, val_size, split_seed, pool_size = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
     flag_utils.log_config("transfer", config, preset=_PRESET.value, teacher=_TEACHER.value, student=_STUDENT.value,
-                          data=_DATA.value, out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed)
+                          data=_DATA.value, out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed,
+                          device_pool_size=pool_size)
     splits = data.load(_DATA.value)
     train_images = splits["train"].images if "train" in splits else None
     if train_images is None:
@@ -61,6 +62,7 @@ def main(argv):
     student = stage.make_student(_STUDENT.value, num_classes=len(splits.class_names), train_images=train_images,
                                  input_shape=train_images.shape[1:], seed=config.optimization.seed)
     stage.distill(teacher, student, splits, _OUT_DIR.value, config, val_size=val_size, split_seed=split_seed,
+                  device_pool_size=pool_size,
                   preset_name=_PRESET.value, teacher_path=_TEACHER.value, student_name=_STUDENT.value,
                   verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
 

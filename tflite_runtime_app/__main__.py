@@ -16,7 +16,7 @@ import numpy as np
 
 from tflite_runtime_app import checkpoint as ckpt
 from tflite_runtime_app import data as app_data
-from tflite_runtime_app import image_folder
+from tflite_runtime_app import image_folder, metrics
 from tflite_runtime_app.runner import DeviceModel, ModelError, runtime_name
 from tflite_runtime_app.train import LearnConfig, Progress, Task, learn
 
@@ -83,7 +83,12 @@ def cmd_learn_unseen(args) -> dict:
                                                           resize=args.resize)
     if args.temperature is not None:
         temperature = args.temperature
-    train_x, train_t, val_x, val_t = _split_val(images, soft, args.val_fraction, args.seed)
+    if args.val_data:
+        train_x, train_t = images, soft
+        val_x, val_t = app_data.load_labelled(args.val_data, model.class_names, model.input_shape,
+                                              resize=args.resize)
+    else:
+        train_x, train_t, val_x, val_t = _split_val(images, soft, args.val_fraction, args.seed)
     replay_x, replay_y = _replay(args, model)
     if not os.path.exists(args.checkpoint) or args.restart:
         _init_weights(model, args)
@@ -95,25 +100,11 @@ def cmd_learn_unseen(args) -> dict:
             "checkpoint": args.checkpoint, **result}
 
 
-def evaluate(model: DeviceModel, images: np.ndarray, labels: np.ndarray, groups: dict[str, list[str]] | None = None
-             ) -> dict:
-    """Accuracy overall, per class, and per named group of classes (e.g. old / new)."""
-    logits = model.logits(images)
-    pred = logits.argmax(axis=1)
-    correct = pred == labels
-    z = logits - logits.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    out = {"accuracy": float(correct.mean()), "n_images": int(len(labels)),
-           "loss": float(-log_p[np.arange(len(labels)), labels].mean()),
-           "per_class": {model.class_names[c]: float(correct[labels == c].mean())
-                         for c in range(model.num_classes) if (labels == c).any()}}
-    for name, classes in (groups or {}).items():
-        idx = [model.class_names.index(c) for c in classes]
-        mask = np.isin(labels, idx)
-        if mask.any():
-            out[f"{name}_accuracy"] = float(correct[mask].mean())
-            out[f"{name}_images"] = int(mask.sum())
-    return out
+def evaluate(model: DeviceModel, images: np.ndarray, labels: np.ndarray,
+             groups: dict[str, list[str]] | None = None) -> dict:
+    """Accuracy, per-class recall and precision, confusion matrix, and per named group of
+    classes (e.g. old / new) its recall and precision."""
+    return metrics.classification_metrics(model.logits(images), labels, model.class_names, groups)
 
 
 def cmd_evaluate(args) -> dict:
@@ -121,12 +112,31 @@ def cmd_evaluate(args) -> dict:
     images, labels = app_data.load_labelled(args.data, model.class_names, model.input_shape, split=args.split,
                                             resize=args.resize, skip_bad_files=args.skip_bad_files,
                                             skip_unknown_classes=args.skip_unknown_classes)
-    new = list(model.meta.get("new_class_names", []))
-    groups = {"old": [c for c in model.class_names if c not in new], "new": new} if new else None
+    groups = _groups(args.groups, model) if args.groups else _default_groups(model)
     start = time.perf_counter()
     result = evaluate(model, images, labels, groups)
     result["seconds"] = time.perf_counter() - start
     return {"command": "evaluate", **result}
+
+
+def _default_groups(model: DeviceModel) -> dict | None:
+    new = list(model.meta.get("new_class_names", []))
+    return {"old": [c for c in model.class_names if c not in new], "new": new} if new else None
+
+
+def _groups(text: str, model: DeviceModel) -> dict[str, list[str]]:
+    """Parses `name=class,class;name=class` into groups of the model's classes."""
+    groups = {}
+    for part in filter(None, text.split(";")):
+        name, sep, members = part.partition("=")
+        classes = [c.strip() for c in members.split(",") if c.strip()]
+        if not sep or not name.strip() or not classes:
+            raise image_folder.DataError(f"--groups: expected name=class,class;name=class. Received: {part!r}")
+        unknown = [c for c in classes if c not in model.class_names]
+        if unknown:
+            raise image_folder.DataError(f"--groups: classes {unknown} are not the model's ({model.class_names})")
+        groups[name.strip()] = classes
+    return groups
 
 
 def cmd_predict(args) -> dict:
@@ -217,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     learning(p)
     p.add_argument("--soft_labels", required=True, help=".npz written by pipelines.soft_labels")
     p.add_argument("--temperature", type=float, default=None, help="override the soft labels' temperature")
+    p.add_argument("--val_data", default=None,
+                   help="labelled validation data for the convergence rule (default: agreement on a split of the soft labels)")
     p.set_defaults(func=cmd_learn_unseen)
 
     p = sub.add_parser("evaluate", help="accuracy overall, per class, old/new classes")
@@ -225,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None)
     p.add_argument("--checkpoint", default=None, help="weights to evaluate (default: the exported ones)")
     p.add_argument("--skip_unknown_classes", action="store_true")
+    p.add_argument("--groups", default=None,
+                   help="recall/precision per group of classes: name=class,class;name=class (default old/new)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k classes of images")

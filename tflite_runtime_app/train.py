@@ -59,7 +59,8 @@ class Task:
 
     kind "labelled": `targets` are int labels, steps use the `train` signature, validation
     is accuracy. kind "soft": `targets` are soft labels at `temperature`, steps use
-    `distill`, validation is top-1 agreement with the soft labels.
+    `distill`. Validation is accuracy when `val_targets` are int labels, top-1 agreement when
+    they are soft labels.
     """
 
     kind: str
@@ -79,7 +80,7 @@ def _lr(config: LearnConfig, progress: float) -> float:
 def validation_score(model: DeviceModel, task: Task) -> float:
     """Accuracy (labelled) or agreement with the soft labels' top-1 (soft)."""
     pred = model.logits(task.val_images).argmax(axis=1)
-    truth = task.val_targets if task.kind == "labelled" else task.val_targets.argmax(axis=1)
+    truth = task.val_targets if task.val_targets.ndim == 1 else task.val_targets.argmax(axis=1)
     return float((pred == truth).mean())
 
 
@@ -143,8 +144,10 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
                                        "over (it is kept until a new checkpoint replaces it)")
         model.set_weights(weights)
     if state is None:
+        t0 = time.perf_counter()  # the first validation is part of the run's time
         initial = validation_score(model, task)
-        state = {"task": _task_id(task, config, b), "epoch": 0, "step": 0, "global_step": 0, "elapsed": 0.0,
+        state = {"task": _task_id(task, config, b), "epoch": 0, "step": 0, "global_step": 0,
+                 "elapsed": time.perf_counter() - t0,
                  "best": initial, "best_epoch": 0, "best_elapsed": 0.0, "bad_epochs": 0, "initial": initial,
                  "history": [], "done": False, "epoch_loss": 0.0, "epoch_count": 0}
         best_weights = model.get_weights()

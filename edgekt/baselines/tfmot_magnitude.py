@@ -174,7 +174,7 @@ def tflite_latency_ms(model_bytes: bytes, repeats: int = 50, threads: int = 1) -
 
 
 def run(teacher: keras.Model, budget_params: int, splits: data.DataSplits, out_dir: str, config: MagnitudeConfig,
-        *, val_size: int = 5000, split_seed: int = 0) -> dict:
+        *, val_size: int = 5000, split_seed: int = 0, device_pool_size: int = 0) -> dict:
     """Magnitude-prunes `teacher` to `budget_params` non-zero parameters with tfmot, fine-tunes,
     and measures it. Writes `out_dir/metrics.json` and `out_dir/model_magnitude.tflite`."""
     try:
@@ -185,7 +185,8 @@ def run(teacher: keras.Model, budget_params: int, splits: data.DataSplits, out_d
                           "pip install -e '.[baseline]' (or run_all --skip_baseline)") from e
 
     os.makedirs(out_dir, exist_ok=True)
-    prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size)
+    prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size,
+                                   device_pool_size=device_pool_size)
     num_classes = len(prepared.class_names)
     tf_keras.mixed_precision.set_global_policy(config.precision)
     try:

@@ -135,33 +135,49 @@ def concat(*splits: Split) -> Split:
 
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
-    """The splits a stage works with: train (after hold-out and subsetting), val, test."""
+    """The splits a stage works with: train (after hold-outs and subsetting), val, test, and the
+    device pool (images held out of the cloud's training for on-device learning experiments)."""
 
     train: Split
     val: Split | None
     test: Split | None
     class_names: tuple[str, ...]
     source: str
+    device_pool: Split | None = None
+
+
+# The device pool is drawn with its own seed offset so that adding it leaves the validation
+# split of a given (val_size, seed) unchanged.
+DEVICE_POOL_SEED_OFFSET = 7919
 
 
 def prepare_splits(splits: DataSplits, *, val_size: int, seed: int, train_size: int | None = None,
-                   test_size: int | None = None) -> PreparedData:
-    """Holds out a class-balanced validation split of `train` and takes optional subsets.
+                   test_size: int | None = None, device_pool_size: int = 0) -> PreparedData:
+    """Holds out a class-balanced validation split and a class-balanced device pool of `train`,
+    and takes optional subsets of what is left.
 
-    Every stage calls this with the cloud stage's `val_size` and `seed`, so they all see the
-    same validation images, none of which the teacher trained on.
+    Every stage calls this with the cloud stage's `val_size`, `device_pool_size` and `seed`, so
+    they all see the same validation images and the same device pool, none of which the
+    teacher trained on. Validation, device pool and train are disjoint.
 
     Raises:
-      DataError: the source has no training split.
+      DataError: the source has no training split, or the hold-outs leave no training images.
     """
     if "train" not in splits:
         raise DataError(f"{splits.source}: no 'train' split; found {sorted(splits)}")
-    train, val = splits["train"], None
+    if device_pool_size < 0:
+        raise DataError(f"device_pool_size must be >= 0. Received: {device_pool_size}")
+    train, val, pool = splits["train"], None, None
     if val_size:
         train, val = train_val_split(train, val_size, seed=seed)
+    if device_pool_size:
+        if device_pool_size >= len(train.labels):
+            raise DataError(f"{splits.source}: a device pool of {device_pool_size} images leaves no training images "
+                            f"({len(train.labels)} after the validation hold-out); use a smaller device_pool_size")
+        train, pool = train_val_split(train, device_pool_size, seed=seed + DEVICE_POOL_SEED_OFFSET)
     if train_size is not None and train_size < len(train.labels):
         train = stratified_subset(train, train_size, seed=seed)
     test = splits.get("test")
     if test is not None and test_size is not None and test_size < len(test.labels):
         test = stratified_subset(test, test_size, seed=seed)
-    return PreparedData(train, val, test, splits.class_names, splits.source)
+    return PreparedData(train, val, test, splits.class_names, splits.source, device_pool=pool)

@@ -43,10 +43,22 @@ def select_outputs(model: keras.Model, indices: Sequence[int]) -> keras.Model:
     return new
 
 
-def reinitialized(model: keras.Model, seed: int = 0) -> keras.Model:
-    """The same architecture with fresh initial weights (the from-scratch baseline)."""
+def reinitialized(model: keras.Model, seed: int = 0, num_outputs: int | None = None) -> keras.Model:
+    """The same architecture with fresh initial weights (the from-scratch baseline), optionally
+    with a classifier (the last Dense layer) of `num_outputs` units."""
     keras.utils.set_random_seed(seed)
     config = copy.deepcopy(model.get_config())
+    head = None
+    if num_outputs is not None:
+        if num_outputs < 1:
+            raise ValueError(f"num_outputs must be >= 1. Received: {num_outputs}")
+        graph = build_graph(model)
+        dense = [n for n in graph.order if graph.layer_class[n] == "Dense"]
+        if not dense:
+            raise ValueError(f"model {model.name!r} has no Dense classifier")
+        head = dense[-1]
     for layer_config in config["layers"]:
         layer_config.pop("build_config", None)
+        if head is not None and layer_config["name"] == head:
+            layer_config["config"]["units"] = int(num_outputs)
     return type(model).from_config(config)

@@ -69,8 +69,9 @@ def _satisfies(entry: dict, floor: float | None) -> bool:
 
 
 def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, config: PruneConfig, *,
-                       val_size: int = 5000, split_seed: int = 0, preset_name: str | None = None,
-                       teacher_path: str | None = None, verbose: int | str = 0) -> dict:
+                       val_size: int = 5000, split_seed: int = 0, device_pool_size: int = 0,
+                       preset_name: str | None = None, teacher_path: str | None = None,
+                       verbose: int | str = 0) -> dict:
     """Prunes `teacher` by the policy of `config` and writes the results to `out_dir`.
 
     Args:
@@ -81,6 +82,7 @@ def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_
         `prune_plot.png`, `steps/`).
       config: the pruning configuration.
       val_size, split_seed: the validation hold-out.
+      device_pool_size: images held out for on-device experiments (the cloud stage's); never read.
       preset_name, teacher_path: recorded in the metrics.
       verbose: Keras fit verbosity for fine-tuning.
 
@@ -92,10 +94,35 @@ def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_
         work is done).
       ValueError: no validation split, or a checkpoint of another setup in `out_dir`.
     """
-    start_time = time.perf_counter()
     build_graph(teacher)  # fails fast on unsupported layers, before any work
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
-    prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size)
+    prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size,
+                                   device_pool_size=device_pool_size)
+    holdout = {"val_size": val_size, "split_seed": split_seed}
+    if device_pool_size:
+        holdout["device_pool_size"] = device_pool_size
+    return prune_prepared(teacher, prepared, out_dir, config, holdout=holdout, preset_name=preset_name,
+                          teacher_path=teacher_path, verbose=verbose)
+
+
+def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: str, config: PruneConfig, *,
+                   holdout: dict, preset_name: str | None = None, teacher_path: str | None = None,
+                   verbose: int | str = 0) -> dict:
+    """Prunes `teacher` on already prepared data: fine-tunes on `prepared.train`, chooses on
+    `prepared.val`; `prepared.test` (may be None) is only measured at the end. Nothing else
+    is read, which is what lets a caller restrict the images a pruned model ever sees.
+
+    Args:
+      teacher: the unpruned model (not changed); its outputs match `prepared.class_names`.
+      prepared: the data.
+      out_dir, config, preset_name, teacher_path, verbose: as `prune_and_finetune`.
+      holdout: what identifies the data beside its source (recorded; a resumed run must match).
+
+    Returns:
+      The metrics written to `metrics.json`.
+    """
+    start_time = time.perf_counter()
+    build_graph(teacher)
     if prepared.val is None:
         raise ValueError("pruning chooses models on a validation split; val_size must be > 0")
     if int(teacher.output_shape[-1]) != len(prepared.class_names):
@@ -116,8 +143,8 @@ def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_
                  base["flops"] / 1e6, base["val_accuracy"], len(targets),
                  f", accuracy floor {floor:.4f}" if floor is not None else "")
 
-    identity = {"config": _config_dict(config), "data": prepared.source, "val_size": val_size,
-                "split_seed": split_seed, "teacher_params": base["params"], "teacher_flops": base["flops"]}
+    identity = {"config": _config_dict(config), "data": prepared.source, **holdout,
+                "class_names": list(prepared.class_names), "teacher_params": base["params"], "teacher_flops": base["flops"]}
     state_path = os.path.join(out_dir, STATE_FILE)
     state = {"identity": identity, "log": [{"step": 0, **base, "params_ratio": 1.0, "flops_ratio": 1.0,
                                             "seconds": 0.0, "target_params": None, "target_flops": None}],

@@ -124,7 +124,8 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
     """
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
     prepared = data.prepare_splits(splits, val_size=config.val_size, seed=config.seed,
-                                   train_size=config.train_size, test_size=config.test_size)
+                                   train_size=config.train_size, test_size=config.test_size,
+                                   device_pool_size=config.device_pool_size)
     num_classes = len(prepared.class_names)
     steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
     identity = {"config": _config_dict(config), "data": prepared.source,
@@ -207,6 +208,7 @@ def _metrics(model, prepared: data.PreparedData, state, config, cost, preset_nam
         "val_accuracy": val["accuracy"] if val else None,
         "val_images": val["n_images"] if val else 0,
         "train_images": int(len(prepared.train.labels)),
+        "device_pool": device_pool_record(prepared, config),
         "params": cost.params,
         "params_with_bn_statistics": int(model.count_params()),
         "flops": cost.flops,
@@ -219,6 +221,17 @@ def _metrics(model, prepared: data.PreparedData, state, config, cost, preset_nam
         "replicas": replicas,
         "config": _config_dict(config),
     }
+
+
+def device_pool_record(prepared: data.PreparedData, config: CloudTrainConfig) -> dict:
+    """What identifies the device pool the cloud model never trained on: how it was drawn and a
+    digest of its pixels, so a later stage can check it holds the same images."""
+    import hashlib
+
+    pool = prepared.device_pool
+    digest = hashlib.sha256(pool.images.tobytes()).hexdigest() if pool is not None else None
+    return {"size": int(len(pool.labels)) if pool is not None else 0, "val_size": config.val_size,
+            "seed": config.seed, "sha256": digest, "excluded_from_training": True}
 
 
 def _describe_difference(old: dict, new: dict) -> str:

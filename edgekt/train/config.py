@@ -27,6 +27,9 @@ class CloudTrainConfig:
       val_size: class-balanced images held out of the training split for validation;
         later stages choose with this split, never with the test split.
       test_size: a class-balanced subset of the test split (None: all of it).
+      device_pool_size: class-balanced images held out of the training split (after the
+        validation hold-out) for the on-device learning experiments: the cloud never trains
+        on them, so its soft labels on them are honest. Recorded in metrics.json.
       augment: pad-4 crop + horizontal flip.
       precision: Keras dtype policy; "mixed_bfloat16" doubles speed on CPUs with AVX512-BF16
         and on GPUs. The saved model is always float32.
@@ -52,6 +55,7 @@ class CloudTrainConfig:
     train_size: Optional[int] = None
     val_size: int = 5000
     test_size: Optional[int] = None
+    device_pool_size: int = 0
     augment: bool = True
     precision: str = "float32"
     jit_compile: Union[bool, str] = False
@@ -74,6 +78,7 @@ class CloudTrainConfig:
             (self.train_size is None or self.train_size >= self.batch_size, "train_size", ">= batch_size"),
             (self.val_size >= 0, "val_size", ">= 0"),
             (self.test_size is None or self.test_size >= 1, "test_size", ">= 1"),
+            (self.device_pool_size >= 0, "device_pool_size", ">= 0"),
             (self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}"),
             (self.jit_compile in (True, False, "auto"), "jit_compile", "True, False or 'auto'"),
         ]

@@ -18,6 +18,8 @@ class TransferConfig:
 
     loss = ce_weight * CE(labels) + kd_weight * T^2 KL(teacher_T || student_T)
            + at_weight * sum over matched layers of AT(student, teacher)
+           + feature_rmse_weight * sum over matched layers of RMSE(normalised maps)
+           + logit_rmse_weight * RMSE(student logits, teacher logits)
 
     Attributes:
       ce_weight: cross-entropy to the labels.
@@ -25,6 +27,7 @@ class TransferConfig:
       temperature: KD temperature T.
       at_weight: attention transfer (needs a teacher; the AT paper's beta/2 = 500).
       at_p: exponent of the attention maps.
+      feature_rmse_weight, logit_rmse_weight: the seed paper's RMSE terms (need a teacher).
       label_smoothing: for the cross-entropy term.
     """
 
@@ -34,19 +37,26 @@ class TransferConfig:
     at_weight: float = 500.0
     at_p: float = 2.0
     label_smoothing: float = 0.0
+    feature_rmse_weight: float = 0.0
+    logit_rmse_weight: float = 0.0
 
     def __post_init__(self):
-        for field in ("ce_weight", "kd_weight", "at_weight", "label_smoothing"):
+        for field in ("ce_weight", "kd_weight", "at_weight", "label_smoothing", "feature_rmse_weight",
+                      "logit_rmse_weight"):
             if getattr(self, field) < 0:
                 raise ValueError(f"TransferConfig.{field} must be >= 0. Received: {getattr(self, field)}")
         if self.temperature <= 0:
             raise ValueError(f"TransferConfig.temperature must be > 0. Received: {self.temperature}")
-        if self.ce_weight == self.kd_weight == self.at_weight == 0:
+        if self.ce_weight == self.kd_weight == self.at_weight == self.feature_rmse_weight == self.logit_rmse_weight == 0:
             raise ValueError("TransferConfig needs at least one loss term with a positive weight")
 
     @property
     def uses_teacher(self) -> bool:
-        return self.kd_weight > 0 or self.at_weight > 0
+        return self.kd_weight > 0 or self.uses_features or self.logit_rmse_weight > 0
+
+    @property
+    def uses_features(self) -> bool:
+        return self.at_weight > 0 or self.feature_rmse_weight > 0
 
     @classmethod
     def labels_only(cls, label_smoothing: float = 0.0) -> "TransferConfig":
@@ -92,7 +102,7 @@ class Distiller(keras.Model):
             raise ValueError("TransferConfig with kd_weight or at_weight > 0 needs a teacher")
         self.student = student
         self.transfer_config = config
-        use_at = teacher is not None and config.at_weight > 0
+        use_at = teacher is not None and config.uses_features
         names = list(feature_layers) if feature_layers is not None else (
             matching_feature_layers(student, teacher) if use_at else [])
         self.feature_layers = names if use_at else []
@@ -120,10 +130,14 @@ class Distiller(keras.Model):
             t_logits = ops.stop_gradient(t_out[0])
             if cfg.kd_weight:
                 per_example = per_example + cfg.kd_weight * losses.kd_loss(s_logits, t_logits, cfg.temperature)
-            if cfg.at_weight:
-                for s_f, t_f in zip(s_feats, t_out[1:]):
-                    per_example = per_example + cfg.at_weight * losses.attention_transfer_loss(
-                        s_f, ops.stop_gradient(t_f), cfg.at_p)
+            if cfg.logit_rmse_weight:
+                per_example = per_example + cfg.logit_rmse_weight * losses.logit_rmse(s_logits, t_logits)
+            for s_f, t_f in zip(s_feats, t_out[1:]):
+                t_f = ops.stop_gradient(t_f)
+                if cfg.at_weight:
+                    per_example = per_example + cfg.at_weight * losses.attention_transfer_loss(s_f, t_f, cfg.at_p)
+                if cfg.feature_rmse_weight:
+                    per_example = per_example + cfg.feature_rmse_weight * losses.feature_rmse(s_f, t_f, cfg.at_p)
         if sample_weight is not None:
             w = ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
             loss = ops.sum(per_example * w) / ops.maximum(ops.sum(w), 1e-12)

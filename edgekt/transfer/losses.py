@@ -1,5 +1,7 @@
 """Knowledge-transfer losses (keras.ops, every backend): cross-entropy, KD on softened
-logits (Hinton et al., 2015) and attention transfer (Zagoruyko & Komodakis, 2017).
+logits (Hinton et al., 2015), attention transfer (Zagoruyko & Komodakis, 2017), and the RMSE
+terms of the seed paper (Zhao, Chen & Zhao, 2022): between L2-normalised activation maps at
+matching stages, and between logits.
 
 All return one value per example, so callers can weight examples (padding masks) and average.
 """
@@ -51,3 +53,16 @@ def attention_transfer_loss(student_features, teacher_features, p: float = 2.0):
     the same spatial size; channel counts may differ)."""
     diff = attention_map(student_features, p) - attention_map(teacher_features, p)
     return ops.mean(diff * diff, axis=-1)
+
+
+def feature_rmse(student_features, teacher_features, p: float = 2.0):
+    """Root-mean-square difference of the L2-normalised activation maps (channel mean of
+    |A|^p, so channel counts may differ) per example."""
+    diff = attention_map(student_features, p) - attention_map(teacher_features, p)
+    return ops.sqrt(ops.mean(diff * diff, axis=-1) + 1e-12)
+
+
+def logit_rmse(student_logits, teacher_logits):
+    """Root-mean-square difference of the logits per example."""
+    diff = ops.cast(student_logits, "float32") - ops.cast(teacher_logits, "float32")
+    return ops.sqrt(ops.mean(diff * diff, axis=-1) + 1e-12)

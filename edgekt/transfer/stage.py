@@ -53,7 +53,7 @@ def _evaluate(model, split, class_names, batch) -> dict | None:
 
 
 def distill(teacher: keras.Model, student: keras.Model, source: str | data.DataSplits, out_dir: str,
-            config: TransferStageConfig, *, val_size: int = 5000, split_seed: int = 0,
+            config: TransferStageConfig, *, val_size: int = 5000, split_seed: int = 0, device_pool_size: int = 0,
             preset_name: str | None = None, teacher_path: str | None = None, student_name: str | None = None,
             verbose: int | str = 0) -> dict:
     """Trains `student` on the training split against labels and `teacher`, writes
@@ -71,7 +71,7 @@ def distill(teacher: keras.Model, student: keras.Model, source: str | data.DataS
     start = time.perf_counter()
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
     prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size,
-                                   test_size=config.test_size)
+                                   test_size=config.test_size, device_pool_size=device_pool_size)
     classes = len(prepared.class_names)
     for role, model in (("teacher", teacher), ("student", student)):
         if int(model.output_shape[-1]) != classes:

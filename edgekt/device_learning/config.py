@@ -1,0 +1,198 @@
+"""The on-device learning benchmark's settings and presets (smoke / cpu / paper).
+
+Every setting the device uses (learning rate, trainable part, temperature, replay ratio,
+epochs, patience) is fixed here, before any run: nothing is chosen with test images or with
+labels of classes the device has not been given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from edgekt import presets
+
+STUDENTS = ("pruned", "wrn-16-1")
+NEVER_SEEN_LOSSES = ("kd", "paper")
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassSplit:
+    """Which classes the device model starts with (old), learns with labels (new) and learns
+    from the cloud's soft labels alone (unseen)."""
+
+    old: tuple[str, ...]
+    new: tuple[str, ...]
+    unseen: tuple[str, ...]
+
+    def __post_init__(self):
+        groups = (self.old, self.new, self.unseen)
+        if not self.old or not self.new or not self.unseen:
+            raise ValueError(f"a class split needs old, new and unseen classes. Received: old={self.old}, "
+                             f"new={self.new}, unseen={self.unseen}")
+        every = [c for g in groups for c in g]
+        if len(set(every)) != len(every):
+            raise ValueError(f"old, new and unseen classes must be disjoint. Received: old={self.old}, "
+                             f"new={self.new}, unseen={self.unseen}")
+
+    @property
+    def device_classes(self) -> tuple[str, ...]:
+        """The device model's output order: old, then new, then unseen."""
+        return self.old + self.new + self.unseen
+
+    @property
+    def name(self) -> str:
+        return f"new-{'+'.join(self.new)}_unseen-{'+'.join(self.unseen)}"
+
+    def groups(self) -> dict[str, list[str]]:
+        return {"old": list(self.old), "new": list(self.new), "unseen": list(self.unseen)}
+
+
+def rotated_splits(classes: tuple[str, ...], count: int, n_new: int, n_unseen: int) -> tuple[ClassSplit, ...]:
+    """`count` splits of `classes` that rotate which classes are new and unseen: split k takes
+    its new then unseen classes from position k * ceil(len(classes) / count) onwards
+    (cyclically), so the splits spread over the classes."""
+    n = len(classes)
+    block = n_new + n_unseen
+    if block >= n or count < 1:
+        raise ValueError(f"{n_new} new + {n_unseen} unseen classes leave no old class among {n} (count={count})")
+    out = []
+    for k in range(count):
+        start = k * -(-n // count)
+        picked = [classes[(start + i) % n] for i in range(block)]
+        new, unseen = tuple(picked[:n_new]), tuple(picked[n_new:])
+        out.append(ClassSplit(tuple(c for c in classes if c not in picked), new, unseen))
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class NeverSeenSplit:
+    """The paper's never-seen transfer: the student gets images of `train` classes only."""
+
+    train: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return "train-" + "+".join(self.train)
+
+
+# The seed paper's two splits: {horse, ship, truck} -> the other seven; {cat, deer, ship, truck}
+# -> {airplane, automobile, dog, horse} (the paper tests on those four; the 10-way recall on
+# every class of which the student saw no image is what is reported).
+PAPER_NEVER_SEEN = (NeverSeenSplit(("horse", "ship", "truck")), NeverSeenSplit(("cat", "deer", "ship", "truck")))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceLearningConfig:
+    """The benchmark's protocol.
+
+    Cloud: `cloud_preset` with `cloud_epochs`, holding `device_pool_size` images out of its
+    training set (the device pool). Device model per class split: the cloud model's classifier
+    cut to the old classes, pruned with `prune_preset` (+ `prune_overrides`) on old-class images
+    only.
+
+    Device pool per (split, seed): `new_per_class` labelled images of each new class,
+    `unseen_per_class` unlabelled images of each unseen class, `val_per_class` labelled
+    validation images of each old and new class, `unseen_val_per_class` unlabelled held-out
+    images of each unseen class (scored by agreement with the cloud), `replay_per_class` images
+    of each old class kept on the device (and as many of each new class after the update).
+
+    Device training (every method alike): `device_epochs` at most, `patience` epochs without a
+    validation gain of `min_delta`, learning rate `device_lr`, `trainable` weights, batch
+    `device_batch_size`, `replay_ratio`; ours mixes labels and the cloud's soft labels with
+    `label_mix` at `temperature`.
+
+    Never-seen transfer: for each of `never_seen_splits`, each student of `students` and each
+    loss of `never_seen_losses`, a student distilled for `never_seen_epochs` from the cloud on
+    `never_seen_per_class` device-pool images of each training class.
+    """
+
+    splits: tuple[ClassSplit, ...] = rotated_splits(CIFAR10, 3, 3, 2)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    cloud_preset: str = "cpu"
+    cloud_epochs: Optional[int] = 15
+    device_pool_size: int = 10000
+    prune_preset: str = "cpu"
+    prune_overrides: tuple = (("step_epochs", 1), ("final_epochs", 6))
+    new_per_class: int = 300
+    unseen_per_class: int = 500
+    val_per_class: int = 100
+    unseen_val_per_class: int = 100
+    replay_per_class: int = 20
+    device_epochs: int = 15
+    patience: int = 3
+    min_delta: float = 0.002
+    device_lr: float = 0.01
+    trainable: str = "all"
+    device_batch_size: int = 32
+    replay_ratio: float = 0.5
+    label_mix: float = 0.5
+    temperature: float = 2.0
+    threads: int = 1
+    never_seen_splits: tuple[NeverSeenSplit, ...] = PAPER_NEVER_SEEN
+    students: tuple[str, ...] = STUDENTS
+    never_seen_losses: tuple[str, ...] = NEVER_SEEN_LOSSES
+    never_seen_per_class: int = 1000
+    never_seen_epochs: int = 30
+    never_seen_batch_size: int = 64
+    never_seen_lr: float = 0.05
+    never_seen_temperature: float = 4.0
+    precision: str = "float32"
+
+    def __post_init__(self):
+        checks = [
+            (len(self.splits) >= 1, "splits", "at least one class split"),
+            (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds", "distinct, at least one"),
+            (self.device_pool_size > 0, "device_pool_size", "> 0"),
+            (all(v >= 1 for v in (self.new_per_class, self.unseen_per_class, self.val_per_class,
+                                  self.unseen_val_per_class, self.replay_per_class)),
+             "new_per_class", "every per-class count >= 1"),
+            (self.device_epochs >= 1 and self.patience >= 1, "device_epochs", ">= 1 (and patience >= 1)"),
+            (self.device_lr > 0, "device_lr", "> 0"),
+            (self.device_batch_size >= 2, "device_batch_size", ">= 2"),
+            (0 <= self.replay_ratio < 1, "replay_ratio", "in [0, 1)"),
+            (0 <= self.label_mix <= 1, "label_mix", "in [0, 1]"),
+            (self.temperature > 0 and self.never_seen_temperature > 0, "temperature", "> 0"),
+            (self.threads >= 1, "threads", ">= 1"),
+            (set(self.students) <= set(STUDENTS), "students", f"a subset of {STUDENTS}"),
+            (set(self.never_seen_losses) <= set(NEVER_SEEN_LOSSES), "never_seen_losses",
+             f"a subset of {NEVER_SEEN_LOSSES}"),
+            (self.never_seen_per_class >= 1 and self.never_seen_epochs >= 1, "never_seen_epochs", ">= 1"),
+        ]
+        for ok, field, expected in checks:
+            if not ok:
+                raise ValueError(f"DeviceLearningConfig.{field} must be {expected}. "
+                                 f"Received: {field}={getattr(self, field)!r}")
+
+    @property
+    def images_per_class_needed(self) -> int:
+        """Device-pool images one class must have for the largest role it can play."""
+        return max(self.new_per_class + self.val_per_class, self.unseen_per_class + self.unseen_val_per_class,
+                   self.replay_per_class + self.val_per_class,
+                   self.never_seen_per_class if self.never_seen_splits else 0)
+
+
+PRESETS: dict[str, DeviceLearningConfig] = {
+    # Minutes on 2 cores: one split, one seed, tiny pools, one short student.
+    "smoke": DeviceLearningConfig(
+        splits=rotated_splits(CIFAR10, 1, 3, 2), seeds=(0,), cloud_preset="smoke", cloud_epochs=None,
+        device_pool_size=2000, prune_preset="smoke", prune_overrides=(("train_size", 3000),),
+        new_per_class=40, unseen_per_class=40, val_per_class=20, unseen_val_per_class=20, replay_per_class=8,
+        device_epochs=2, patience=2, device_batch_size=16,
+        never_seen_splits=PAPER_NEVER_SEEN[:1], students=("wrn-16-1",), never_seen_losses=("kd",),
+        never_seen_per_class=100, never_seen_epochs=1, never_seen_batch_size=32),
+    # Three rotating splits x three seeds and the paper's never-seen splits, on 2 CPU cores
+    # (a few hours in the background).
+    "cpu": DeviceLearningConfig(precision="mixed_bfloat16"),
+    # The paper-scale run (GPU for the cloud and pruning stages).
+    "paper": DeviceLearningConfig(cloud_preset="paper", cloud_epochs=None, prune_preset="paper", prune_overrides=(),
+                                  new_per_class=1000, unseen_per_class=1500, val_per_class=200,
+                                  unseen_val_per_class=200, replay_per_class=50, device_epochs=30, patience=5,
+                                  never_seen_per_class=1000, never_seen_epochs=100, precision="mixed_bfloat16"),
+}
+
+
+def preset(name: str, **overrides) -> DeviceLearningConfig:
+    """A preset with some fields replaced."""
+    return presets.choose(PRESETS, name, overrides)

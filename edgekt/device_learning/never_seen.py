@@ -1,0 +1,101 @@
+"""The seed paper's never-seen transfer: a student distilled from the cloud model on images of a
+few classes, with no label at all, then tested on the classes of which it saw no image."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+from absl import logging
+
+from edgekt import data, models
+from edgekt.data import pipeline
+from edgekt.device_learning.config import DeviceLearningConfig, NeverSeenSplit
+from edgekt.device_learning.device_model import data_free_pruned_architecture
+from edgekt.device_learning.device_runs import DeviceApp, cached, key_of
+from edgekt.device_learning.pools import Pools
+from edgekt.export import TrainerOptions, export
+from edgekt.models import saving
+from edgekt.transfer.distiller import TransferConfig
+from edgekt.transfer.training import FinetuneConfig, fit_student
+
+# KD on logits alone, or the seed paper's loss: RMSE between L2-normalised teacher and student
+# activation maps at the matching stages, plus RMSE between logits (equal weights).
+LOSSES = {
+    "kd": lambda t: TransferConfig(ce_weight=0.0, kd_weight=1.0, temperature=t, at_weight=0.0),
+    "paper": lambda t: TransferConfig(ce_weight=0.0, kd_weight=0.0, at_weight=0.0, feature_rmse_weight=1.0,
+                                      logit_rmse_weight=1.0),
+}
+
+
+def student_model(kind: str, teacher: keras.Model, images: np.ndarray, target_params_ratio: float,
+                  num_classes: int, seed: int) -> keras.Model:
+    """"pruned": the cloud model's architecture pruned without data (L1) to the device budget,
+    re-initialised; "wrn-16-1": WRN-16-1 from scratch, normalised with its own images' statistics."""
+    if kind == "pruned":
+        return data_free_pruned_architecture(teacher, target_params_ratio, num_classes, seed=seed)
+    if kind == "wrn-16-1":
+        keras.utils.set_random_seed(seed)
+        mean, std = pipeline.channel_stats(images)
+        return models.wrn(16, 1, num_classes=num_classes, mean=mean, std=std)
+    raise ValueError(f"unknown student; expected 'pruned' or 'wrn-16-1'. Received: {kind!r}")
+
+
+def run_one(teacher: keras.Model, pools: Pools, split: NeverSeenSplit, student: str, loss: str,
+            config: DeviceLearningConfig, target_params_ratio: float, test_path: str, folder: str,
+            app: DeviceApp) -> dict:
+    """Distils one student on device-pool images of `split.train` (labels never read) and
+    evaluates its exported TFLite model in the device app on the 10-way test set."""
+    names = list(pools.class_names)
+    never = [c for c in names if c not in split.train]
+    before = {p.name: set(p.read) for p in pools.all()}
+    per_class = []
+    for c in split.train:
+        images = pools.device.images(c)
+        if len(images) < config.never_seen_per_class:
+            raise data.DataError(f"class {c!r} has {len(images)} device-pool images; the never-seen transfer needs "
+                                 f"{config.never_seen_per_class}")
+        pick = np.random.default_rng([len(names), names.index(c)]).permutation(len(images))
+        per_class.append(images[np.sort(pick[:config.never_seen_per_class])])
+    images = np.concatenate(per_class)
+    read = {c for p in pools.all() for c in p.read - before[p.name]}
+    # No labels: the label column is a constant the loss never reads (ce_weight = 0).
+    unlabelled = data.Split(images, np.zeros(len(images), np.int64), tuple(names))
+    model = student_model(student, teacher, images, target_params_ratio, len(names), seed=0)
+    transfer = LOSSES[loss](config.never_seen_temperature)
+    ft = FinetuneConfig(epochs=config.never_seen_epochs, batch_size=config.never_seen_batch_size,
+                        learning_rate=config.never_seen_lr, warmup_epochs=min(1.0, config.never_seen_epochs / 10),
+                        precision=config.precision, seed=0)
+    trained, logs = fit_student(model, unlabelled, teacher=teacher, transfer=transfer, config=ft)
+    export_dir = os.path.join(folder, "export")
+    export(trained, export_dir, class_names=names, options=TrainerOptions(batch_size=config.device_batch_size),
+           quantization="float16")
+    saving.save_model(trained, os.path.join(folder, "student.keras"))
+    groups = f"seen={','.join(split.train)};never_seen={','.join(never)}"
+    result, _ = app("evaluate", f"--model={os.path.join(export_dir, 'model_trainable.tflite')}",
+                    f"--data={test_path}", f"--groups={groups}")
+    logging.info("never-seen %s, %s, %s: never-seen recall %.4f", split.name, student, loss, result["never_seen_recall"])
+    return {"train_classes": list(split.train), "never_seen_classes": never, "student": student, "loss": loss,
+            "params": int(trained.count_params()), "never_seen_recall": result["never_seen_recall"],
+            "seen_recall": result["seen_recall"], "accuracy": result["accuracy"],
+            "per_class": result["per_class"], "confusion": result["confusion"],
+            "final_loss": logs[-1].get("loss") if logs else None,
+            "lineage": {"images_of": sorted(read, key=names.index), "labels_of": [],
+                        "teacher": "cloud model (all classes)"}}
+
+
+def run_all(teacher: keras.Model, pools: Pools, config: DeviceLearningConfig, target_params_ratio: float,
+            test_path: str, out_dir: str, app: DeviceApp, settings_key: str) -> dict:
+    """Every (split, student, loss) of the config; {split name: {student: {loss: record}}}."""
+    out: dict = {}
+    for split in config.never_seen_splits:
+        for student in config.students:
+            for loss in config.never_seen_losses:
+                folder = os.path.join(out_dir, split.name, f"{student}_{loss}")
+                os.makedirs(folder, exist_ok=True)
+                record = cached(os.path.join(folder, "result.json"), key_of(settings_key, split.train, student, loss),
+                                lambda: run_one(teacher, pools, split, student, loss, config, target_params_ratio,
+                                                test_path, folder, app))
+                out.setdefault(split.name, {}).setdefault(student, {})[loss] = record
+    return out

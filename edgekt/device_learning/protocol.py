@@ -1,0 +1,210 @@
+"""The benchmark end to end: cloud model (device pool held out) -> per class split, the device
+model built from old-class images -> per seed, every method on the device app -> the
+never-seen transfer -> results.json, results.md and plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+from absl import logging
+
+from edgekt import atomic, data
+from edgekt.device_learning import never_seen, report
+from edgekt.device_learning.config import DeviceLearningConfig
+from edgekt.device_learning.device_model import build_device_model
+from edgekt.device_learning.device_runs import DeviceApp, cached, key_of, run_seed, write_device_files
+from edgekt.device_learning.methods import METHODS
+from edgekt.device_learning.pools import Pools, draw_device_data
+
+RESULTS = "results.json"
+METRIC_KEYS = ("old_recall", "new_recall", "unseen_recall", "unseen_precision", "accuracy", "seen_accuracy",
+               "total_device_seconds")
+
+
+def cloud_model(config: DeviceLearningConfig, splits: data.DataSplits, out_dir: str,
+                preset_name: str | None = None) -> str:
+    """Trains (or resumes) the cloud model with the device pool held out; returns its path."""
+    from edgekt import train
+
+    overrides = {"device_pool_size": config.device_pool_size}
+    if config.cloud_epochs is not None:
+        overrides["epochs"] = config.cloud_epochs
+    cfg = train.preset(config.cloud_preset, **overrides)
+    train.train_and_evaluate(cfg, splits, out_dir, preset_name=preset_name or config.cloud_preset, verbose=2)
+    return os.path.join(out_dir, "model.keras")
+
+
+def load_pools(splits: data.DataSplits, teacher_metrics: dict) -> Pools:
+    """The pools of the cloud run described by `teacher_metrics` (its metrics.json).
+
+    Raises:
+      data.DataError: the cloud model was not trained with a device pool, or the pool drawn
+        now holds other images than the one it was trained without.
+    """
+    cfg = teacher_metrics.get("config", {})
+    record = teacher_metrics.get("device_pool") or {}
+    if not record.get("size"):
+        raise data.DataError("the cloud model was trained without a device pool (metrics.json has no device_pool); "
+                             "train it with device_pool_size > 0 so that the device's images are not its training "
+                             "images")
+    prepared = data.prepare_splits(splits, val_size=cfg["val_size"], seed=cfg["seed"],
+                                   device_pool_size=record["size"])
+    import hashlib
+
+    if hashlib.sha256(prepared.device_pool.images.tobytes()).hexdigest() != record["sha256"]:
+        raise data.DataError("the device pool drawn from this data differs from the one the cloud model was trained "
+                             "without (other data or another version of it)")
+    return Pools.from_prepared(prepared)
+
+
+def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: str, *, teacher_path: str | None = None,
+        device_python: str = sys.executable, preset_name: str | None = None) -> dict:
+    """Runs the benchmark; writes `out_dir/results.json`, `results.md` and plots. Every stage
+    resumes from what `out_dir` already holds for the same settings."""
+    from edgekt.models import saving
+    from edgekt.prune import config as prune_config
+    from edgekt.transfer.soft_labels import soft_labels
+
+    os.makedirs(out_dir, exist_ok=True)
+    splits = source if isinstance(source, data.DataSplits) else data.load(source)
+    if teacher_path is None:
+        teacher_path = cloud_model(config, splits, os.path.join(out_dir, "cloud"), preset_name)
+    metrics_path = os.path.join(os.path.dirname(os.path.abspath(teacher_path)), "metrics.json")
+    if not os.path.exists(metrics_path):
+        raise data.DataError(f"{metrics_path}: missing; the benchmark needs the cloud run's metrics.json (its "
+                             "validation split and device pool)")
+    with open(metrics_path) as f:
+        teacher_metrics = json.load(f)
+    pools = load_pools(splits, teacher_metrics)
+    teacher = saving.load_model(teacher_path)
+    names = list(pools.class_names)
+    pcfg = prune_config.preset(config.prune_preset, **dict(config.prune_overrides))
+    app = DeviceApp(device_python, config.threads)
+    device_settings = key_of({k: v for k, v in dataclasses.asdict(config).items()
+                              if k not in ("never_seen_splits", "students", "never_seen_losses", "seeds", "splits")},
+                             teacher_metrics.get("device_pool"))
+
+    per_run, lineage, device_models = {}, {"cloud": {
+        "images_of": names, "labels_of": names,
+        "note": "the cloud model trains on all classes, without the device pool, validation and test images"}}, {}
+    for split in config.splits:
+        split_dir = os.path.join(out_dir, "splits", split.name)
+        pools.reset_reads()
+        built = build_device_model(teacher, pools, split, pcfg, os.path.join(split_dir, "device_model"),
+                                   preset_name=config.prune_preset, teacher_path=teacher_path)
+        lineage[f"device_model[{split.name}]"] = built["lineage"]
+        device_models[split.name] = {k: built[k] for k in ("params", "teacher_params", "flops", "val_accuracy",
+                                                             "chosen_step")}
+        export_dir = os.path.join(split_dir, "export")
+        from edgekt.export import TrainerOptions, export
+
+        model = saving.load_model(built["model_path"])
+        cached(os.path.join(export_dir, "export.json"), key_of(device_settings, split.name, built["params"]),
+               lambda: export(model, export_dir, class_names=list(split.old),
+                              new_class_names=list(split.new + split.unseen),
+                              options=TrainerOptions(batch_size=config.device_batch_size, trainable=config.trainable),
+                              quantization="float16"))
+        model_path = os.path.join(export_dir, "model_trainable.tflite")
+        test = pools.test.take(split.device_classes)  # read only to measure
+        test_path = os.path.join(split_dir, "test.npz")
+        atomic.write_with(test_path, lambda t: np.savez(t, images=test.images, labels=test.labels), suffix=".npz")
+        cols = [names.index(c) for c in split.device_classes]
+
+        def cloud_probs(images, cols=cols):
+            p = soft_labels(teacher, images, config.temperature)[:, cols]
+            return p / p.sum(axis=1, keepdims=True)
+
+        for seed in config.seeds:
+            seed_dir = os.path.join(split_dir, f"seed{seed}")
+            dd = draw_device_data(pools.device, split.device_classes, split.old, split.new, split.unseen,
+                                  new_per_class=config.new_per_class, val_per_class=config.val_per_class,
+                                  replay_per_class=config.replay_per_class, unseen_per_class=config.unseen_per_class,
+                                  unseen_val_per_class=config.unseen_val_per_class, seed=seed)
+            files = write_device_files(os.path.join(seed_dir, "data"), dd, split, cloud_probs, config)
+            logging.info("device learning: split %s, seed %d", split.name, seed)
+            per_run[(split.name, seed)] = run_seed(model_path, test_path, files, split, config, seed, seed_dir, app,
+                                                   key_of(device_settings, built["params"]))
+
+    ns = {}
+    if config.never_seen_splits:
+        test_all = pools.test.take(names)
+        test_path = os.path.join(out_dir, "never_seen", "test.npz")
+        os.makedirs(os.path.dirname(test_path), exist_ok=True)
+        atomic.write_with(test_path, lambda t: np.savez(t, images=test_all.images, labels=test_all.labels),
+                          suffix=".npz")
+        pools.reset_reads()
+        ns = never_seen.run_all(teacher, pools, config, pcfg.target_params_ratio or 0.05, test_path,
+                                os.path.join(out_dir, "never_seen"), app,
+                                key_of(dataclasses.asdict(config), teacher_metrics.get("device_pool")))
+
+    results = summarize(config, per_run, lineage, ns, teacher_metrics, device_models, preset_name, device_python)
+    atomic.write_json(os.path.join(out_dir, RESULTS), results)
+    report.write(out_dir, results)
+    return results
+
+
+def _mean_std(values: list) -> dict:
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(np.mean(present)), "std": float(np.std(present)), "n": len(present)}
+
+
+def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_seen_results: dict,
+              teacher_metrics: dict, device_models: dict, preset_name: str | None, device_python: str) -> dict:
+    """The results.json body: means over splits and seeds per method (`methods`), their spread
+    (`methods_std`), per-split means, every run, lineage, the never-seen table and the rules."""
+    methods, spread, by_split = {}, {}, {}
+    for name in METHODS:
+        rows = [r[name] for r in per_run.values()]
+        stats = {k: _mean_std([row[k] for row in rows]) for k in METRIC_KEYS}
+        methods[name] = {k: v["mean"] for k, v in stats.items()}
+        methods[name]["label"] = METHODS[name].label
+        methods[name]["ran_unseen_stage"] = METHODS[name].unseen is not None
+        spread[name] = {k: v["std"] for k, v in stats.items()}
+        for split in config.splits:
+            split_rows = [r[name] for (s, _), r in per_run.items() if s == split.name]
+            by_split.setdefault(split.name, {})[name] = {k: _mean_std([row[k] for row in split_rows])["mean"]
+                                                         for k in METRIC_KEYS}
+    ns_table = {split: {student: {loss: rec["never_seen_recall"] for loss, rec in by_loss.items()}
+                        for student, by_loss in by_student.items()}
+                for split, by_student in never_seen_results.items()}
+    for split, by_student in never_seen_results.items():
+        for student, by_loss in by_student.items():
+            for loss, rec in by_loss.items():
+                lineage[f"never_seen_student[{split}, {student}, {loss}]"] = rec["lineage"]
+    return {
+        "preset": preset_name,
+        "methods": methods,
+        "methods_std": spread,
+        "by_split": by_split,
+        "runs": {f"{s}/seed{seed}": r for (s, seed), r in per_run.items()},
+        "lineage": lineage,
+        "never_seen": ns_table,
+        "never_seen_details": never_seen_results,
+        "device_models": device_models,
+        "cloud": {k: teacher_metrics.get(k) for k in ("architecture", "test_accuracy", "val_accuracy", "train_images",
+                                                     "device_pool", "params")},
+        "splits": [dataclasses.asdict(s) for s in config.splits],
+        "seeds": list(config.seeds),
+        "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+        "device_python": device_python,
+        "rules": {
+            "choices": "every device setting (learning rate, trainable weights, temperature, label mix, replay "
+                       "ratio, epochs, patience) is fixed in the preset; nothing is chosen on test images or on "
+                       "labels of unseen classes",
+            "stopping": "every method stops on the same validation set: labelled old- and new-class device images "
+                        "(incremental update); the same plus held-out unseen-class device images scored by "
+                        "agreement with the cloud's top-1 (unseen update); same patience and epoch cap",
+            "time": "total_device_seconds is the wall time of every update's device-app process (start-up, "
+                    "loading, first validation, every epoch including plateau epochs, checkpoint writes); a stage "
+                    "shared by several methods is charged to each",
+            "unseen": "unseen_recall and unseen_precision are null for a method that does not run the unseen "
+                      "update (it has no labels to learn from), never a zero by construction",
+            "test": "the test images are read only to measure, after every choice is made",
+        },
+    }
