@@ -28,14 +28,21 @@ _THREADS = flags.DEFINE_integer("threads", None, "Interpreter threads on the dev
 
 def main(argv):
     flag_utils.reject_extra_args(argv)
-    from edgekt import device_learning
+    from edgekt import data, device_learning
 
-    overrides = {"threads": _THREADS.value} if _THREADS.value else {}
-    config = device_learning.preset(_PRESET.value, **overrides)
+    overrides = {"threads": _THREADS.value} if _THREADS.value is not None else {}
+    try:
+        config = device_learning.preset(_PRESET.value, **overrides)
+    except ValueError as e:
+        raise app.UsageError(str(e))
     flag_utils.log_config("experiments", config, preset=_PRESET.value, data=_DATA.value, out_dir=_OUT_DIR.value,
                           teacher=_TEACHER.value, device_python=_DEVICE_PYTHON.value)
-    results = device_learning.run(config, _DATA.value, _OUT_DIR.value, teacher_path=_TEACHER.value,
-                                  device_python=_DEVICE_PYTHON.value, preset_name=_PRESET.value)
+    try:
+        results = device_learning.run(config, _DATA.value, _OUT_DIR.value, teacher_path=_TEACHER.value,
+                                      device_python=_DEVICE_PYTHON.value, preset_name=_PRESET.value)
+    except data.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     logging.info("results (means over splits and seeds): %s", json.dumps(
         {name: {k: m[k] for k in ("old_recall", "new_recall", "unseen_recall", "accuracy", "total_device_seconds")}
          for name, m in results["methods"].items()}))

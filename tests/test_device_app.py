@@ -212,3 +212,24 @@ def test_app_runs_under_tflite_runtime_214(device_model):
     model_path, _ = device_model
     result = last_json(app("info", f"--model={model_path}", "--quiet", python=python))
     assert result["runtime"] == "tflite_runtime"
+
+
+def test_evaluate_groups_and_learn_unseen_with_labelled_validation(device_model, new_data, tmp_path, cifar):
+    model_path, keras_model = device_model
+    groups = "pets=cat,dog;vehicles=automobile,truck"
+    result = last_json(app("evaluate", f"--model={model_path}", f"--data={new_data}", f"--groups={groups}"))
+    assert result["pets_images"] == 40 and 0 <= result["pets_recall"] <= 1
+    assert len(result["confusion"]) == 10 and sum(map(sum, result["confusion"])) == 200
+    for bad, why in (("pets=cat,unicorn", "classes ['unicorn'] are not the model's"),
+                     ("pets", "expected name=class,class;name=class")):
+        proc = app("evaluate", f"--model={model_path}", f"--data={new_data}", f"--groups={bad}")
+        assert proc.returncode == 2 and why in proc.stderr and "Traceback" not in proc.stderr
+    images = data.stratified_subset(cifar["train"], 60, seed=4).images
+    soft_path = str(tmp_path / "soft.npz")
+    soft_labels.write_soft_labels(keras_model, images, cifar.class_names, soft_path, temperature=2.0)
+    result = last_json(app("learn-unseen", f"--model={model_path}", f"--soft_labels={soft_path}",
+                           f"--val_data={new_data}", f"--checkpoint={tmp_path / 'v.npz'}", "--epochs=1"))
+    # Validation is the labelled file's accuracy, not agreement on a split of the soft labels.
+    assert result["val_images"] == 200 and result["train_images"] == 60
+    before = last_json(app("evaluate", f"--model={model_path}", f"--data={new_data}"))
+    assert result["initial_val"] == pytest.approx(before["accuracy"])

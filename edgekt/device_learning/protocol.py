@@ -14,7 +14,7 @@ from absl import logging
 
 from edgekt import atomic, data
 from edgekt.device_learning import never_seen, report
-from edgekt.device_learning.config import DeviceLearningConfig
+from edgekt.device_learning.config import ClassSplit, DeviceLearningConfig
 from edgekt.device_learning.device_model import build_device_model
 from edgekt.device_learning.device_runs import DeviceApp, cached, key_of, run_seed, write_device_files
 from edgekt.device_learning.methods import METHODS
@@ -61,84 +61,106 @@ def load_pools(splits: data.DataSplits, teacher_metrics: dict) -> Pools:
     return Pools.from_prepared(prepared)
 
 
+def _cloud_metrics(teacher_path: str) -> dict:
+    path = os.path.join(os.path.dirname(os.path.abspath(teacher_path)), "metrics.json")
+    if not os.path.exists(path):
+        raise data.DataError(f"{path}: missing; the benchmark needs the cloud run's metrics.json (its validation "
+                             "split and device pool)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_test(path: str, split: data.Split) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic.write_with(path, lambda t: np.savez(t, images=split.images, labels=split.labels), suffix=".npz")
+    return path
+
+
+def prepare_split(teacher, teacher_path: str, pools: Pools, split: ClassSplit, config: DeviceLearningConfig,
+                  folder: str, settings_key: str) -> tuple[dict, str, str]:
+    """The device model of one class split (built from old classes only), its TFLite export
+    with a classifier grown to the new and unseen classes, and the split's test file.
+
+    Returns:
+      (build metrics with lineage, trainable .tflite path, test .npz path).
+    """
+    from edgekt.export import TrainerOptions, export
+    from edgekt.models import saving
+    from edgekt.prune import config as prune_config
+
+    pcfg = prune_config.preset(config.prune_preset, **dict(config.prune_overrides))
+    pools.reset_reads()
+    built = build_device_model(teacher, pools, split, pcfg, os.path.join(folder, "device_model"),
+                               preset_name=config.prune_preset, teacher_path=teacher_path)
+    export_dir = os.path.join(folder, "export")
+    cached(os.path.join(export_dir, "export.json"), key_of(settings_key, split.name, built["params"]),
+           lambda: export(saving.load_model(built["model_path"]), export_dir, class_names=list(split.old),
+                          new_class_names=list(split.new + split.unseen),
+                          options=TrainerOptions(batch_size=config.device_batch_size, trainable=config.trainable),
+                          quantization="float16"))
+    test_path = _write_test(os.path.join(folder, "test.npz"), pools.test.take(split.device_classes))  # to measure
+    return built, os.path.join(export_dir, "model_trainable.tflite"), test_path
+
+
+def run_split_seed(teacher, pools: Pools, split: ClassSplit, seed: int, config: DeviceLearningConfig, model_path: str,
+                   test_path: str, folder: str, app: DeviceApp, settings_key: str) -> dict:
+    """Draws one seed's device data, writes it with the cloud's labels, runs every method."""
+    from edgekt.transfer.soft_labels import soft_labels
+
+    cols = [pools.class_names.index(c) for c in split.device_classes]
+
+    def cloud_probs(images):
+        p = soft_labels(teacher, images, config.temperature)[:, cols]
+        return p / p.sum(axis=1, keepdims=True)
+
+    dd = draw_device_data(pools.device, split.device_classes, split.old, split.new, split.unseen,
+                          new_per_class=config.new_per_class, val_per_class=config.val_per_class,
+                          replay_per_class=config.replay_per_class, unseen_per_class=config.unseen_per_class,
+                          unseen_val_per_class=config.unseen_val_per_class, seed=seed)
+    files = write_device_files(os.path.join(folder, "data"), dd, split, cloud_probs, config)
+    logging.info("device learning: split %s, seed %d", split.name, seed)
+    return run_seed(model_path, test_path, files, split, config, seed, folder, app, settings_key)
+
+
 def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: str, *, teacher_path: str | None = None,
         device_python: str = sys.executable, preset_name: str | None = None) -> dict:
     """Runs the benchmark; writes `out_dir/results.json`, `results.md` and plots. Every stage
     resumes from what `out_dir` already holds for the same settings."""
     from edgekt.models import saving
     from edgekt.prune import config as prune_config
-    from edgekt.transfer.soft_labels import soft_labels
 
     os.makedirs(out_dir, exist_ok=True)
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
     if teacher_path is None:
         teacher_path = cloud_model(config, splits, os.path.join(out_dir, "cloud"), preset_name)
-    metrics_path = os.path.join(os.path.dirname(os.path.abspath(teacher_path)), "metrics.json")
-    if not os.path.exists(metrics_path):
-        raise data.DataError(f"{metrics_path}: missing; the benchmark needs the cloud run's metrics.json (its "
-                             "validation split and device pool)")
-    with open(metrics_path) as f:
-        teacher_metrics = json.load(f)
+    teacher_metrics = _cloud_metrics(teacher_path)
     pools = load_pools(splits, teacher_metrics)
     teacher = saving.load_model(teacher_path)
-    names = list(pools.class_names)
-    pcfg = prune_config.preset(config.prune_preset, **dict(config.prune_overrides))
     app = DeviceApp(device_python, config.threads)
-    device_settings = key_of({k: v for k, v in dataclasses.asdict(config).items()
-                              if k not in ("never_seen_splits", "students", "never_seen_losses", "seeds", "splits")},
-                             teacher_metrics.get("device_pool"))
+    lists = ("never_seen_splits", "students", "never_seen_losses", "seeds", "splits")
+    settings = key_of({k: v for k, v in dataclasses.asdict(config).items() if k not in lists},
+                      teacher_metrics.get("device_pool"))
 
-    per_run, lineage, device_models = {}, {"cloud": {
-        "images_of": names, "labels_of": names,
-        "note": "the cloud model trains on all classes, without the device pool, validation and test images"}}, {}
+    lineage = {"cloud": {"images_of": list(pools.class_names), "labels_of": list(pools.class_names),
+                         "note": "the cloud model trains on all classes, without the device pool, validation and "
+                                 "test images"}}
+    per_run, device_models = {}, {}
     for split in config.splits:
-        split_dir = os.path.join(out_dir, "splits", split.name)
-        pools.reset_reads()
-        built = build_device_model(teacher, pools, split, pcfg, os.path.join(split_dir, "device_model"),
-                                   preset_name=config.prune_preset, teacher_path=teacher_path)
+        folder = os.path.join(out_dir, "splits", split.name)
+        built, model_path, test_path = prepare_split(teacher, teacher_path, pools, split, config, folder, settings)
         lineage[f"device_model[{split.name}]"] = built["lineage"]
         device_models[split.name] = {k: built[k] for k in ("params", "teacher_params", "flops", "val_accuracy",
                                                              "chosen_step")}
-        export_dir = os.path.join(split_dir, "export")
-        from edgekt.export import TrainerOptions, export
-
-        model = saving.load_model(built["model_path"])
-        cached(os.path.join(export_dir, "export.json"), key_of(device_settings, split.name, built["params"]),
-               lambda: export(model, export_dir, class_names=list(split.old),
-                              new_class_names=list(split.new + split.unseen),
-                              options=TrainerOptions(batch_size=config.device_batch_size, trainable=config.trainable),
-                              quantization="float16"))
-        model_path = os.path.join(export_dir, "model_trainable.tflite")
-        test = pools.test.take(split.device_classes)  # read only to measure
-        test_path = os.path.join(split_dir, "test.npz")
-        atomic.write_with(test_path, lambda t: np.savez(t, images=test.images, labels=test.labels), suffix=".npz")
-        cols = [names.index(c) for c in split.device_classes]
-
-        def cloud_probs(images, cols=cols):
-            p = soft_labels(teacher, images, config.temperature)[:, cols]
-            return p / p.sum(axis=1, keepdims=True)
-
         for seed in config.seeds:
-            seed_dir = os.path.join(split_dir, f"seed{seed}")
-            dd = draw_device_data(pools.device, split.device_classes, split.old, split.new, split.unseen,
-                                  new_per_class=config.new_per_class, val_per_class=config.val_per_class,
-                                  replay_per_class=config.replay_per_class, unseen_per_class=config.unseen_per_class,
-                                  unseen_val_per_class=config.unseen_val_per_class, seed=seed)
-            files = write_device_files(os.path.join(seed_dir, "data"), dd, split, cloud_probs, config)
-            logging.info("device learning: split %s, seed %d", split.name, seed)
-            per_run[(split.name, seed)] = run_seed(model_path, test_path, files, split, config, seed, seed_dir, app,
-                                                   key_of(device_settings, built["params"]))
-
+            per_run[(split.name, seed)] = run_split_seed(teacher, pools, split, seed, config, model_path, test_path,
+                                                         os.path.join(folder, f"seed{seed}"), app,
+                                                         key_of(settings, built["params"]))
     ns = {}
     if config.never_seen_splits:
-        test_all = pools.test.take(names)
-        test_path = os.path.join(out_dir, "never_seen", "test.npz")
-        os.makedirs(os.path.dirname(test_path), exist_ok=True)
-        atomic.write_with(test_path, lambda t: np.savez(t, images=test_all.images, labels=test_all.labels),
-                          suffix=".npz")
+        test_path = _write_test(os.path.join(out_dir, "never_seen", "test.npz"), pools.test.take(pools.class_names))
         pools.reset_reads()
-        ns = never_seen.run_all(teacher, pools, config, pcfg.target_params_ratio or 0.05, test_path,
-                                os.path.join(out_dir, "never_seen"), app,
+        ratio = prune_config.preset(config.prune_preset, **dict(config.prune_overrides)).target_params_ratio or 0.05
+        ns = never_seen.run_all(teacher, pools, config, ratio, test_path, os.path.join(out_dir, "never_seen"), app,
                                 key_of(dataclasses.asdict(config), teacher_metrics.get("device_pool")))
 
     results = summarize(config, per_run, lineage, ns, teacher_metrics, device_models, preset_name, device_python)

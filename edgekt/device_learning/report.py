@@ -27,8 +27,8 @@ def method_table(results: dict) -> list[str]:
     """The main table: mean ± std over splits and seeds, one row per method."""
     lines = ["| method | " + " | ".join(label for _, label in COLUMNS) + " | on-device time |",
              "| --- |" + " ---: |" * (len(COLUMNS) + 1)]
-    for name, m in results["methods"].items():
-        s = results["methods_std"][name]
+    for name in METHODS:  # results.json may hold them sorted by name; the table keeps this order
+        m, s = results["methods"][name], results["methods_std"][name]
         cells = [_pct(m[k], s[k]) for k, _ in COLUMNS]
         lines.append(f"| {m['label']} | " + " | ".join(cells) + f" | {_sec(m['total_device_seconds'], s['total_device_seconds'])} |")
     return lines
@@ -38,8 +38,9 @@ def losses_of_ours(results: dict) -> list[str]:
     """Plain sentences for every metric on which a method the device could run beats ours."""
     ours = results["methods"]["ours"]
     out = []
-    for name, m in results["methods"].items():
-        if name == "ours" or METHODS[name].bound:
+    for name, method in METHODS.items():
+        m = results["methods"][name]
+        if name == "ours" or method.bound:
             continue
         for key, label in COLUMNS:
             if m[key] is not None and ours[key] is not None and m[key] > ours[key]:
@@ -82,7 +83,8 @@ def markdown(results: dict) -> str:
         name = f"new-{'+'.join(split['new'])}_unseen-{'+'.join(split['unseen'])}"
         lines += [f"Old {', '.join(split['old'])}; new {', '.join(split['new'])}; unseen {', '.join(split['unseen'])}.",
                   "", "| method | old | new | unseen | 10-way acc. | on-device time |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for method, m in results["by_split"][name].items():
+        for method in METHODS:
+            m = results["by_split"][name][method]
             lines.append(f"| {METHODS[method].label} | {_pct(m['old_recall'])} | {_pct(m['new_recall'])} | "
                          f"{_pct(m['unseen_recall'])} | {_pct(m['accuracy'])} | {_sec(m['total_device_seconds'])} |")
         lines.append("")
