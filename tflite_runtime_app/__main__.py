@@ -57,6 +57,12 @@ def _replay(args, model):
     return app_data.load_labelled(args.replay, model.class_names, model.input_shape, resize=args.resize)
 
 
+def _val_groups(args, model: DeviceModel) -> list[list[int]] | None:
+    if not args.val_groups:
+        return None
+    return [[model.class_names.index(c) for c in classes] for classes in _groups(args.val_groups, model).values()]
+
+
 def cmd_learn(args) -> dict:
     model = _model(args)
     images, labels = app_data.load_labelled(args.data, model.class_names, model.input_shape, split=args.split,
@@ -71,7 +77,8 @@ def cmd_learn(args) -> dict:
     replay_x, replay_y = _replay(args, model)
     if not os.path.exists(args.checkpoint) or args.restart:
         _init_weights(model, args)
-    task = Task("labelled", train_x, train_y, val_x, val_y, replay_images=replay_x, replay_labels=replay_y)
+    task = Task("labelled", train_x, train_y, val_x, val_y, replay_images=replay_x, replay_labels=replay_y,
+                val_groups=_val_groups(args, model))
     result = learn(model, task, _config(args), args.checkpoint, restart=args.restart, progress=Progress(quiet=args.quiet))
     return {"command": "learn", "train_images": int(len(train_x)), "val_images": int(len(val_x)),
             "threads": args.threads, "runtime": model.runtime, "checkpoint": args.checkpoint, **result}
@@ -93,7 +100,7 @@ def cmd_learn_unseen(args) -> dict:
     if not os.path.exists(args.checkpoint) or args.restart:
         _init_weights(model, args)
     task = Task("soft", train_x, train_t, val_x, val_t, temperature=temperature, replay_images=replay_x,
-                replay_labels=replay_y)
+                replay_labels=replay_y, val_groups=_val_groups(args, model))
     result = learn(model, task, _config(args), args.checkpoint, restart=args.restart, progress=Progress(quiet=args.quiet))
     return {"command": "learn-unseen", "train_images": int(len(train_x)), "val_images": int(len(val_x)),
             "temperature": temperature, "threads": args.threads, "runtime": model.runtime,
@@ -211,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--replay", default=None, help="labelled old-class examples kept on the device (.npz/folder)")
         p.add_argument("--replay_ratio", type=float, default=0.25, help="share of replay in training")
         p.add_argument("--checkpoint_every", type=int, default=50, help="steps between checkpoints")
+        p.add_argument("--val_groups", default=None,
+                       help="score validation as the mean over groups of classes (name=class,class;name=class), "
+                            "so each group counts equally (default: accuracy over all validation images)")
         p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("learn", help="incremental learning on new labelled data")

@@ -34,8 +34,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
     Returns:
       accuracy, loss, n_images, per_class (recall of each class present), per_class_precision
       (None for a class never predicted), confusion (rows true, columns predicted), class_names,
-      and for each group G: G_recall, G_images, G_precision (mean over the group's classes
-      that were predicted at least once; None if none was).
+      and for each group G: G_recall, G_images, G_precision (mean over the group's classes, a
+      class never predicted counting as 0).
 
     Raises:
       ValueError: logits and labels disagree in length, or labels are out of range.
@@ -69,6 +69,6 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
         mask = np.isin(labels, idx)
         out[f"{group}_recall"] = float(correct[mask].mean()) if mask.any() else None
         out[f"{group}_images"] = int(mask.sum())
-        values = [precision[names[i]] for i in idx if precision[names[i]] is not None]
-        out[f"{group}_precision"] = float(np.mean(values)) if values else None
+        # A class of the group that is never predicted counts as precision 0 (not skipped).
+        out[f"{group}_precision"] = float(np.mean([precision[names[i]] or 0.0 for i in idx]))
     return out

@@ -71,6 +71,7 @@ class Task:
     temperature: float = 1.0
     replay_images: np.ndarray | None = None
     replay_labels: np.ndarray | None = None
+    val_groups: list[list[int]] | None = None
 
 
 def _lr(config: LearnConfig, progress: float) -> float:
@@ -81,7 +82,11 @@ def validation_score(model: DeviceModel, task: Task) -> float:
     """Accuracy (labelled) or agreement with the soft labels' top-1 (soft)."""
     pred = model.logits(task.val_images).argmax(axis=1)
     truth = task.val_targets if task.val_targets.ndim == 1 else task.val_targets.argmax(axis=1)
-    return float((pred == truth).mean())
+    correct = pred == truth
+    if not task.val_groups:
+        return float(correct.mean())
+    scores = [correct[np.isin(truth, group)].mean() for group in task.val_groups if np.isin(truth, group).any()]
+    return float(np.mean(scores))
 
 
 class Progress:
@@ -235,4 +240,5 @@ def _task_id(task: Task, config: LearnConfig, batch: int) -> dict:
 
     return {"kind": task.kind, "images": digest(task.images), "targets": digest(task.targets),
             "val": digest(task.val_images), "replay": digest(task.replay_images), "batch": batch,
+            "val_groups": task.val_groups,
             "config": dataclasses.asdict(config), "temperature": task.temperature}

@@ -20,7 +20,8 @@ from edgekt.flops import model_cost
 
 
 def build_device_model(teacher: keras.Model, pools: Pools, split: ClassSplit, config: prune_config.PruneConfig,
-                       out_dir: str, *, preset_name: str | None = None, teacher_path: str | None = None) -> dict:
+                       out_dir: str, *, preset_name: str | None = None, teacher_path: str | None = None,
+                       teacher_sha256: str | None = None) -> dict:
     """Prunes the cloud model for one class split, reading old-class images only.
 
     The cloud model's classifier is cut to the old classes; pruning calibration, fine-tuning
@@ -32,6 +33,11 @@ def build_device_model(teacher: keras.Model, pools: Pools, split: ClassSplit, co
       The pruning metrics, with "lineage": the classes whose images and labels were read, and
       "model_path".
     """
+    if not config.step_epochs and not config.final_epochs:
+        # Without fine-tuning the BN statistics would stay the cloud's, estimated on all classes.
+        raise ValueError("the device model must be fine-tuned on old-class images at least once (step_epochs or "
+                         f"final_epochs > 0). Received: step_epochs={config.step_epochs}, "
+                         f"final_epochs={config.final_epochs}")
     before = {p.name: set(p.read) for p in pools.all()}
     train = pools.cloud_train.take(split.old)
     val = pools.cloud_val.take(split.old)
@@ -40,7 +46,8 @@ def build_device_model(teacher: keras.Model, pools: Pools, split: ClassSplit, co
     old_teacher = heads.select_outputs(teacher, [pools.class_names.index(c) for c in split.old])
     prepared = data.PreparedData(train, val, None, tuple(split.old), pools.source)
     metrics = pruner.prune_prepared(old_teacher, prepared, out_dir, config,
-                                    holdout={"pools": "cloud-train and cloud-val, old classes", "old": list(split.old)},
+                                    holdout={"pools": "cloud-train and cloud-val, old classes", "old": list(split.old),
+                                             "teacher_sha256": teacher_sha256},
                                     preset_name=preset_name, teacher_path=teacher_path)
     read = sorted({c for p in pools.all() for c in p.read - before[p.name]}, key=pools.class_names.index)
     metrics["lineage"] = {"images_of": read, "labels_of": read,

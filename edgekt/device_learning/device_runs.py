@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -35,13 +36,22 @@ class DeviceApp:
 
     def __call__(self, *args: str) -> tuple[dict, float]:
         env = {**os.environ, "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _children_cpu()
         proc = subprocess.run([self.python, "-m", "tflite_runtime_app", *args, f"--threads={self.threads}", "--quiet"],
                               capture_output=True, text=True, env=env, cwd=REPO_ROOT)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"device app {args[0]} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-        return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result["process_cpu_seconds"] = _children_cpu() - cpu_start
+        return result, wall
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes: less sensitive than wall
+    time to other work on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def key_of(*parts) -> str:
@@ -68,17 +78,25 @@ def _save_npz(path: str, **arrays) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class DeviceFiles:
-    """The .npz files the device app reads for one split and seed."""
+    """The .npz files the device app reads for one split and seed. Every training file of a
+    stage holds the same images in the same order (the stage's images, then the replay buffer
+    repeated to `replay_ratio` of the epoch); only the targets differ between methods."""
 
-    new: str
-    val: str
-    replay_old: str
-    replay_all: str
-    incremental_soft: str
-    unseen_val: str
-    unseen_soft: str
-    unseen_argmax: str
-    unseen_true: str
+    val: str                 # old + new classes, labelled
+    unseen_val: str          # the same + held-out unseen images labelled with the cloud's top-1
+    incremental_labels: str  # new images + old replay, labels
+    incremental_soft: str    # same images: labels mixed with the cloud's soft labels
+    unseen_soft: str         # unseen images (cloud soft labels) + old/new replay (labels mixed with the cloud)
+    unseen_argmax: str       # unseen images (cloud top-1) + replay (labels)
+    unseen_true: str         # unseen images (true labels: the bound) + replay (labels)
+
+
+def with_replay(images: np.ndarray, labels: np.ndarray, replay_images: np.ndarray, replay_labels: np.ndarray,
+                ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """`images` followed by the replay buffer repeated (cyclically) to `ratio` of the result."""
+    count = int(round(len(images) * ratio / (1.0 - ratio))) if ratio > 0 else 0
+    index = np.arange(count) % max(len(replay_images), 1)
+    return (np.concatenate([images, replay_images[index]]), np.concatenate([labels, replay_labels[index]]))
 
 
 def write_device_files(folder: str, dd: DeviceData, split: ClassSplit, cloud_probs: Callable[[np.ndarray], np.ndarray],
@@ -96,94 +114,108 @@ def write_device_files(folder: str, dd: DeviceData, split: ClassSplit, cloud_pro
         return _save_npz(os.path.join(folder, name), images=images, soft_targets=targets.astype(np.float32),
                          temperature=np.float32(config.temperature), class_names=names)
 
-    replay_all_x = np.concatenate([dd.replay_images, dd.kept_new_images])
-    replay_all_y = np.concatenate([dd.replay_labels, dd.kept_new_labels])
-    # Ours, incremental: the labels of new images mixed with the cloud's view of them; the
-    # replayed images carry the cloud's soft labels (learning without forgetting).
-    inc_x = np.concatenate([dd.new_images, dd.replay_images])
-    inc_t = cloud_probs(inc_x)
-    n_new = len(dd.new_labels)
-    inc_t[:n_new] = (1 - config.label_mix) * np.eye(k, dtype=np.float32)[dd.new_labels] + config.label_mix * inc_t[:n_new]
+    def mixed(images, labels):
+        """Ours, where the device has labels: labels mixed with the cloud's view of the images."""
+        onehot = np.eye(k, dtype=np.float32)[labels]
+        return (1 - config.label_mix) * onehot + config.label_mix * cloud_probs(images)
+
+    inc_x, inc_y = with_replay(dd.new_images, dd.new_labels, dd.replay_images, dd.replay_labels, config.replay_ratio)
+    replay_x = np.concatenate([dd.replay_images, dd.kept_new_images])
+    replay_y = np.concatenate([dd.replay_labels, dd.kept_new_labels])
+    n_unseen = len(dd.unseen_images)
+    # The truth of the unseen images is used only by the bound's file, never by a choice.
+    un_x, un_true = with_replay(dd.unseen_images, dd.unseen_labels, replay_x, replay_y, config.replay_ratio)
     unseen_probs = cloud_probs(dd.unseen_images)
+    un_argmax = un_true.copy()
+    un_argmax[:n_unseen] = unseen_probs.argmax(axis=1)
+    un_soft = np.concatenate([unseen_probs, mixed(un_x[n_unseen:], un_true[n_unseen:])])
     held_out_argmax = cloud_probs(dd.unseen_val_images).argmax(axis=1)
-    unseen_soft_x = np.concatenate([dd.unseen_images, replay_all_x])
     return DeviceFiles(
-        new=labelled("new.npz", dd.new_images, dd.new_labels),
         val=labelled("val.npz", dd.val_images, dd.val_labels),
-        replay_old=labelled("replay_old.npz", dd.replay_images, dd.replay_labels),
-        replay_all=labelled("replay_all.npz", replay_all_x, replay_all_y),
-        incremental_soft=soft("incremental_soft.npz", inc_x, inc_t),
         # One validation set for the unseen update, the same for every method: labelled old
         # and new images, and held-out unseen images scored by agreement with the cloud.
         unseen_val=labelled("unseen_val.npz", np.concatenate([dd.val_images, dd.unseen_val_images]),
                             np.concatenate([dd.val_labels, held_out_argmax])),
-        unseen_soft=soft("unseen_soft.npz", unseen_soft_x,
-                         np.concatenate([unseen_probs, cloud_probs(replay_all_x)])),
-        unseen_argmax=labelled("unseen_argmax.npz", dd.unseen_images, unseen_probs.argmax(axis=1)),
-        unseen_true=labelled("unseen_true.npz", dd.unseen_images, dd.unseen_labels),
+        incremental_labels=labelled("incremental_labels.npz", inc_x, inc_y),
+        incremental_soft=soft("incremental_soft.npz", inc_x, mixed(inc_x, inc_y)),
+        unseen_soft=soft("unseen_soft.npz", un_x, un_soft),
+        unseen_argmax=labelled("unseen_argmax.npz", un_x, un_argmax),
+        unseen_true=labelled("unseen_true.npz", un_x, un_true),
     )
 
 
-def run_seed(model_path: str, test_path: str, files: DeviceFiles, split: ClassSplit, config: DeviceLearningConfig,
-             seed: int, folder: str, app: DeviceApp, settings_key: str) -> dict:
+def setting_tag(trainable: str, lr: float) -> str:
+    return f"{trainable.replace(':', '_')}_lr{lr:g}"
+
+
+def run_seed(model_paths: dict[str, str], test_path: str, files: DeviceFiles, split: ClassSplit,
+             config: DeviceLearningConfig, seed: int, folder: str, app: DeviceApp, settings_key: str) -> dict:
     """Runs every method for one split and seed; returns {method: record}.
 
-    A record holds the test metrics before and after each update (`updates`), the final ones,
-    and the on-device seconds of each stage. Stages shared by methods (the labelled
-    incremental update of fine-tuning, pseudo-labels and the bound) run once, and each
-    method is charged their time.
+    Each method runs every (trainable, learning rate) of the config's grid and keeps the one
+    with the best device-validation score after its last update. A record holds the test
+    metrics before and after each update (`updates`), the final ones, and the on-device
+    seconds of each stage. Stages shared by methods (the labelled incremental update of
+    fine-tuning, pseudo-labels and the bound) run once per setting, and each method is
+    charged their time.
     """
-    groups = ";".join(f"{g}={','.join(c)}" for g, c in {**split.groups(),
-                                                       "seen": list(split.old + split.new)}.items())
-    ck_dir = os.path.join(folder, "checkpoints")
-    os.makedirs(ck_dir, exist_ok=True)
+    groups = split.groups_text(("old", "new", "unseen", "seen"))
 
-    def evaluate(checkpoint: str | None) -> dict:
+    def evaluate(model_path: str, checkpoint: str | None) -> dict:
         args = ["evaluate", f"--model={model_path}", f"--data={test_path}", f"--groups={groups}"]
         if checkpoint:
             args.append(f"--checkpoint={checkpoint}")
         return app(*args)[0]
 
-    def learning(val_path: str, replay_path: str, checkpoint: str, init: str | None) -> list[str]:
-        args = [f"--model={model_path}", f"--checkpoint={checkpoint}", "--restart", f"--epochs={config.device_epochs}",
-                f"--lr={config.device_lr}", f"--patience={config.patience}", f"--min_delta={config.min_delta}",
-                f"--seed={seed}", f"--replay={replay_path}", f"--replay_ratio={config.replay_ratio}",
-                f"--val_data={val_path}"]
-        return args + ([f"--init={init}"] if init else [])
-
-    def stage(chain: tuple[str, ...]) -> dict:
+    def stage(trainable: str, lr: float, chain: tuple[str, ...]) -> dict:
         """One update, `chain` = the kinds of the updates so far (the last one is run here)."""
-        name = ">".join(chain)
-        checkpoint = os.path.join(ck_dir, name.replace(">", "__").replace("+", "_") + ".npz")
-        init = None
-        if len(chain) > 1:
-            init = stage(chain[:-1])["checkpoint"]
+        model_path = model_paths[trainable]
+        tag = setting_tag(trainable, lr)
+        name = "__".join(chain).replace("+", "_")
+        os.makedirs(os.path.join(folder, tag), exist_ok=True)
+        checkpoint = os.path.join(folder, tag, name + ".npz")
+        init = stage(trainable, lr, chain[:-1])["checkpoint"] if len(chain) > 1 else None
         kind = chain[-1]
+        incremental = len(chain) == 1
+        val, groups = ((files.val, split.groups_text(("old", "new"))) if incremental
+                       else (files.unseen_val, split.groups_text(("old", "new", "unseen"))))
+        # Replay is inside every training file (same images for every method): no --replay.
+        common = [f"--model={model_path}", f"--checkpoint={checkpoint}", "--restart",
+                  f"--epochs={config.device_epochs}", f"--lr={lr}", f"--patience={config.patience}",
+                  f"--min_delta={config.min_delta}", f"--seed={seed}", f"--val_data={val}",
+                  f"--val_groups={groups}"] + ([f"--init={init}"] if init else [])
+        if kind in ("labels+cloud", "cloud_soft"):
+            args = ["learn-unseen", f"--soft_labels={files.incremental_soft if incremental else files.unseen_soft}"]
+        else:
+            data = {"labels": files.incremental_labels, "cloud_argmax": files.unseen_argmax,
+                    "true_labels": files.unseen_true}[kind]
+            args = ["learn", f"--data={data}"]
 
         def compute():
-            if kind == "labels":
-                args = ["learn", f"--data={files.new}", *learning(files.val, files.replay_old, checkpoint, init)]
-            elif kind == "labels+cloud":
-                args = ["learn-unseen", f"--soft_labels={files.incremental_soft}",
-                        *learning(files.val, files.replay_old, checkpoint, init)]
-            elif kind == "cloud_soft":
-                args = ["learn-unseen", f"--soft_labels={files.unseen_soft}",
-                        *learning(files.unseen_val, files.replay_all, checkpoint, init)]
-            else:
-                data = files.unseen_argmax if kind == "cloud_argmax" else files.unseen_true
-                args = ["learn", f"--data={data}", *learning(files.unseen_val, files.replay_all, checkpoint, init)]
-            result, wall = app(*args)
-            return {"app": result, "device_seconds": wall, "checkpoint": checkpoint, "test": evaluate(checkpoint)}
+            result, wall = app(*args, *common)
+            return {"app": result, "device_seconds": wall, "checkpoint": checkpoint,
+                    "test": evaluate(model_path, checkpoint)}
 
-        return cached(os.path.join(folder, f"stage_{name.replace('>', '__')}.json"),
-                      key_of(settings_key, chain, seed), compute)
+        return cached(os.path.join(folder, tag, f"stage_{name}.json"), key_of(settings_key, tag, chain, seed), compute)
 
+    first = config.trainable_choices[0]
     base = cached(os.path.join(folder, "stage_base.json"), key_of(settings_key, "base", seed),
-                  lambda: {"test": evaluate(None)})
+                  lambda: {"test": evaluate(model_paths[first], None)})
+    grid = [(t, lr) for t in config.trainable_choices for lr in config.lr_choices]
     out = {}
     for method in METHODS.values():
-        out[method.name] = method_record(method, base, [stage(tuple(k for _, k in method.stages[:i + 1]))
-                                                         for i in range(len(method.stages))])
+        if not method.stages:
+            out[method.name] = {**method_record(method, base, []), "setting": None, "selection_val": {},
+                                "selection_device_seconds": 0.0}
+            continue
+        tried = {setting_tag(t, lr): [stage(t, lr, tuple(k for _, k in method.stages[:i + 1]))
+                                      for i in range(len(method.stages))] for t, lr in grid}
+        # The device's own validation score after the method's last update (ties: grid order).
+        scores = {tag: runs[-1]["app"]["best_val"] for tag, runs in tried.items()}
+        chosen = max(scores, key=lambda tag: scores[tag])
+        out[method.name] = {**method_record(method, base, tried[chosen]), "setting": chosen, "selection_val": scores,
+                            "selection_device_seconds": float(sum(s["device_seconds"] for runs in tried.values()
+                                                                  for s in runs))}
     return out
 
 
@@ -195,7 +227,8 @@ def method_record(method: Method, base: dict, stages: list[dict]) -> dict:
     ran_unseen = method.unseen is not None
     return {
         "old_recall": final["old_recall"],
-        "new_recall": final["new_recall"],
+        # A method that never runs an update has no result for the classes it would learn.
+        "new_recall": final["new_recall"] if method.incremental else None,
         # A method that never runs the unseen update has no unseen-class result: not a zero.
         "unseen_recall": final["unseen_recall"] if ran_unseen else None,
         "unseen_precision": final["unseen_precision"] if ran_unseen else None,
@@ -204,10 +237,16 @@ def method_record(method: Method, base: dict, stages: list[dict]) -> dict:
         "total_device_seconds": float(sum(s["device_seconds"] for s in stages)),
         "stage_seconds": {n: s["device_seconds"] for n, s in zip(names[1:], stages)},
         "time_to_best_seconds": {n: s["app"]["time_to_converge_seconds"] for n, s in zip(names[1:], stages)},
+        # Earlier updates in full, then the last one up to its best validation epoch.
+        "device_seconds_to_best": (float(sum(s["device_seconds"] for s in stages[:-1])
+                                         + stages[-1]["app"]["time_to_converge_seconds"]) if stages else 0.0),
         "epochs": {n: s["app"]["epochs"] for n, s in zip(names[1:], stages)},
         "updates": [{"after": n, "old": t["old_recall"], "new": t["new_recall"], "unseen": t["unseen_recall"],
                      "accuracy": t["accuracy"]} for n, t in zip(names, tests)],
         "history": {n: s["app"]["history"] for n, s in zip(names[1:], stages)},
         "confusion": final["confusion"],
         "ran_unseen_stage": ran_unseen,
+        # Updates whose best validation score was the starting model's: they changed nothing.
+        "returned_start": sum(int(s["app"]["best_epoch"] == 0) for s in stages),
+        "device_cpu_seconds": float(sum(s["app"].get("process_cpu_seconds", 0.0) for s in stages)),
     }

@@ -72,13 +72,15 @@ def run_one(teacher: keras.Model, pools: Pools, split: NeverSeenSplit, student: 
     export(trained, export_dir, class_names=names, options=TrainerOptions(batch_size=config.device_batch_size),
            quantization="float16")
     saving.save_model(trained, os.path.join(folder, "student.keras"))
-    groups = f"seen={','.join(split.train)};never_seen={','.join(never)}"
+    paper_test = list(split.paper_test) or never
+    groups = f"seen={','.join(split.train)};never_seen={','.join(never)};paper_test={','.join(paper_test)}"
     result, _ = app("evaluate", f"--model={os.path.join(export_dir, 'model_trainable.tflite')}",
                     f"--data={test_path}", f"--groups={groups}")
     logging.info("never-seen %s, %s, %s: never-seen recall %.4f", split.name, student, loss, result["never_seen_recall"])
     return {"train_classes": list(split.train), "never_seen_classes": never, "student": student, "loss": loss,
             "params": int(trained.count_params()), "never_seen_recall": result["never_seen_recall"],
             "seen_recall": result["seen_recall"], "accuracy": result["accuracy"],
+            "paper_test_classes": paper_test, "paper_test_recall": result["paper_test_recall"],
             "per_class": result["per_class"], "confusion": result["confusion"],
             "final_loss": logs[-1].get("loss") if logs else None,
             "lineage": {"images_of": sorted(read, key=names.index), "labels_of": [],

@@ -21,8 +21,10 @@ from edgekt.device_learning.methods import METHODS
 from edgekt.device_learning.pools import Pools, draw_device_data
 
 RESULTS = "results.json"
+# What a never-seen student depends on beside the never_seen_* fields.
+NEVER_SEEN_FIELDS = ("students", "prune_preset", "prune_overrides", "device_batch_size", "precision", "threads")
 METRIC_KEYS = ("old_recall", "new_recall", "unseen_recall", "unseen_precision", "accuracy", "seen_accuracy",
-               "total_device_seconds")
+               "total_device_seconds", "device_seconds_to_best", "device_cpu_seconds")
 
 
 def cloud_model(config: DeviceLearningConfig, splits: data.DataSplits, out_dir: str,
@@ -70,6 +72,16 @@ def _cloud_metrics(teacher_path: str) -> dict:
         return json.load(f)
 
 
+def _file_sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _write_test(path: str, split: data.Split) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic.write_with(path, lambda t: np.savez(t, images=split.images, labels=split.labels), suffix=".npz")
@@ -77,12 +89,12 @@ def _write_test(path: str, split: data.Split) -> str:
 
 
 def prepare_split(teacher, teacher_path: str, pools: Pools, split: ClassSplit, config: DeviceLearningConfig,
-                  folder: str, settings_key: str) -> tuple[dict, str, str]:
+                  folder: str, settings_key: str, teacher_sha: str) -> tuple[dict, dict[str, str], str]:
     """The device model of one class split (built from old classes only), its TFLite export
     with a classifier grown to the new and unseen classes, and the split's test file.
 
     Returns:
-      (build metrics with lineage, trainable .tflite path, test .npz path).
+      (build metrics with lineage, {trainable choice: trainable .tflite path}, test .npz path).
     """
     from edgekt.export import TrainerOptions, export
     from edgekt.models import saving
@@ -91,18 +103,22 @@ def prepare_split(teacher, teacher_path: str, pools: Pools, split: ClassSplit, c
     pcfg = prune_config.preset(config.prune_preset, **dict(config.prune_overrides))
     pools.reset_reads()
     built = build_device_model(teacher, pools, split, pcfg, os.path.join(folder, "device_model"),
-                               preset_name=config.prune_preset, teacher_path=teacher_path)
-    export_dir = os.path.join(folder, "export")
-    cached(os.path.join(export_dir, "export.json"), key_of(settings_key, split.name, built["params"]),
-           lambda: export(saving.load_model(built["model_path"]), export_dir, class_names=list(split.old),
-                          new_class_names=list(split.new + split.unseen),
-                          options=TrainerOptions(batch_size=config.device_batch_size, trainable=config.trainable),
-                          quantization="float16"))
+                               preset_name=config.prune_preset, teacher_path=teacher_path, teacher_sha256=teacher_sha)
+    model_paths = {}
+    for trainable in config.trainable_choices:
+        export_dir = os.path.join(folder, "export" if trainable == "all" else f"export_{trainable.replace(':', '_')}")
+        cached(os.path.join(export_dir, "export.json"), key_of(settings_key, split.name, built["params"], trainable),
+               lambda: export(saving.load_model(built["model_path"]), export_dir, class_names=list(split.old),
+                              new_class_names=list(split.new + split.unseen),
+                              options=TrainerOptions(batch_size=config.device_batch_size, trainable=trainable),
+                              quantization="float16"))
+        model_paths[trainable] = os.path.join(export_dir, "model_trainable.tflite")
     test_path = _write_test(os.path.join(folder, "test.npz"), pools.test.take(split.device_classes))  # to measure
-    return built, os.path.join(export_dir, "model_trainable.tflite"), test_path
+    return built, model_paths, test_path
 
 
-def run_split_seed(teacher, pools: Pools, split: ClassSplit, seed: int, config: DeviceLearningConfig, model_path: str,
+def run_split_seed(teacher, pools: Pools, split: ClassSplit, seed: int, config: DeviceLearningConfig,
+                   model_paths: dict[str, str],
                    test_path: str, folder: str, app: DeviceApp, settings_key: str) -> dict:
     """Draws one seed's device data, writes it with the cloud's labels, runs every method."""
     from edgekt.transfer.soft_labels import soft_labels
@@ -119,7 +135,7 @@ def run_split_seed(teacher, pools: Pools, split: ClassSplit, seed: int, config: 
                           unseen_val_per_class=config.unseen_val_per_class, seed=seed)
     files = write_device_files(os.path.join(folder, "data"), dd, split, cloud_probs, config)
     logging.info("device learning: split %s, seed %d", split.name, seed)
-    return run_seed(model_path, test_path, files, split, config, seed, folder, app, settings_key)
+    return run_seed(model_paths, test_path, files, split, config, seed, folder, app, settings_key)
 
 
 def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: str, *, teacher_path: str | None = None,
@@ -137,9 +153,11 @@ def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: st
     pools = load_pools(splits, teacher_metrics)
     teacher = saving.load_model(teacher_path)
     app = DeviceApp(device_python, config.threads)
-    lists = ("never_seen_splits", "students", "never_seen_losses", "seeds", "splits")
+    # What every cached device result depends on; the grid, seeds and splits are in each key itself.
+    lists = ("never_seen_splits", "students", "never_seen_losses", "seeds", "splits", "lr_choices", "trainable_choices")
+    teacher_sha = _file_sha256(teacher_path)
     settings = key_of({k: v for k, v in dataclasses.asdict(config).items() if k not in lists},
-                      teacher_metrics.get("device_pool"))
+                      teacher_metrics.get("device_pool"), teacher_sha)
 
     lineage = {"cloud": {"images_of": list(pools.class_names), "labels_of": list(pools.class_names),
                          "note": "the cloud model trains on all classes, without the device pool, validation and "
@@ -147,12 +165,13 @@ def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: st
     per_run, device_models = {}, {}
     for split in config.splits:
         folder = os.path.join(out_dir, "splits", split.name)
-        built, model_path, test_path = prepare_split(teacher, teacher_path, pools, split, config, folder, settings)
+        built, model_paths, test_path = prepare_split(teacher, teacher_path, pools, split, config, folder, settings,
+                                                      teacher_sha)
         lineage[f"device_model[{split.name}]"] = built["lineage"]
         device_models[split.name] = {k: built[k] for k in ("params", "teacher_params", "flops", "val_accuracy",
                                                              "chosen_step")}
         for seed in config.seeds:
-            per_run[(split.name, seed)] = run_split_seed(teacher, pools, split, seed, config, model_path, test_path,
+            per_run[(split.name, seed)] = run_split_seed(teacher, pools, split, seed, config, model_paths, test_path,
                                                          os.path.join(folder, f"seed{seed}"), app,
                                                          key_of(settings, built["params"]))
     ns = {}
@@ -161,7 +180,9 @@ def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: st
         pools.reset_reads()
         ratio = prune_config.preset(config.prune_preset, **dict(config.prune_overrides)).target_params_ratio or 0.05
         ns = never_seen.run_all(teacher, pools, config, ratio, test_path, os.path.join(out_dir, "never_seen"), app,
-                                key_of(dataclasses.asdict(config), teacher_metrics.get("device_pool")))
+                                key_of({k: v for k, v in dataclasses.asdict(config).items()
+                                        if k.startswith("never_seen") or k in NEVER_SEEN_FIELDS},
+                                       teacher_metrics.get("device_pool"), teacher_sha))
 
     results = summarize(config, per_run, lineage, ns, teacher_metrics, device_models, preset_name, device_python)
     atomic.write_json(os.path.join(out_dir, RESULTS), results)
@@ -170,10 +191,12 @@ def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: st
 
 
 def _mean_std(values: list) -> dict:
+    """Mean and sample standard deviation (ddof=1) of the values that exist."""
     present = [float(v) for v in values if v is not None]
     if not present:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(np.mean(present)), "std": float(np.std(present)), "n": len(present)}
+    return {"mean": float(np.mean(present)), "std": float(np.std(present, ddof=1)) if len(present) > 1 else None,
+            "n": len(present)}
 
 
 def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_seen_results: dict,
@@ -187,6 +210,11 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
         methods[name] = {k: v["mean"] for k, v in stats.items()}
         methods[name]["label"] = METHODS[name].label
         methods[name]["ran_unseen_stage"] = METHODS[name].unseen is not None
+        methods[name]["returned_start"] = sum(row["returned_start"] for row in rows)
+        methods[name]["runs"] = len(rows)
+        methods[name]["selection_device_seconds"] = _mean_std([row["selection_device_seconds"] for row in rows])["mean"]
+        methods[name]["settings_chosen"] = {tag: sum(row["setting"] == tag for row in rows)
+                                            for tag in dict.fromkeys(row["setting"] for row in rows)}
         spread[name] = {k: v["std"] for k, v in stats.items()}
         for split in config.splits:
             split_rows = [r[name] for (s, _), r in per_run.items() if s == split.name]
@@ -216,17 +244,29 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
         "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
         "device_python": device_python,
         "rules": {
-            "choices": "every device setting (learning rate, trainable weights, temperature, label mix, replay "
-                       "ratio, epochs, patience) is fixed in the preset; nothing is chosen on test images or on "
-                       "labels of unseen classes",
+            "choices": "temperature, label mix, replay ratio, epoch cap and patience are fixed in the preset; each "
+                       "method runs every (trainable weights, learning rate) of the preset's grid and keeps the one "
+                       "with the best device-validation score after its last update (old/new labels, agreement with "
+                       "the cloud on held-out unseen images); nothing is chosen on test images or on labels of "
+                       "unseen classes",
             "stopping": "every method stops on the same validation set: labelled old- and new-class device images "
                         "(incremental update); the same plus held-out unseen-class device images scored by "
                         "agreement with the cloud's top-1 (unseen update); same patience and epoch cap",
             "time": "total_device_seconds is the wall time of every update's device-app process (start-up, "
-                    "loading, first validation, every epoch including plateau epochs, checkpoint writes); a stage "
-                    "shared by several methods is charged to each",
+                    "loading, first validation, every epoch including plateau epochs, checkpoint writes) for the "
+                    "chosen setting; selection_device_seconds adds every setting of the grid (what choosing on the "
+                    "device costs); a stage shared by several methods is charged to each",
             "unseen": "unseen_recall and unseen_precision are null for a method that does not run the unseen "
-                      "update (it has no labels to learn from), never a zero by construction",
+                      "update (it has no labels to learn from), and new_recall for one that runs no update: never a "
+                      "zero by construction",
+            "precision": "group precision is the mean over the group's classes, a class never predicted counting "
+                         "as 0",
+            "spread": "std is the sample std over splits x seeds; seeds vary the device's images and data order, "
+                      "while the cloud model and each split's device model are shared by the seeds",
+            "stopping_score": "validation score = mean over groups (old, new; and unseen, by agreement with the "
+                              "cloud, in the unseen update) of the accuracy within the group; the initial model "
+                              "counts as a candidate, so an update that does not help returns its start "
+                              "(returned_start counts those runs)",
             "test": "the test images are read only to measure, after every choice is made",
         },
     }

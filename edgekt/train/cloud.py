@@ -231,7 +231,7 @@ def device_pool_record(prepared: data.PreparedData, config: CloudTrainConfig) ->
     pool = prepared.device_pool
     digest = hashlib.sha256(pool.images.tobytes()).hexdigest() if pool is not None else None
     return {"size": int(len(pool.labels)) if pool is not None else 0, "val_size": config.val_size,
-            "seed": config.seed, "sha256": digest, "excluded_from_training": True}
+            "seed": config.seed, "sha256": digest, "excluded_from_training": pool is not None}
 
 
 def _describe_difference(old: dict, new: dict) -> str:
