@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, TypeVar
+from typing import Iterable, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -22,3 +22,12 @@ def choose(presets: Mapping[str, T], name: str, overrides: Mapping[str, object])
     if unknown:
         raise ValueError(f"unknown {type(base).__name__} fields {unknown}; fields are {sorted(fields)}")
     return dataclasses.replace(base, **overrides)
+
+
+def check_fields(config, checks: Iterable[tuple[bool, str, str]]) -> None:
+    """Raises for the first failed (ok, field, expected) check of a config dataclass, naming the
+    config, the field, what it must be and the value received."""
+    for ok, field, expected in checks:
+        if not ok:
+            raise ValueError(f"{type(config).__name__}.{field} must be {expected}. "
+                             f"Received: {field}={getattr(config, field)!r}")

@@ -175,10 +175,7 @@ class DeviceLearningConfig:
              f"a subset of {NEVER_SEEN_LOSSES}"),
             (self.never_seen_per_class >= 1 and self.never_seen_epochs >= 1, "never_seen_epochs", ">= 1"),
         ]
-        for ok, field, expected in checks:
-            if not ok:
-                raise ValueError(f"DeviceLearningConfig.{field} must be {expected}. "
-                                 f"Received: {field}={getattr(self, field)!r}")
+        presets.check_fields(self, checks)
 
     @property
     def images_per_class_needed(self) -> int:

@@ -87,9 +87,7 @@ class PruneConfig:
             (self.kd_temperature > 0, "kd_temperature", "> 0"),
             (self.train_size is None or self.train_size >= self.batch_size, "train_size", ">= batch_size"),
         ]
-        for ok, field, expected in checks:
-            if not ok:
-                raise ValueError(f"PruneConfig.{field} must be {expected}. Received: {field}={getattr(self, field)!r}")
+        presets.check_fields(self, checks)
 
 
 PRESETS: dict[str, PruneConfig] = {

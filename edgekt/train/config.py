@@ -82,9 +82,7 @@ class CloudTrainConfig:
             (self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}"),
             (self.jit_compile in (True, False, "auto"), "jit_compile", "True, False or 'auto'"),
         ]
-        for ok, field, expected in checks:
-            if not ok:
-                raise ValueError(f"CloudTrainConfig.{field} must be {expected}. Received: {field}={getattr(self, field)!r}")
+        presets.check_fields(self, checks)
 
     @property
     def architecture(self) -> str:
