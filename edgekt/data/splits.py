@@ -124,6 +124,13 @@ def labelled_unlabelled(split: Split, labelled: int | float, seed: int = 0,
             _take(split, np.sort(np.concatenate(unl)) if unl else np.array([], int)))
 
 
+def images_sha256(images: np.ndarray) -> str:
+    """sha256 of an image array's pixels: identifies a pool (e.g. the device pool) across stages."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+
+
 def concat(*splits: Split) -> Split:
     """Concatenates splits that share class names."""
     names = {s.class_names for s in splits}

@@ -55,9 +55,7 @@ def load_pools(splits: data.DataSplits, teacher_metrics: dict) -> Pools:
                              "images")
     prepared = data.prepare_splits(splits, val_size=cfg["val_size"], seed=cfg["seed"],
                                    device_pool_size=record["size"])
-    import hashlib
-
-    if hashlib.sha256(prepared.device_pool.images.tobytes()).hexdigest() != record["sha256"]:
+    if data.images_sha256(prepared.device_pool.images) != record["sha256"]:
         raise data.DataError("the device pool drawn from this data differs from the one the cloud model was trained "
                              "without (other data or another version of it)")
     return Pools.from_prepared(prepared)
@@ -70,16 +68,6 @@ def _cloud_metrics(teacher_path: str) -> dict:
                              "split and device pool)")
     with open(path) as f:
         return json.load(f)
-
-
-def _file_sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_test(path: str, split: data.Split) -> str:
@@ -144,6 +132,7 @@ def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: st
     resumes from what `out_dir` already holds for the same settings."""
     from edgekt.models import saving
     from edgekt.prune import config as prune_config
+    from edgekt.workflow import file_hash
 
     os.makedirs(out_dir, exist_ok=True)
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
@@ -155,7 +144,7 @@ def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: st
     app = DeviceApp(device_python, config.threads)
     # What every cached device result depends on; the grid, seeds and splits are in each key itself.
     lists = ("never_seen_splits", "students", "never_seen_losses", "seeds", "splits", "lr_choices", "trainable_choices")
-    teacher_sha = _file_sha256(teacher_path)
+    teacher_sha = file_hash(teacher_path)
     settings = key_of({k: v for k, v in dataclasses.asdict(config).items() if k not in lists},
                       teacher_metrics.get("device_pool"), teacher_sha)
 

@@ -226,10 +226,8 @@ def _metrics(model, prepared: data.PreparedData, state, config, cost, preset_nam
 def device_pool_record(prepared: data.PreparedData, config: CloudTrainConfig) -> dict:
     """What identifies the device pool the cloud model never trained on: how it was drawn and a
     digest of its pixels, so a later stage can check it holds the same images."""
-    import hashlib
-
     pool = prepared.device_pool
-    digest = hashlib.sha256(pool.images.tobytes()).hexdigest() if pool is not None else None
+    digest = data.images_sha256(pool.images) if pool is not None else None
     return {"size": int(len(pool.labels)) if pool is not None else 0, "val_size": config.val_size,
             "seed": config.seed, "sha256": digest, "excluded_from_training": pool is not None}
 
