@@ -233,3 +233,17 @@ def test_evaluate_groups_and_learn_unseen_with_labelled_validation(device_model,
     assert result["val_images"] == 200 and result["train_images"] == 60
     before = last_json(app("evaluate", f"--model={model_path}", f"--data={new_data}"))
     assert result["initial_val"] == pytest.approx(before["accuracy"])
+
+
+def test_val_groups_score_is_the_mean_of_group_accuracies(device_model, new_data, tmp_path):
+    model_path, _ = device_model
+    groups = "animals=bird,cat,deer,dog,frog,horse;vehicles=airplane,automobile,ship,truck"
+    measured = last_json(app("evaluate", f"--model={model_path}", f"--data={new_data}", f"--groups={groups}"))
+    result = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_data}",
+                           f"--val_groups={groups}", f"--checkpoint={tmp_path / 'g.npz'}", "--epochs=1"))
+    expected = (measured["animals_recall"] + measured["vehicles_recall"]) / 2
+    assert result["initial_val"] == pytest.approx(expected, abs=1e-9)
+    assert measured["animals_images"] == 120  # 6 of the 10 classes of 200 balanced images: not a pooled mean
+    proc = app("learn", f"--model={model_path}", f"--data={new_data}", "--val_groups=animals=unicorn",
+               f"--checkpoint={tmp_path / 'h.npz'}", "--epochs=1")
+    assert proc.returncode == 2 and "classes ['unicorn'] are not the model's" in proc.stderr

@@ -1,8 +1,8 @@
 """The on-device learning benchmark's settings and presets (smoke / cpu / paper).
 
-Every setting the device uses (learning rate, trainable part, temperature, replay ratio,
-epochs, patience) is fixed here, before any run: nothing is chosen with test images or with
-labels of classes the device has not been given.
+Temperature, label mix, replay ratio, epoch cap and patience are fixed here; the trainable
+part and learning rate are a grid from which each method picks on the device's own
+validation data. Nothing is chosen with test images or with labels of unseen classes.
 """
 
 from __future__ import annotations

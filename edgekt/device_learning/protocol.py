@@ -200,6 +200,12 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
         methods[name]["label"] = METHODS[name].label
         methods[name]["ran_unseen_stage"] = METHODS[name].unseen is not None
         methods[name]["returned_start"] = sum(row["returned_start"] for row in rows)
+        matched = [row["at_ours_setting"] for row in rows if row.get("at_ours_setting")]
+        if matched and METHODS[name].stages:
+            methods[name]["at_ours_setting"] = {
+                k: _mean_std([row[k] for row in matched])["mean"] if name != "finetune" or k not in (
+                    "unseen", "unseen_precision") else None
+                for k in ("old", "new", "unseen", "unseen_precision", "accuracy")}
         methods[name]["runs"] = len(rows)
         methods[name]["selection_device_seconds"] = _mean_std([row["selection_device_seconds"] for row in rows])["mean"]
         methods[name]["settings_chosen"] = {tag: sum(row["setting"] == tag for row in rows)
