@@ -42,14 +42,9 @@ def student_model(kind: str, teacher: keras.Model, images: np.ndarray, target_pa
     raise ValueError(f"unknown student; expected 'pruned' or 'wrn-16-1'. Received: {kind!r}")
 
 
-def run_one(teacher: keras.Model, pools: Pools, split: NeverSeenSplit, student: str, loss: str,
-            config: DeviceLearningConfig, target_params_ratio: float, test_path: str, folder: str,
-            app: DeviceApp) -> dict:
-    """Distils one student on device-pool images of `split.train` (labels never read) and
-    evaluates its exported TFLite model in the device app on the 10-way test set."""
+def training_images(pools: Pools, split: NeverSeenSplit, config: DeviceLearningConfig) -> np.ndarray:
+    """The student's images: `never_seen_per_class` device-pool images of each training class."""
     names = list(pools.class_names)
-    never = [c for c in names if c not in split.train]
-    before = {p.name: set(p.read) for p in pools.all()}
     per_class = []
     for c in split.train:
         images = pools.device.images(c)
@@ -58,8 +53,26 @@ def run_one(teacher: keras.Model, pools: Pools, split: NeverSeenSplit, student: 
                                  f"{config.never_seen_per_class}")
         pick = np.random.default_rng([len(names), names.index(c)]).permutation(len(images))
         per_class.append(images[np.sort(pick[:config.never_seen_per_class])])
-    images = np.concatenate(per_class)
-    read = {c for p in pools.all() for c in p.read - before[p.name]}
+    return np.concatenate(per_class)
+
+
+def lineage(pools: Pools, split: NeverSeenSplit, config: DeviceLearningConfig) -> dict:
+    """The classes whose images the student reads (recorded by the pools), and no labels."""
+    pools.reset_reads()
+    training_images(pools, split, config)
+    read = sorted({c for p in pools.all() for c in p.read}, key=pools.class_names.index)
+    pools.reset_reads()
+    return {"images_of": read, "labels_of": [], "teacher": "cloud model (all classes)"}
+
+
+def run_one(teacher: keras.Model, pools: Pools, split: NeverSeenSplit, student: str, loss: str,
+            config: DeviceLearningConfig, target_params_ratio: float, test_path: str, folder: str,
+            app: DeviceApp) -> dict:
+    """Distils one student on device-pool images of `split.train` (labels never read) and
+    evaluates its exported TFLite model in the device app on the 10-way test set."""
+    names = list(pools.class_names)
+    never = [c for c in names if c not in split.train]
+    images = training_images(pools, split, config)
     # No labels: the label column is a constant the loss never reads (ce_weight = 0).
     unlabelled = data.Split(images, np.zeros(len(images), np.int64), tuple(names))
     model = student_model(student, teacher, images, target_params_ratio, len(names), seed=0)
@@ -83,8 +96,7 @@ def run_one(teacher: keras.Model, pools: Pools, split: NeverSeenSplit, student: 
             "paper_test_classes": paper_test, "paper_test_recall": result["paper_test_recall"],
             "per_class": result["per_class"], "confusion": result["confusion"],
             "final_loss": logs[-1].get("loss") if logs else None,
-            "lineage": {"images_of": sorted(read, key=names.index), "labels_of": [],
-                        "teacher": "cloud model (all classes)"}}
+            "lineage": lineage(pools, split, config)}
 
 
 def run_all(teacher: keras.Model, pools: Pools, config: DeviceLearningConfig, target_params_ratio: float,
@@ -99,5 +111,7 @@ def run_all(teacher: keras.Model, pools: Pools, config: DeviceLearningConfig, ta
                 record = cached(os.path.join(folder, "result.json"), key_of(settings_key, split.train, student, loss),
                                 lambda: run_one(teacher, pools, split, student, loss, config, target_params_ratio,
                                                 test_path, folder, app))
+                # Lineage from the pools' record of reads, also for a cached student.
+                record = {**record, "lineage": lineage(pools, split, config)}
                 out.setdefault(split.name, {}).setdefault(student, {})[loss] = record
     return out

@@ -209,7 +209,8 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
         methods[name]["runs"] = len(rows)
         methods[name]["selection_device_seconds"] = _mean_std([row["selection_device_seconds"] for row in rows])["mean"]
         methods[name]["settings_chosen"] = {tag: sum(row["setting"] == tag for row in rows)
-                                            for tag in dict.fromkeys(row["setting"] for row in rows)}
+                                            for tag in dict.fromkeys(row["setting"] for row in rows)
+                                            if tag is not None}
         spread[name] = {k: v["std"] for k, v in stats.items()}
         for split in config.splits:
             split_rows = [r[name] for (s, _), r in per_run.items() if s == split.name]

@@ -51,7 +51,7 @@ def losses_of_ours(results: dict) -> list[str]:
                        f"{_sec(ours['total_device_seconds'])}.")
     bound = results["methods"]["true_label_bound"]
     if bound["unseen_recall"] is not None and ours["unseen_recall"] is not None:
-        out.append(f"- Against the true-label bound on unseen classes: ours {_pct(ours['unseen_recall'])}, bound "
+        out.append(f"- Against the true-label reference on unseen classes: ours {_pct(ours['unseen_recall'])}, reference "
                    f"{_pct(bound['unseen_recall'])}.")
     return out or ["- Ours is ahead of every baseline on every column."]
 
