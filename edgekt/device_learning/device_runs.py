@@ -161,10 +161,10 @@ def run_seed(model_paths: dict[str, str], test_path: str, files: DeviceFiles, sp
     `at_ours_setting` also gives every method's final figures at the setting ours chose: the
     comparison from one starting model.
     """
-    groups = split.groups_text(("old", "new", "unseen", "seen"))
+    test_groups = split.groups_text(("old", "new", "unseen", "seen"))
 
     def evaluate(model_path: str, checkpoint: str | None) -> dict:
-        args = ["evaluate", f"--model={model_path}", f"--data={test_path}", f"--groups={groups}"]
+        args = ["evaluate", f"--model={model_path}", f"--data={test_path}", f"--groups={test_groups}"]
         if checkpoint:
             args.append(f"--checkpoint={checkpoint}")
         return app(*args)[0]
@@ -179,13 +179,13 @@ def run_seed(model_paths: dict[str, str], test_path: str, files: DeviceFiles, sp
         init = stage(trainable, lr, chain[:-1])["checkpoint"] if len(chain) > 1 else None
         kind = chain[-1]
         incremental = len(chain) == 1
-        val, groups = ((files.val, split.groups_text(("old", "new"))) if incremental
-                       else (files.unseen_val, split.groups_text(("old", "new", "unseen"))))
+        val, val_groups = ((files.val, split.groups_text(("old", "new"))) if incremental
+                           else (files.unseen_val, split.groups_text(("old", "new", "unseen"))))
         # Replay is inside every training file (same images for every method): no --replay.
         common = [f"--model={model_path}", f"--checkpoint={checkpoint}", "--restart",
                   f"--epochs={config.device_epochs}", f"--lr={lr}", f"--patience={config.patience}",
                   f"--min_delta={config.min_delta}", f"--seed={seed}", f"--val_data={val}",
-                  f"--val_groups={groups}"] + ([f"--init={init}"] if init else [])
+                  f"--val_groups={val_groups}"] + ([f"--init={init}"] if init else [])
         if kind in ("labels+cloud", "cloud_soft"):
             args = ["learn-unseen", f"--soft_labels={files.incremental_soft if incremental else files.unseen_soft}"]
         else:
