@@ -247,3 +247,52 @@ def test_val_groups_score_is_the_mean_of_group_accuracies(device_model, new_data
     proc = app("learn", f"--model={model_path}", f"--data={new_data}", "--val_groups=animals=unicorn",
                f"--checkpoint={tmp_path / 'h.npz'}", "--epochs=1")
     assert proc.returncode == 2 and "classes ['unicorn'] are not the model's" in proc.stderr
+
+
+def test_imprinting_new_classes_through_the_cli(device_model, new_data, tmp_path, cifar):
+    """A model exported with 6 classes and 4 added ones: `learn` imprints the added classes
+    found in its data (and only once), the features output is the classifier's input, and the
+    imprinted start is what the first validation measures."""
+    import keras
+
+    from edgekt.models import heads as model_heads
+    from tflite_runtime_app.runner import DeviceModel
+
+    _, keras_model = device_model
+    names = list(cifar.class_names)
+    six = model_heads.select_outputs(keras_model, list(range(6)))
+    out = tmp_path / "grown"
+    export(six, str(out), class_names=names[:6], new_class_names=names[6:], options=TrainerOptions(batch_size=BATCH),
+           quantization="float16")
+    model_path = str(out / "model_trainable.tflite")
+    device = DeviceModel(model_path)
+    images = np.load(new_data)["images"][:BATCH + 3]
+    dense = [layer for layer in six.layers if isinstance(layer, keras.layers.Dense)][-1]
+    assert device.meta["classifier_weights"]["kernel"].startswith(dense.name)
+    classifier_input = keras.Model(six.input, dense.input)
+    np.testing.assert_allclose(device.features(images), classifier_input.predict(images, verbose=0), rtol=1e-4,
+                               atol=1e-4)
+
+    plain = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_data}",
+                          f"--checkpoint={tmp_path / 'plain.npz'}", "--epochs=1", "--head_init=none"))
+    imprinted = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_data}",
+                              f"--checkpoint={tmp_path / 'imp.npz'}", "--epochs=1"))
+    assert plain["prepared"] is None and imprinted["prepared"]["imprinted"] == names[6:]
+    assert imprinted["prepared"]["images"] == 80  # 20 images of each added class
+    assert imprinted["learned_classes"] == names
+    before = last_json(app("evaluate", f"--model={model_path}", f"--data={new_data}"))
+    assert plain["initial_val"] == pytest.approx(before["accuracy"])
+    assert imprinted["initial_val"] != plain["initial_val"]  # the first validation sees the imprinted start
+    # Near-zero rows hardly ever win; imprinted ones win on many of their own images.
+    from tflite_runtime_app import heads as device_heads
+
+    new = np.load(new_data)
+    added = new["labels"] >= 6
+    recall_before = float((device.logits(new["images"][added]).argmax(1) == new["labels"][added]).mean())
+    device_heads.imprint_unlearned(device, new["images"], new["labels"], names[:6])
+    recall_after = float((device.logits(new["images"][added]).argmax(1) == new["labels"][added]).mean())
+    assert recall_before < 0.1 < recall_after
+    # Starting from the imprinted run, every class is learned: nothing is imprinted again.
+    again = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_data}",
+                          f"--init={tmp_path / 'imp.npz'}", f"--checkpoint={tmp_path / 'again.npz'}", "--epochs=1"))
+    assert again["prepared"] == {"imprinted": [], "images": 0}

@@ -16,7 +16,7 @@ import pytest
 from edgekt import data, train
 from edgekt.device_learning import config as dl_config
 from edgekt.device_learning.device_model import build_device_model
-from edgekt.device_learning.methods import METHODS, Method
+from edgekt.device_learning.methods import ABLATIONS, METHODS, Method
 from edgekt.device_learning.pools import LineageError, Pools, draw_device_data
 from edgekt.device_learning.protocol import load_pools
 from edgekt.prune.config import PruneConfig
@@ -183,20 +183,67 @@ def test_smoke_preset_runs_end_to_end_through_the_device_app(tmp_path, cache_dir
     assert device["images_of"] == list(split.old) and device["labels_of"] == list(split.old)
     assert set(results["lineage"]["cloud"]["images_of"]) == set(dl_config.CIFAR10)
     (ns_split, by_student), = results["never_seen"].items()
-    assert ns_split == "train-horse+ship+truck" and 0 <= by_student["wrn-16-1"]["kd"] <= 1
-    student_lineage = results["lineage"]["never_seen_student[train-horse+ship+truck, wrn-16-1, kd]"]
-    assert student_lineage == {"images_of": ["horse", "ship", "truck"], "labels_of": [],
-                               "teacher": "cloud model (all classes)"}
+    assert ns_split == "train-horse+ship+truck" and 0 <= by_student["pruned_cloud_weights"]["kd"] <= 1
+    student_lineage = results["lineage"]["never_seen_student[train-horse+ship+truck, pruned_cloud_weights, kd]"]
+    assert student_lineage["images_of"] == ["horse", "ship", "truck"] and student_lineage["labels_of"] == []
+    assert "the cloud model's" in student_lineage["initial_weights"]
     run = results["runs"][f"{split.name}/seed0"]["ours"]
     assert [u["after"] for u in run["updates"]] == ["before", "incremental", "unseen"]
     # Each method chose its (trainable, lr) on device validation among the whole grid.
-    assert set(run["selection_val"]) == {"all_lr0.01", "bn_classifier_lr0.01"}
+    assert set(run["selection_val"]) == {"last_3_lr0.01", "classifier_lr0.01"}
     assert run["setting"] == max(run["selection_val"], key=run["selection_val"].get)
     assert run["selection_device_seconds"] > run["total_device_seconds"] > 0
     assert np.asarray(run["confusion"]).sum() == 5000
+    # The incremental update's targets carry nothing of the unseen classes (not even the cloud's
+    # probabilities on other classes' images); the unseen update's do.
+    names = list(split.device_classes)
+    unseen_cols = [names.index(c) for c in split.unseen]
+    data_dir = out / "splits" / split.name / "seed0" / "data"
+    incremental = np.load(data_dir / "incremental_soft.npz")["soft_targets"]
+    assert np.all(incremental[:, unseen_cols] == 0) and np.allclose(incremental.sum(axis=1), 1.0, atol=1e-5)
+    assert np.load(data_dir / "unseen_soft.npz")["soft_targets"][:, unseen_cols].sum() > 0
+    # Ours imprints the rows it adds in each update; fine-tuning does not.
+    assert run["imprinted"] == {"incremental": list(split.new), "unseen": list(split.unseen)}
+    assert results["runs"][f"{split.name}/seed0"]["finetune"]["imprinted"] == {"incremental": []}
+    # The ablation ran on seed 0, beside ours and fine-tuning on the same run.
+    assert set(results["ablations"]) == {*ABLATIONS, "ours (same runs)", "finetune (same runs)"}
+    assert results["ablations"]["ours (same runs)"]["accuracy"] == pytest.approx(ours["accuracy"])
+    assert [u["after"] for u in results["updates"]["ours"]] == ["before", "incremental", "unseen"]
     text = (out / "results.md").read_text()
+    assert "## Ablation" in text and "## Before and after each update" in text
     assert "## Where ours loses" in text and "| knowledge transfer (ours) |" in text and "## Lineage" in text
     for png in ("accuracy_per_update.png", "confusion_ours.png", "validation_vs_time.png"):
         assert (out / png).stat().st_size > 1000
     metrics = json.loads((out / "cloud" / "metrics.json").read_text())
     assert metrics["device_pool"]["size"] == dl_config.PRESETS["smoke"].device_pool_size
+
+
+def test_never_seen_students_keep_or_reset_the_cloud_weights():
+    from edgekt import models
+    from edgekt.device_learning.never_seen import student_model
+
+    keras.utils.set_random_seed(0)
+    cloud = models.wrn(10, 2, num_classes=10)
+    kept = student_model("pruned_cloud_weights", cloud, None, 0.3, 10, seed=0)
+    bn_only = student_model("pruned_cloud_weights_bn", cloud, None, 0.3, 10, seed=0)
+    fresh = student_model("pruned", cloud, None, 0.3, 10, seed=0)
+    assert kept.count_params() == bn_only.count_params() == fresh.count_params() < 0.35 * cloud.count_params()
+    for a, b in zip(kept.get_weights(), bn_only.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # The surviving classifier is the cloud's (every row, never-seen classes included).
+    head = [layer.name for layer in cloud.layers if isinstance(layer, keras.layers.Dense)][-1]
+    np.testing.assert_array_equal(kept.get_layer(head).get_weights()[1], cloud.get_layer(head).get_weights()[1])
+    assert not np.array_equal(fresh.get_layer(head).get_weights()[0], kept.get_layer(head).get_weights()[0])
+    trainable = {v.path.split("/")[0] for v in bn_only.trainable_weights}
+    assert trainable and all(isinstance(bn_only.get_layer(n), keras.layers.BatchNormalization) for n in trainable)
+    assert len(kept.trainable_weights) > len(bn_only.trainable_weights)
+    with pytest.raises(ValueError, match="unknown student"):
+        student_model("bogus", cloud, None, 0.3, 10, seed=0)
+
+
+def test_restrict_renormalises_over_the_kept_columns_by_hand():
+    from edgekt.device_learning.device_runs import restrict
+
+    probs = np.array([[0.1, 0.3, 0.6], [0.0, 0.0, 1.0]], np.float32)
+    out = restrict(probs, [0, 1])
+    np.testing.assert_allclose(out, [[0.25, 0.75, 0.0], [0.5, 0.5, 0.0]], rtol=1e-6)

@@ -16,9 +16,9 @@ import numpy as np
 
 from tflite_runtime_app import checkpoint as ckpt
 from tflite_runtime_app import data as app_data
-from tflite_runtime_app import image_folder, metrics
+from tflite_runtime_app import heads, image_folder, metrics
 from tflite_runtime_app.runner import DeviceModel, ModelError, runtime_name
-from tflite_runtime_app.train import LearnConfig, Progress, Task, learn
+from tflite_runtime_app.train import AUGMENTATIONS, LearnConfig, Progress, Task, learn
 
 
 def _model(args) -> DeviceModel:
@@ -29,11 +29,31 @@ def _model(args) -> DeviceModel:
     return model
 
 
-def _init_weights(model: DeviceModel, args) -> None:
-    """Starts from another run's weights (e.g. `learn` before `learn-unseen`)."""
+def _init_weights(model: DeviceModel, args) -> list[str]:
+    """Starts from another run's weights (e.g. `learn` before `learn-unseen`); returns the
+    classes those weights have learned."""
     if args.init:
-        weights, _, _ = ckpt.load(args.init, model.weight_shapes)
+        weights, state, _ = ckpt.load(args.init, model.weight_shapes)
         model.set_weights(weights)
+        if state.get("learned_classes"):
+            return list(state["learned_classes"])
+    return heads.initial_learned(model)
+
+
+def _learn(model: DeviceModel, task: Task, args) -> dict:
+    """The loop, after the head initialiser for classes the weights have not learned yet."""
+    fresh = not os.path.exists(args.checkpoint) or args.restart
+    learned = _init_weights(model, args) if fresh else None
+    prepare = None
+    if fresh and args.head_init == "imprint":
+        def prepare(m):
+            try:
+                return heads.imprint_unlearned(m, task.images, task.targets, learned)
+            except ValueError as e:
+                raise ModelError(str(e)) from e
+    after = heads.learned_after(model, task.targets, learned) if fresh else None
+    return learn(model, task, _config(args), args.checkpoint, restart=args.restart,
+                 progress=Progress(quiet=args.quiet), prepare=prepare, learned_classes=after)
 
 
 def _split_val(images, targets, fraction, seed):
@@ -48,7 +68,8 @@ def _split_val(images, targets, fraction, seed):
 
 def _config(args) -> LearnConfig:
     return LearnConfig(max_epochs=args.epochs, learning_rate=args.lr, patience=args.patience, min_delta=args.min_delta,
-                       replay_ratio=args.replay_ratio, checkpoint_every=args.checkpoint_every, seed=args.seed)
+                       replay_ratio=args.replay_ratio, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                       augment=args.augment)
 
 
 def _replay(args, model):
@@ -75,11 +96,9 @@ def cmd_learn(args) -> dict:
     else:
         train_x, train_y, val_x, val_y = _split_val(images, labels, args.val_fraction, args.seed)
     replay_x, replay_y = _replay(args, model)
-    if not os.path.exists(args.checkpoint) or args.restart:
-        _init_weights(model, args)
     task = Task("labelled", train_x, train_y, val_x, val_y, replay_images=replay_x, replay_labels=replay_y,
                 val_groups=_val_groups(args, model))
-    result = learn(model, task, _config(args), args.checkpoint, restart=args.restart, progress=Progress(quiet=args.quiet))
+    result = _learn(model, task, args)
     return {"command": "learn", "train_images": int(len(train_x)), "val_images": int(len(val_x)),
             "threads": args.threads, "runtime": model.runtime, "checkpoint": args.checkpoint, **result}
 
@@ -97,11 +116,9 @@ def cmd_learn_unseen(args) -> dict:
     else:
         train_x, train_t, val_x, val_t = _split_val(images, soft, args.val_fraction, args.seed)
     replay_x, replay_y = _replay(args, model)
-    if not os.path.exists(args.checkpoint) or args.restart:
-        _init_weights(model, args)
     task = Task("soft", train_x, train_t, val_x, val_t, temperature=temperature, replay_images=replay_x,
                 replay_labels=replay_y, val_groups=_val_groups(args, model))
-    result = learn(model, task, _config(args), args.checkpoint, restart=args.restart, progress=Progress(quiet=args.quiet))
+    result = _learn(model, task, args)
     return {"command": "learn-unseen", "train_images": int(len(train_x)), "val_images": int(len(val_x)),
             "temperature": temperature, "threads": args.threads, "runtime": model.runtime,
             "checkpoint": args.checkpoint, **result}
@@ -222,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score validation as the mean over groups of classes (name=class,class;name=class), "
                             "so each group counts equally (default: accuracy over all validation images)")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--augment", choices=AUGMENTATIONS, default="flip_crop",
+                       help="random flips and shifts of the training images (default flip_crop)")
+        p.add_argument("--head_init", choices=heads.HEAD_INITS, default="imprint",
+                       help="start the classifier rows of classes the model has not learned yet from the mean "
+                            "embedding of their images (imprint, default) or leave them near zero (none)")
 
     p = sub.add_parser("learn", help="incremental learning on new labelled data")
     common(p)

@@ -113,6 +113,23 @@ class DeviceModel:
             out.append(self._runners["infer"](x=x)["logits"][: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The classifier's input [N, F] of any number of raw-pixel images.
+
+        Raises:
+          ModelError: the model was exported without a `features` output.
+        """
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            x, _, _ = self._pad(chunk)
+            result = self._runners["infer"](x=x)
+            if "features" not in result:
+                raise ModelError(f"{self.path}: its infer signature has no features output (export it again with this "
+                                 "version to initialise new classes from their images)")
+            out.append(result["features"][: len(chunk)])
+        return np.concatenate(out)
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities [N, K]."""
         z = self.logits(images)

@@ -21,6 +21,25 @@ from tflite_runtime_app import checkpoint as ckpt
 from tflite_runtime_app.runner import DeviceModel
 
 
+AUGMENTATIONS = ("none", "flip", "flip_crop")
+
+
+def augment(images: np.ndarray, kind: str, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """A batch [N, H, W, C] with random horizontal flips ("flip"), and shifts of up to `pad`
+    pixels with zero padding ("flip_crop"); "none" returns it unchanged."""
+    if kind == "none" or len(images) == 0:
+        return images
+    out = np.array(images, copy=True)
+    flip = rng.random(len(out)) < 0.5
+    out[flip] = out[flip, :, ::-1]
+    if kind == "flip_crop":
+        n, h, w = out.shape[:3]
+        padded = np.pad(out, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        dy, dx = rng.integers(0, 2 * pad + 1, n), rng.integers(0, 2 * pad + 1, n)
+        out = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class LearnConfig:
     """The loop's settings.
@@ -43,12 +62,15 @@ class LearnConfig:
     replay_ratio: float = 0.25
     checkpoint_every: int = 50
     seed: int = 0
+    augment: str = "none"
 
     def __post_init__(self):
         if self.max_epochs < 1 or self.patience < 1 or self.checkpoint_every < 1:
             raise ValueError("max_epochs, patience and checkpoint_every must be >= 1")
         if not 0 <= self.replay_ratio < 1:
             raise ValueError(f"replay_ratio must be in [0, 1). Received: {self.replay_ratio}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}. Received: {self.augment!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate}")
 
@@ -123,11 +145,14 @@ def _batches(n: int, size: int, seed: int, epoch: int) -> list[np.ndarray]:
 
 
 def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: str, *, restart: bool = False,
-          progress: Progress | None = None, on_step: Callable[[int], None] | None = None) -> dict:
+          progress: Progress | None = None, on_step: Callable[[int], None] | None = None,
+          prepare: Callable[[DeviceModel], dict] | None = None, learned_classes: list[str] | None = None) -> dict:
     """Trains until the validation score plateaus (or `max_epochs`), checkpointing as it goes.
 
     Resumes from `checkpoint_path` when it exists (unless `restart`); at the end the best
-    weights (by validation) are restored and saved.
+    weights (by validation) are restored and saved. A fresh run first calls `prepare(model)`
+    (e.g. a head initialiser; its time counts) and records what it returns. The checkpoint
+    keeps `learned_classes` (the classes the weights have learned, after this run).
 
     Returns:
       A summary: time_to_converge_seconds, total_seconds, epochs, steps, best/initial
@@ -149,12 +174,14 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
                                        "over (it is kept until a new checkpoint replaces it)")
         model.set_weights(weights)
     if state is None:
-        t0 = time.perf_counter()  # the first validation is part of the run's time
+        t0 = time.perf_counter()  # preparing and the first validation are part of the run's time
+        prepared = prepare(model) if prepare is not None else None
         initial = validation_score(model, task)
         state = {"task": _task_id(task, config, b), "epoch": 0, "step": 0, "global_step": 0,
                  "elapsed": time.perf_counter() - t0,
                  "best": initial, "best_epoch": 0, "best_elapsed": 0.0, "bad_epochs": 0, "initial": initial,
-                 "history": [], "done": False, "epoch_loss": 0.0, "epoch_count": 0}
+                 "history": [], "done": False, "epoch_loss": 0.0, "epoch_count": 0, "prepared": prepared,
+                 "learned_classes": learned_classes}
         best_weights = model.get_weights()
     start = time.perf_counter() - state["elapsed"]
 
@@ -176,12 +203,13 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
                     r = rng.choice(len(task.replay_images), replay_slots, replace=len(task.replay_images) < replay_slots)
                     x = np.concatenate([x, task.replay_images[r]])
                     y = np.concatenate([y, task.replay_labels[r]])
-                loss, acc = model.train_batch(x, y, lr)
+                loss, acc = model.train_batch(augment(x, config.augment, rng), y, lr)
             else:
-                loss = model.distill_batch(task.images[idx], task.targets[idx], lr, task.temperature)
+                loss = model.distill_batch(augment(task.images[idx], config.augment, rng), task.targets[idx], lr,
+                                           task.temperature)
                 if use_replay and rng.random() < config.replay_ratio / (1 - config.replay_ratio):
                     r = rng.choice(len(task.replay_images), b, replace=len(task.replay_images) < b)
-                    model.train_batch(task.replay_images[r], task.replay_labels[r], lr)
+                    model.train_batch(augment(task.replay_images[r], config.augment, rng), task.replay_labels[r], lr)
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1} step {step + 1}; lower the learning "
                                          "rate (the checkpoint holds the last good weights)")
@@ -230,6 +258,8 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
         "steps_per_epoch": steps_per_epoch,
         "batch_size": b,
         "history": state["history"],
+        "prepared": state.get("prepared"),
+        "learned_classes": state.get("learned_classes"),
     }
 
 

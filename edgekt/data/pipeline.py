@@ -55,6 +55,45 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, pad: int = 4, flip: bool =
     return out
 
 
+MIXES = ("none", "mixup", "cutmix")
+
+
+def mix_batch(images: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, kind: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mixes each example with its partner in the reversed batch, widening the inputs a
+    teacher is queried on: "mixup" blends the images with a weight lam ~ U(0, 1) per example;
+    "cutmix" pastes a box of the partner covering about (1 - lam) of the image. Float targets
+    (one-hot) mix with the same weights; "none" returns the batch unchanged."""
+    if kind == "none":
+        return images, targets
+    if kind not in MIXES:
+        raise ValueError(f"mix must be one of {MIXES}. Received: {kind!r}")
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    partner = tf.reverse(images, axis=[0])
+    lam = tf.random.stateless_uniform([b], seed=seed)
+    if kind == "mixup":
+        mixed = lam[:, None, None, None] * images + (1.0 - lam[:, None, None, None]) * partner
+        share = lam
+    else:
+        side = tf.sqrt(1.0 - lam)
+        bh = tf.cast(tf.round(side * tf.cast(h, tf.float32)), tf.int32)
+        bw = tf.cast(tf.round(side * tf.cast(w, tf.float32)), tf.int32)
+        corner = tf.random.stateless_uniform([b, 2], seed=tf.random.experimental.stateless_fold_in(seed, 2))
+        top = tf.cast(corner[:, 0] * tf.cast(h - bh + 1, tf.float32), tf.int32)
+        left = tf.cast(corner[:, 1] * tf.cast(w - bw + 1, tf.float32), tf.int32)
+        rows = tf.range(h)[None, :]
+        cols = tf.range(w)[None, :]
+        in_rows = (rows >= top[:, None]) & (rows < (top + bh)[:, None])
+        in_cols = (cols >= left[:, None]) & (cols < (left + bw)[:, None])
+        box = tf.cast(in_rows[:, :, None] & in_cols[:, None, :], images.dtype)[..., None]
+        mixed = images * (1.0 - box) + partner * box
+        share = 1.0 - tf.cast(bh * bw, tf.float32) / tf.cast(h * w, tf.float32)
+    if targets.dtype.is_floating:
+        partner_t = tf.reverse(targets, axis=[0])
+        targets = share[:, None] * targets + (1.0 - share[:, None]) * partner_t
+    return mixed, targets
+
+
 def _standardize(x: tf.Tensor, normalize) -> tf.Tensor:
     if normalize is None:
         return x
@@ -69,13 +108,16 @@ def _targets(labels: tf.Tensor, num_classes: int, one_hot: bool) -> tf.Tensor:
 def train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
                   epochs: int, start_epoch: int = 0, seed: int = 0, augment: bool = True,
                   one_hot: bool = True, normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-                  ) -> tf.data.Dataset:
-    """The training stream for epochs [start_epoch, epochs): shuffled, augmented, batched.
+                  mix: str = "none") -> tf.data.Dataset:
+    """The training stream for epochs [start_epoch, epochs): shuffled, augmented, batched, and
+    mixed within each batch by `mix` (see `mix_batch`).
 
     Each epoch yields `len(images) // batch_size` full batches (the remainder is dropped,
     a different remainder each epoch). Use `steps_per_epoch(...)` with `Model.fit`.
     """
     _check_arrays(images, labels, num_classes)
+    if mix not in MIXES:
+        raise DataError(f"mix must be one of {MIXES}. Received: {mix!r}")
     if len(images) < batch_size:
         raise DataError(f"the training set has {len(images)} images, fewer than one batch of {batch_size}")
     if not 0 <= start_epoch <= epochs:
@@ -93,7 +135,10 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, nu
             x = tf.cast(tf.gather(images_t, batch_ids), tf.float32)
             if augment:
                 x = augment_batch(x, tf.stack([tf.cast(seed, tf.int64) * 65_537 + epoch, index]))
-            return _standardize(x, normalize), _targets(tf.gather(labels_t, batch_ids), num_classes, one_hot)
+            y = _targets(tf.gather(labels_t, batch_ids), num_classes, one_hot)
+            if mix != "none":
+                x, y = mix_batch(x, y, tf.stack([tf.cast(seed, tf.int64) * 65_537 + epoch, index + 7_919]), mix)
+            return _standardize(x, normalize), y
 
         return batches.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 from edgekt import presets
 
-STUDENTS = ("pruned", "wrn-16-1")
+STUDENTS = ("pruned", "wrn-16-1", "pruned_cloud_weights", "pruned_cloud_weights_bn")
 NEVER_SEEN_LOSSES = ("kd", "paper")
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -108,8 +108,10 @@ class DeviceLearningConfig:
     of each old class kept on the device (and as many of each new class after the update).
 
     Device training (every method alike): `device_epochs` at most, `patience` epochs without a
-    validation gain of `min_delta`, batch `device_batch_size`, `replay_ratio`; ours mixes
-    labels and the cloud's soft labels with `label_mix` at `temperature`. Each method runs
+    validation gain of `min_delta`, batch `device_batch_size`, `replay_ratio`, augmentation
+    `augment`, batch-norm `bn_mode` ("frozen": the statistics of the device model are kept);
+    ours mixes labels and the cloud's soft labels with `label_mix` at `temperature`. The
+    ablation variants of ours (methods.ABLATIONS) run on `ablation_seeds` of every split. Each method runs
     every (trainable weights, learning rate) of `trainable_choices` x `lr_choices` and keeps
     the one with the best score on the device's own validation set after its last update
     (old- and new-class labels, plus agreement with the cloud on held-out unseen-class
@@ -117,7 +119,8 @@ class DeviceLearningConfig:
 
     Never-seen transfer: for each of `never_seen_splits`, each student of `students` and each
     loss of `never_seen_losses`, a student distilled for `never_seen_epochs` from the cloud on
-    `never_seen_per_class` device-pool images of each training class.
+    `never_seen_per_class` device-pool images of each training class, mixed within each batch
+    by `never_seen_mix` (the cloud is queried on the mixed images).
     """
 
     splits: tuple[ClassSplit, ...] = rotated_splits(CIFAR10, 3, 3, 2)
@@ -136,11 +139,14 @@ class DeviceLearningConfig:
     patience: int = 3
     min_delta: float = 0.002
     lr_choices: tuple[float, ...] = (0.01, 0.003)
-    trainable_choices: tuple[str, ...] = ("all", "bn_classifier")
+    trainable_choices: tuple[str, ...] = ("last:3",)
+    bn_mode: str = "frozen"
+    augment: str = "flip_crop"
     device_batch_size: int = 32
     replay_ratio: float = 0.5
-    label_mix: float = 0.5
+    label_mix: float = 0.8
     temperature: float = 2.0
+    ablation_seeds: tuple[int, ...] = (0,)
     threads: int = 1
     never_seen_splits: tuple[NeverSeenSplit, ...] = PAPER_NEVER_SEEN
     students: tuple[str, ...] = STUDENTS
@@ -150,6 +156,7 @@ class DeviceLearningConfig:
     never_seen_batch_size: int = 64
     never_seen_lr: float = 0.05
     never_seen_temperature: float = 4.0
+    never_seen_mix: str = "cutmix"
     precision: str = "float32"
 
     def __post_init__(self):
@@ -166,6 +173,9 @@ class DeviceLearningConfig:
             (len(self.trainable_choices) >= 1 and len(set(self.trainable_choices)) == len(self.trainable_choices),
              "trainable_choices", "at least one, distinct"),
             (self.device_batch_size >= 2, "device_batch_size", ">= 2"),
+            (self.bn_mode in ("batch", "frozen"), "bn_mode", "'batch' or 'frozen'"),
+            (self.augment in ("none", "flip", "flip_crop"), "augment", "'none', 'flip' or 'flip_crop'"),
+            (set(self.ablation_seeds) <= set(self.seeds), "ablation_seeds", "a subset of seeds"),
             (0 <= self.replay_ratio < 1, "replay_ratio", "in [0, 1)"),
             (0 <= self.label_mix <= 1, "label_mix", "in [0, 1]"),
             (self.temperature > 0 and self.never_seen_temperature > 0, "temperature", "> 0"),
@@ -173,6 +183,7 @@ class DeviceLearningConfig:
             (set(self.students) <= set(STUDENTS), "students", f"a subset of {STUDENTS}"),
             (set(self.never_seen_losses) <= set(NEVER_SEEN_LOSSES), "never_seen_losses",
              f"a subset of {NEVER_SEEN_LOSSES}"),
+            (self.never_seen_mix in ("none", "mixup", "cutmix"), "never_seen_mix", "'none', 'mixup' or 'cutmix'"),
             (self.never_seen_per_class >= 1 and self.never_seen_epochs >= 1, "never_seen_epochs", ">= 1"),
         ]
         presets.check_fields(self, checks)
@@ -191,12 +202,13 @@ PRESETS: dict[str, DeviceLearningConfig] = {
         splits=rotated_splits(CIFAR10, 1, 3, 2), seeds=(0,), cloud_preset="smoke", cloud_epochs=None,
         device_pool_size=2000, prune_preset="smoke", prune_overrides=(("train_size", 3000),),
         new_per_class=40, unseen_per_class=40, val_per_class=20, unseen_val_per_class=20, replay_per_class=8,
-        device_epochs=2, patience=2, device_batch_size=16, lr_choices=(0.01,),
-        never_seen_splits=PAPER_NEVER_SEEN[:1], students=("wrn-16-1",), never_seen_losses=("kd",),
+        device_epochs=2, patience=2, device_batch_size=16, lr_choices=(0.01,), trainable_choices=("last:3", "classifier"),
+        never_seen_splits=PAPER_NEVER_SEEN[:1], students=("pruned_cloud_weights",), never_seen_losses=("kd",),
         never_seen_per_class=100, never_seen_epochs=1, never_seen_batch_size=32),
     # Three rotating splits x three seeds and the paper's never-seen splits, on 2 CPU cores
     # (a few hours in the background).
-    "cpu": DeviceLearningConfig(precision="mixed_bfloat16"),
+    "cpu": DeviceLearningConfig(precision="mixed_bfloat16", students=("wrn-16-1", "pruned_cloud_weights",
+                                                                   "pruned_cloud_weights_bn")),
     # The paper-scale run (GPU for the cloud and pruning stages).
     "paper": DeviceLearningConfig(cloud_preset="paper", cloud_epochs=None, prune_preset="paper", prune_overrides=(),
                                   new_per_class=1000, unseen_per_class=1500, val_per_class=200,

@@ -56,15 +56,21 @@ def build_device_model(teacher: keras.Model, pools: Pools, split: ClassSplit, co
     return metrics
 
 
-def data_free_pruned_architecture(teacher: keras.Model, target_params_ratio: float, num_outputs: int,
-                                  seed: int = 0, min_channels: int = 2) -> keras.Model:
-    """The cloud model's architecture pruned to `target_params_ratio` of its parameters by the
-    L1 norm of its weights (no image is read), re-initialised, with `num_outputs` classes."""
+def data_free_pruned(teacher: keras.Model, target_params_ratio: float, min_channels: int = 2) -> keras.Model:
+    """The cloud model pruned to `target_params_ratio` of its parameters by the L1 norm of its
+    weights (no image is read), keeping the cloud's remaining weights."""
     graph = build_graph(teacher)
     cost = model_cost(teacher)
     keep = select_channels(graph, l1_importance(graph), max_params=int(cost.params * target_params_ratio),
                            min_channels=min_channels)
-    return heads.reinitialized(prune_model(teacher, keep, graph), seed=seed, num_outputs=num_outputs)
+    return prune_model(teacher, keep, graph)
 
 
-__all__ = ["build_device_model", "data_free_pruned_architecture"]
+def data_free_pruned_architecture(teacher: keras.Model, target_params_ratio: float, num_outputs: int,
+                                  seed: int = 0, min_channels: int = 2) -> keras.Model:
+    """`data_free_pruned`'s architecture re-initialised, with `num_outputs` classes."""
+    return heads.reinitialized(data_free_pruned(teacher, target_params_ratio, min_channels), seed=seed,
+                               num_outputs=num_outputs)
+
+
+__all__ = ["build_device_model", "data_free_pruned", "data_free_pruned_architecture"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekt import atomic
 from edgekt.device_learning.config import ClassSplit, DeviceLearningConfig
-from edgekt.device_learning.methods import METHODS, Method
+from edgekt.device_learning.methods import ABLATIONS, METHODS, Method
 from edgekt.device_learning.pools import DeviceData
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,6 +99,16 @@ def with_replay(images: np.ndarray, labels: np.ndarray, replay_images: np.ndarra
     return (np.concatenate([images, replay_images[index]]), np.concatenate([labels, replay_labels[index]]))
 
 
+def restrict(probs: np.ndarray, columns: list[int]) -> np.ndarray:
+    """`probs` [N, K] with the columns not in `columns` set to 0 and each row renormalised
+    over `columns` (a row with no mass there becomes uniform over them)."""
+    out = np.zeros_like(probs, dtype=np.float32)
+    kept = probs[:, columns].astype(np.float32)
+    total = kept.sum(axis=1, keepdims=True)
+    out[:, columns] = np.where(total > 0, kept / np.maximum(total, 1e-30), 1.0 / len(columns))
+    return out
+
+
 def write_device_files(folder: str, dd: DeviceData, split: ClassSplit, cloud_probs: Callable[[np.ndarray], np.ndarray],
                        config: DeviceLearningConfig) -> DeviceFiles:
     """Writes the device's data. `cloud_probs(images)` gives the cloud's soft labels at the
@@ -114,11 +124,16 @@ def write_device_files(folder: str, dd: DeviceData, split: ClassSplit, cloud_pro
         return _save_npz(os.path.join(folder, name), images=images, soft_targets=targets.astype(np.float32),
                          temperature=np.float32(config.temperature), class_names=names)
 
-    def mixed(images, labels):
-        """Ours, where the device has labels: labels mixed with the cloud's view of the images."""
+    def mixed(images, labels, classes):
+        """Ours, where the device has labels: labels mixed with the cloud's view of the images,
+        restricted to `classes` (renormalised) so that no update carries the cloud's opinion
+        of classes the device is not learning yet."""
         onehot = np.eye(k, dtype=np.float32)[labels]
-        return (1 - config.label_mix) * onehot + config.label_mix * cloud_probs(images)
+        return (1 - config.label_mix) * onehot + config.label_mix * restrict(cloud_probs(images), classes)
 
+    # The incremental update knows of old and new classes only: the cloud's probabilities of the
+    # unseen classes are left out of its targets (they would teach unseen classes early).
+    known = [names.tolist().index(c) for c in split.old + split.new]
     inc_x, inc_y = with_replay(dd.new_images, dd.new_labels, dd.replay_images, dd.replay_labels, config.replay_ratio)
     replay_x = np.concatenate([dd.replay_images, dd.kept_new_images])
     replay_y = np.concatenate([dd.replay_labels, dd.kept_new_labels])
@@ -128,7 +143,7 @@ def write_device_files(folder: str, dd: DeviceData, split: ClassSplit, cloud_pro
     unseen_probs = cloud_probs(dd.unseen_images)
     un_argmax = un_true.copy()
     un_argmax[:n_unseen] = unseen_probs.argmax(axis=1)
-    un_soft = np.concatenate([unseen_probs, mixed(un_x[n_unseen:], un_true[n_unseen:])])
+    un_soft = np.concatenate([unseen_probs, mixed(un_x[n_unseen:], un_true[n_unseen:], list(range(k)))])
     held_out_argmax = cloud_probs(dd.unseen_val_images).argmax(axis=1)
     return DeviceFiles(
         val=labelled("val.npz", dd.val_images, dd.val_labels),
@@ -137,7 +152,7 @@ def write_device_files(folder: str, dd: DeviceData, split: ClassSplit, cloud_pro
         unseen_val=labelled("unseen_val.npz", np.concatenate([dd.val_images, dd.unseen_val_images]),
                             np.concatenate([dd.val_labels, held_out_argmax])),
         incremental_labels=labelled("incremental_labels.npz", inc_x, inc_y),
-        incremental_soft=soft("incremental_soft.npz", inc_x, mixed(inc_x, inc_y)),
+        incremental_soft=soft("incremental_soft.npz", inc_x, mixed(inc_x, inc_y, known)),
         unseen_soft=soft("unseen_soft.npz", un_x, un_soft),
         unseen_argmax=labelled("unseen_argmax.npz", un_x, un_argmax),
         unseen_true=labelled("unseen_true.npz", un_x, un_true),
@@ -169,15 +184,16 @@ def run_seed(model_paths: dict[str, str], test_path: str, files: DeviceFiles, sp
             args.append(f"--checkpoint={checkpoint}")
         return app(*args)[0]
 
-    def stage(trainable: str, lr: float, chain: tuple[str, ...]) -> dict:
-        """One update, `chain` = the kinds of the updates so far (the last one is run here)."""
+    def stage(trainable: str, lr: float, chain: tuple[tuple[str, str, str], ...]) -> dict:
+        """One update, `chain` = the (kind, head init, augmentation) of the updates so far (the
+        last one is run here)."""
         model_path = model_paths[trainable]
         tag = setting_tag(trainable, lr)
-        name = "__".join(chain).replace("+", "_")
+        name = "__".join("-".join(spec) for spec in chain).replace("+", "_")
         os.makedirs(os.path.join(folder, tag), exist_ok=True)
         checkpoint = os.path.join(folder, tag, name + ".npz")
         init = stage(trainable, lr, chain[:-1])["checkpoint"] if len(chain) > 1 else None
-        kind = chain[-1]
+        kind, head_init, augment = chain[-1]
         incremental = len(chain) == 1
         val, val_groups = ((files.val, split.groups_text(("old", "new"))) if incremental
                            else (files.unseen_val, split.groups_text(("old", "new", "unseen"))))
@@ -185,7 +201,8 @@ def run_seed(model_paths: dict[str, str], test_path: str, files: DeviceFiles, sp
         common = [f"--model={model_path}", f"--checkpoint={checkpoint}", "--restart",
                   f"--epochs={config.device_epochs}", f"--lr={lr}", f"--patience={config.patience}",
                   f"--min_delta={config.min_delta}", f"--seed={seed}", f"--val_data={val}",
-                  f"--val_groups={val_groups}"] + ([f"--init={init}"] if init else [])
+                  f"--val_groups={val_groups}", f"--head_init={head_init}", f"--augment={augment}"] + (
+                      [f"--init={init}"] if init else [])
         if kind in ("labels+cloud", "cloud_soft"):
             args = ["learn-unseen", f"--soft_labels={files.incremental_soft if incremental else files.unseen_soft}"]
         else:
@@ -205,13 +222,14 @@ def run_seed(model_paths: dict[str, str], test_path: str, files: DeviceFiles, sp
                   lambda: {"test": evaluate(model_paths[first], None)})
     grid = [(t, lr) for t in config.trainable_choices for lr in config.lr_choices]
     out, ours_tag = {}, None
-    for method in METHODS.values():  # ours first: its setting is the matched one
+    methods = list(METHODS.values()) + (list(ABLATIONS.values()) if seed in config.ablation_seeds else [])
+    for method in methods:  # ours first: its setting is the matched one
         if not method.stages:
             out[method.name] = {**method_record(method, base, []), "setting": None, "selection_val": {},
                                 "selection_device_seconds": 0.0}
             continue
-        tried = {setting_tag(t, lr): [stage(t, lr, tuple(k for _, k in method.stages[:i + 1]))
-                                      for i in range(len(method.stages))] for t, lr in grid}
+        specs = method.stage_specs(config.augment)
+        tried = {setting_tag(t, lr): [stage(t, lr, specs[:i + 1]) for i in range(len(specs))] for t, lr in grid}
         # The device's own validation score after the method's last update (ties: grid order).
         scores = {tag: runs[-1]["app"]["best_val"] for tag, runs in tried.items()}
         chosen = max(scores, key=lambda tag: scores[tag])
@@ -249,8 +267,11 @@ def method_record(method: Method, base: dict, stages: list[dict]) -> dict:
         "device_seconds_to_best": (float(sum(s["device_seconds"] for s in stages[:-1])
                                          + stages[-1]["app"]["time_to_converge_seconds"]) if stages else 0.0),
         "epochs": {n: s["app"]["epochs"] for n, s in zip(names[1:], stages)},
+        # The classes whose classifier rows each update imprinted before training.
+        "imprinted": {n: (s["app"].get("prepared") or {}).get("imprinted", []) for n, s in zip(names[1:], stages)},
         "updates": [{"after": n, "old": t["old_recall"], "new": t["new_recall"], "unseen": t["unseen_recall"],
-                     "accuracy": t["accuracy"]} for n, t in zip(names, tests)],
+                     "unseen_precision": t["unseen_precision"], "seen": t["seen_recall"], "accuracy": t["accuracy"]}
+                    for n, t in zip(names, tests)],
         "history": {n: s["app"]["history"] for n, s in zip(names[1:], stages)},
         "confusion": final["confusion"],
         "ran_unseen_stage": ran_unseen,

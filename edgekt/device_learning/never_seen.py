@@ -11,8 +11,8 @@ from absl import logging
 
 from edgekt import data, models
 from edgekt.data import pipeline
-from edgekt.device_learning.config import DeviceLearningConfig, NeverSeenSplit
-from edgekt.device_learning.device_model import data_free_pruned_architecture
+from edgekt.device_learning.config import STUDENTS, DeviceLearningConfig, NeverSeenSplit
+from edgekt.device_learning.device_model import data_free_pruned, data_free_pruned_architecture
 from edgekt.device_learning.device_runs import DeviceApp, cached, key_of
 from edgekt.device_learning.pools import Pools
 from edgekt.export import TrainerOptions, export
@@ -32,14 +32,32 @@ LOSSES = {
 def student_model(kind: str, teacher: keras.Model, images: np.ndarray, target_params_ratio: float,
                   num_classes: int, seed: int) -> keras.Model:
     """"pruned": the cloud model's architecture pruned without data (L1) to the device budget,
-    re-initialised; "wrn-16-1": WRN-16-1 from scratch, normalised with its own images' statistics."""
+    re-initialised; "pruned_cloud_weights": the same pruned model keeping the cloud's weights
+    (which learned every class: its lineage says so); "pruned_cloud_weights_bn": that model
+    with only its batch norms trained (scales, offsets and statistics): the cloud's filters and
+    classifier, rows of the never-seen classes included, stay as they are; "wrn-16-1": WRN-16-1
+    from scratch, normalised with its own images' statistics."""
     if kind == "pruned":
         return data_free_pruned_architecture(teacher, target_params_ratio, num_classes, seed=seed)
+    if kind in ("pruned_cloud_weights", "pruned_cloud_weights_bn"):
+        if int(teacher.output_shape[-1]) != num_classes:
+            raise ValueError(f"the cloud model has {teacher.output_shape[-1]} outputs, the student needs {num_classes}")
+        student = data_free_pruned(teacher, target_params_ratio)
+        if kind == "pruned_cloud_weights_bn":
+            set_trainable(student, lambda layer: isinstance(layer, keras.layers.BatchNormalization))
+        return student
     if kind == "wrn-16-1":
         keras.utils.set_random_seed(seed)
         mean, std = pipeline.channel_stats(images)
         return models.wrn(16, 1, num_classes=num_classes, mean=mean, std=std)
-    raise ValueError(f"unknown student; expected 'pruned' or 'wrn-16-1'. Received: {kind!r}")
+    raise ValueError(f"unknown student; expected one of {STUDENTS}. Received: {kind!r}")
+
+
+def set_trainable(model: keras.Model, which) -> keras.Model:
+    """Marks the layers for which `which(layer)` holds trainable and the others frozen."""
+    for layer in model.layers:
+        layer.trainable = bool(which(layer))
+    return model
 
 
 def training_images(pools: Pools, split: NeverSeenSplit, config: DeviceLearningConfig) -> np.ndarray:
@@ -56,13 +74,16 @@ def training_images(pools: Pools, split: NeverSeenSplit, config: DeviceLearningC
     return np.concatenate(per_class)
 
 
-def lineage(pools: Pools, split: NeverSeenSplit, config: DeviceLearningConfig) -> dict:
-    """The classes whose images the student reads (recorded by the pools), and no labels."""
+def lineage(pools: Pools, split: NeverSeenSplit, config: DeviceLearningConfig, student: str) -> dict:
+    """The classes whose images the student reads (recorded by the pools), no labels, and
+    where its initial weights come from."""
     pools.reset_reads()
     training_images(pools, split, config)
     read = sorted({c for p in pools.all() for c in p.read}, key=pools.class_names.index)
     pools.reset_reads()
-    return {"images_of": read, "labels_of": [], "teacher": "cloud model (all classes)"}
+    weights = ("the cloud model's, pruned without data (the cloud trained on every class)"
+               if student.startswith("pruned_cloud_weights") else "random initialisation")
+    return {"images_of": read, "labels_of": [], "teacher": "cloud model (all classes)", "initial_weights": weights}
 
 
 def run_one(teacher: keras.Model, pools: Pools, split: NeverSeenSplit, student: str, loss: str,
@@ -79,8 +100,9 @@ def run_one(teacher: keras.Model, pools: Pools, split: NeverSeenSplit, student: 
     transfer = LOSSES[loss](config.never_seen_temperature)
     ft = FinetuneConfig(epochs=config.never_seen_epochs, batch_size=config.never_seen_batch_size,
                         learning_rate=config.never_seen_lr, warmup_epochs=min(1.0, config.never_seen_epochs / 10),
-                        precision=config.precision, seed=0)
+                        precision=config.precision, mix=config.never_seen_mix, seed=0)
     trained, logs = fit_student(model, unlabelled, teacher=teacher, transfer=transfer, config=ft)
+    set_trainable(trained, lambda layer: True)  # frozen for the transfer only; the device may train it all
     export_dir = os.path.join(folder, "export")
     export(trained, export_dir, class_names=names, options=TrainerOptions(batch_size=config.device_batch_size),
            quantization="float16")
@@ -96,7 +118,7 @@ def run_one(teacher: keras.Model, pools: Pools, split: NeverSeenSplit, student: 
             "paper_test_classes": paper_test, "paper_test_recall": result["paper_test_recall"],
             "per_class": result["per_class"], "confusion": result["confusion"],
             "final_loss": logs[-1].get("loss") if logs else None,
-            "lineage": lineage(pools, split, config)}
+            "lineage": lineage(pools, split, config, student)}
 
 
 def run_all(teacher: keras.Model, pools: Pools, config: DeviceLearningConfig, target_params_ratio: float,
@@ -112,6 +134,6 @@ def run_all(teacher: keras.Model, pools: Pools, config: DeviceLearningConfig, ta
                                 lambda: run_one(teacher, pools, split, student, loss, config, target_params_ratio,
                                                 test_path, folder, app))
                 # Lineage from the pools' record of reads, also for a cached student.
-                record = {**record, "lineage": lineage(pools, split, config)}
+                record = {**record, "lineage": lineage(pools, split, config, student)}
                 out.setdefault(split.name, {}).setdefault(student, {})[loss] = record
     return out

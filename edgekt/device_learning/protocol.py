@@ -17,12 +17,13 @@ from edgekt.device_learning import never_seen, report
 from edgekt.device_learning.config import ClassSplit, DeviceLearningConfig
 from edgekt.device_learning.device_model import build_device_model
 from edgekt.device_learning.device_runs import DeviceApp, cached, key_of, run_seed, write_device_files
-from edgekt.device_learning.methods import METHODS
+from edgekt.device_learning.methods import ABLATIONS, METHODS
 from edgekt.device_learning.pools import Pools, draw_device_data
 
 RESULTS = "results.json"
-# What a never-seen student depends on beside the never_seen_* fields.
-NEVER_SEEN_FIELDS = ("students", "prune_preset", "prune_overrides", "device_batch_size", "precision", "threads")
+# What a never-seen student depends on beside the never_seen_* fields (its kind and loss are
+# in its own key).
+NEVER_SEEN_FIELDS = ("prune_preset", "prune_overrides", "device_batch_size", "precision", "threads")
 METRIC_KEYS = ("old_recall", "new_recall", "unseen_recall", "unseen_precision", "accuracy", "seen_accuracy",
                "total_device_seconds", "device_seconds_to_best", "device_cpu_seconds")
 
@@ -98,7 +99,8 @@ def prepare_split(teacher, teacher_path: str, pools: Pools, split: ClassSplit, c
         cached(os.path.join(export_dir, "export.json"), key_of(settings_key, split.name, built["params"], trainable),
                lambda: export(saving.load_model(built["model_path"]), export_dir, class_names=list(split.old),
                               new_class_names=list(split.new + split.unseen),
-                              options=TrainerOptions(batch_size=config.device_batch_size, trainable=trainable),
+                              options=TrainerOptions(batch_size=config.device_batch_size, trainable=trainable,
+                                                     bn_mode=config.bn_mode),
                               quantization="float16"))
         model_paths[trainable] = os.path.join(export_dir, "model_trainable.tflite")
     test_path = _write_test(os.path.join(folder, "test.npz"), pools.test.take(split.device_classes))  # to measure
@@ -188,6 +190,50 @@ def _mean_std(values: list) -> dict:
             "n": len(present)}
 
 
+def ablation_summary(per_run: dict) -> dict:
+    """Each ablation's means over the runs where it ran, beside ours and fine-tuning on the
+    same runs (a paired comparison)."""
+    out = {}
+    for name, method in ABLATIONS.items():
+        keys = [k for k, r in per_run.items() if name in r]
+        if not keys:
+            continue
+        out[name] = {"label": method.label, "runs": len(keys), "run_keys": [f"{s}/seed{seed}" for s, seed in keys],
+                     **_paired_means([per_run[key][name] for key in keys])}
+        for ref in ("ours", "finetune"):
+            out.setdefault(f"{ref} (same runs)", {"label": METHODS[ref].label, "runs": len(keys),
+                                                  **_paired_means([per_run[key][ref] for key in keys])})
+    return out
+
+
+def _paired_means(records: list[dict]) -> dict:
+    """Means of the final metrics and of old / new / old+new after the incremental update."""
+    out = {k: _mean_std([r[k] for r in records])["mean"] for k in METRIC_KEYS}
+    for g in ("old", "new", "seen"):
+        out[f"incremental_{g}"] = _mean_std([r["updates"][1][g] if len(r["updates"]) > 1 else None
+                                             for r in records])["mean"]
+    return out
+
+
+UPDATE_KEYS = ("old", "new", "unseen", "unseen_precision", "seen", "accuracy")
+
+
+def update_summary(per_run: dict) -> dict:
+    """Per method, per update (before, incremental, unseen): old / new / unseen test recall
+    and 10-way accuracy, mean and std over runs."""
+    out = {}
+    for name in METHODS:
+        rows = [r[name]["updates"] for r in per_run.values()]
+        if not rows:
+            continue
+        out[name] = [{"after": rows[0][i]["after"],
+                      **{g: _mean_std([row[i].get(g) for row in rows]) for g in UPDATE_KEYS},
+                      # Paired change of old-class recall against the model before this update.
+                      "old_change": _mean_std([row[i]["old"] - row[i - 1]["old"] for row in rows]) if i else None}
+                     for i in range(len(rows[0]))]
+    return out
+
+
 def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_seen_results: dict,
               teacher_metrics: dict, device_models: dict, preset_name: str | None, device_python: str) -> dict:
     """The results.json body: means over splits and seeds per method (`methods`), their spread
@@ -216,6 +262,7 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
             split_rows = [r[name] for (s, _), r in per_run.items() if s == split.name]
             by_split.setdefault(split.name, {})[name] = {k: _mean_std([row[k] for row in split_rows])["mean"]
                                                          for k in METRIC_KEYS}
+    ablations = ablation_summary(per_run)
     ns_table = {split: {student: {loss: rec["never_seen_recall"] for loss, rec in by_loss.items()}
                         for student, by_loss in by_student.items()}
                 for split, by_student in never_seen_results.items()}
@@ -228,6 +275,8 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
         "methods": methods,
         "methods_std": spread,
         "by_split": by_split,
+        "ablations": ablations,
+        "updates": update_summary(per_run),
         "runs": {f"{s}/seed{seed}": r for (s, seed), r in per_run.items()},
         "lineage": lineage,
         "never_seen": ns_table,
@@ -240,7 +289,8 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
         "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
         "device_python": device_python,
         "rules": {
-            "choices": "temperature, label mix, replay ratio, epoch cap and patience are fixed in the preset; each "
+            "choices": "temperature, label mix, replay ratio, augmentation, batch-norm mode, epoch cap and patience "
+                       "are fixed in the preset; each "
                        "method runs every (trainable weights, learning rate) of the preset's grid and keeps the one "
                        "with the best device-validation score after its last update (old/new labels, agreement with "
                        "the cloud on held-out unseen images); nothing is chosen on test images or on labels of "
@@ -264,5 +314,9 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
                               "counts as a candidate, so an update that does not help returns its start "
                               "(returned_start counts those runs)",
             "test": "the test images are read only to measure, after every choice is made",
+            "unseen_lineage": "the incremental update's targets hold the cloud's probabilities of the old and new "
+                              "classes only (renormalised), so no image, label or probability of an unseen class "
+                              "reaches the device before its unseen update; rows are imprinted only for classes "
+                              "that are some training image's target in the update that adds them",
         },
     }

@@ -7,8 +7,9 @@ import os
 import numpy as np
 
 from edgekt import atomic
-from edgekt.device_learning.methods import METHODS
+from edgekt.device_learning.methods import ABLATIONS, METHODS
 
+PRUNED_FROM_CLOUD = "the cloud model's, pruned"
 COLUMNS = (("old_recall", "old"), ("new_recall", "new"), ("unseen_recall", "unseen"),
            ("unseen_precision", "unseen precision"), ("seen_accuracy", "old+new acc."), ("accuracy", "10-way acc."))
 
@@ -35,24 +36,106 @@ def method_table(results: dict) -> list[str]:
     return lines
 
 
-def losses_of_ours(results: dict) -> list[str]:
-    """Plain sentences for every metric on which a method the device could run beats ours."""
-    ours = results["methods"]["ours"]
-    out = []
-    for name, method in METHODS.items():
-        m = results["methods"][name]
-        if name == "ours" or method.bound:
+def _after(results: dict, name: str, update: str) -> dict | None:
+    return next((u for u in results.get("updates", {}).get(name, []) if u["after"] == update), None)
+
+
+def _cell(u: dict | None, key: str) -> str:
+    return "n/a" if u is None or u.get(key) is None else _pct(u[key]["mean"], u[key]["std"])
+
+
+def _change(u: dict | None) -> str:
+    c = (u or {}).get("old_change")
+    return "n/a" if not c or c["mean"] is None else f"{100 * c['mean']:+.2f} ± {100 * (c['std'] or 0):.2f}"
+
+
+def update_table(results: dict) -> list[str]:
+    """Each update compared with the methods that run it: the incremental update (ours vs
+    fine-tuning), the unseen update (ours vs pseudo-labels and the true-label reference),
+    and old / new / unseen test recall before and after every update."""
+    lines = ["Incremental update (labelled new classes), after the update; old change: old-class recall minus the "
+             "same run's before the update (paired).", "",
+             "| method | old | new | old+new acc. | old change | 10-way acc. |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name in ("ours", "finetune"):
+        u = _after(results, name, "incremental")
+        lines.append(f"| {METHODS[name].label} | {_cell(u, 'old')} | {_cell(u, 'new')} | {_cell(u, 'seen')} | "
+                     f"{_change(u)} | {_cell(u, 'accuracy')} |")
+    u = _after(results, "no_update", "before")
+    lines.append(f"| {METHODS['no_update'].label} | {_cell(u, 'old')} | n/a | {_cell(u, 'seen')} | n/a | "
+                 f"{_cell(u, 'accuracy')} |")
+    lines += ["", "Unseen update (cloud labels of unseen classes, no human labels), after the update; old change: "
+              "against the same run after its incremental update.", "",
+              "| method | old | new | unseen | unseen precision | old change | 10-way acc. |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name in ("ours", "pseudo_label", "true_label_bound"):
+        u = _after(results, name, "unseen")
+        lines.append(f"| {METHODS[name].label} | {_cell(u, 'old')} | {_cell(u, 'new')} | {_cell(u, 'unseen')} | "
+                     f"{_cell(u, 'unseen_precision')} | {_change(u)} | {_cell(u, 'accuracy')} |")
+    lines += ["", "Every update of every method:", "",
+              "| method | after | old | new | unseen | 10-way acc. |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for name in METHODS:
+        for u in results.get("updates", {}).get(name, []):
+            lines.append(f"| {METHODS[name].label} | {u['after']} | " + " | ".join(
+                _cell(u, g) for g in ("old", "new", "unseen", "accuracy")) + " |")
+    return lines
+
+
+def ablation_table(results: dict) -> list[str]:
+    """One row per technique removed from ours, beside ours and fine-tuning on the same runs."""
+    ablations = results.get("ablations") or {}
+    if not ablations:
+        return []
+    runs = next((a["run_keys"] for a in ablations.values() if "run_keys" in a), [])
+    lines = ["## Ablation", "", f"Ours with one technique removed, on {len(runs)} runs (the preset's ablation seeds of "
+             "every split), beside ours and fine-tuning on the same runs; each row picks its own setting by the same "
+             "device rule.", "",
+             "| variant | incremental: old | new | old+new acc. | final: " + " | ".join(label for _, label in COLUMNS)
+             + " | on-device time |", "| --- |" + " ---: |" * (len(COLUMNS) + 4)]
+    order = ["ours (same runs)", *ABLATIONS, "finetune (same runs)"]
+    for name in order:
+        a = ablations.get(name)
+        if a is None:
             continue
-        for key, label in COLUMNS:
-            if m[key] is not None and ours[key] is not None and m[key] > ours[key]:
-                out.append(f"- {m['label']} beats ours on {label}: {_pct(m[key])} vs {_pct(ours[key])}.")
+        lines.append(f"| {a['label']} | " + " | ".join(_pct(a.get(f"incremental_{g}")) for g in ("old", "new", "seen"))
+                     + " | " + " | ".join(_pct(a[k]) for k, _ in COLUMNS) + f" | {_sec(a['total_device_seconds'])} |")
+    return lines + [""]
+
+
+def losses_of_ours(results: dict) -> list[str]:
+    """Plain sentences for every figure on which a method the device could run beats ours, in
+    the update both run (incremental: fine-tuning; unseen: pseudo-labels), and against the
+    model before each update on old classes."""
+    out = []
+
+    def compare(name, update, keys):
+        mine, theirs = _after(results, "ours", update), _after(results, name, update)
+        for key, label in keys:
+            a = (mine or {}).get(key) or {}
+            b = (theirs or {}).get(key) or {}
+            if a.get("mean") is not None and b.get("mean") is not None and b["mean"] > a["mean"]:
+                out.append(f"- {update} update: {METHODS[name].label} beats ours on {label}: {_pct(b['mean'])} vs "
+                           f"{_pct(a['mean'])}.")
+
+    compare("finetune", "incremental", (("old", "old"), ("new", "new"), ("seen", "old+new acc.")))
+    compare("pseudo_label", "unseen", (("old", "old"), ("new", "new"), ("unseen", "unseen"),
+                                       ("unseen_precision", "unseen precision"), ("accuracy", "10-way acc.")))
+    for update in ("incremental", "unseen"):
+        u = _after(results, "ours", update)
+        if u and u.get("old_change") and u["old_change"]["mean"] is not None and u["old_change"]["mean"] < 0:
+            out.append(f"- {update} update: ours loses {-100 * u['old_change']['mean']:.2f} points on old classes "
+                       "against the model before the update.")
+    ours = results["methods"]["ours"]
+    for name in ("finetune", "pseudo_label"):
+        m = results["methods"][name]
         if m["total_device_seconds"] and ours["total_device_seconds"] > m["total_device_seconds"]:
-            out.append(f"- {m['label']} takes less device time: {_sec(m['total_device_seconds'])} vs "
-                       f"{_sec(ours['total_device_seconds'])}.")
-    bound = results["methods"]["true_label_bound"]
-    if bound["unseen_recall"] is not None and ours["unseen_recall"] is not None:
-        out.append(f"- Against the true-label reference on unseen classes: ours {_pct(ours['unseen_recall'])}, reference "
-                   f"{_pct(bound['unseen_recall'])}.")
+            out.append(f"- {m['label']} takes less device time over its updates: {_sec(m['total_device_seconds'])} vs "
+                       f"ours {_sec(ours['total_device_seconds'])}.")
+    bound = _after(results, "true_label_bound", "unseen")
+    mine = _after(results, "ours", "unseen")
+    if bound and mine and bound["unseen"]["mean"] is not None and mine["unseen"]["mean"] is not None:
+        out.append(f"- Against the true-label reference on unseen classes: ours {_pct(mine['unseen']['mean'])}, reference "
+                   f"{_pct(bound['unseen']['mean'])} ({100 * (mine['unseen']['mean'] - bound['unseen']['mean']):+.2f} "
+                   "points).")
     return out or ["- Ours is ahead of every baseline on every column."]
 
 
@@ -77,10 +160,15 @@ def markdown(results: dict) -> str:
         "incremental update; each method picks its own setting (the matched comparison is below). Time: wall time of the device app's processes for the chosen setting "
         "(best at: up to the best validation epoch of the last update).",
         "",
+        "## Before and after each update",
+        "",
+        *update_table(results),
+        "",
         "## Where ours loses",
         "",
         *losses_of_ours(results),
         "",
+        *ablation_table(results),
         "## Per class split (means over seeds)",
         "",
     ]
@@ -114,17 +202,21 @@ def markdown(results: dict) -> str:
         if m:
             lines.append(f"| {METHODS[name].label} | {_pct(m['old'])} | {_pct(m['new'])} | {_pct(m['unseen'])} | "
                          f"{_pct(m['unseen_precision'])} | {_pct(m['accuracy'])} |")
-    lines += ["", "## Lineage", "", "| model | images of | labels of |", "| --- | --- | --- |"]
+    lines += ["", "## Lineage", "", "| model | images of | labels of | initial weights |", "| --- | --- | --- | --- |"]
     for model, lin in results["lineage"].items():
-        lines.append(f"| {model} | {', '.join(lin['images_of']) or 'none'} | {', '.join(lin['labels_of']) or 'none'} |")
-    lines += ["", "After its updates a device model has also received: new-class images with labels; unseen-class "
-              "images with the cloud's soft labels (ours), the cloud's top-1 (pseudo-labels) or true labels (bound).",
+        lines.append(f"| {model} | {', '.join(lin['images_of']) or 'none'} | {', '.join(lin['labels_of']) or 'none'} | "
+                     f"{lin.get('initial_weights', PRUNED_FROM_CLOUD if model.startswith('device_model') else 'random')} |")
+    lines += ["", "After its updates a device model has also received: in the incremental update, new-class images "
+              "with labels (ours: mixed with the cloud's probabilities of the old and new classes only, nothing of the "
+              "unseen classes); in the unseen update, unseen-class images with the cloud's soft labels (ours), the "
+              "cloud's top-1 (pseudo-labels) or true labels (reference).",
               "", "## Rules", ""]
     lines += [f"- {k}: {v}" for k, v in results["rules"].items()]
     lines += ["", f"Device settings: grid trainable {list(cfg['trainable_choices'])} x lr {list(cfg['lr_choices'])}, "
               f"chosen per method and run on device validation; fixed: batch {cfg['device_batch_size']}, at most "
               f"{cfg['device_epochs']} epochs, patience {cfg['patience']}, replay ratio {cfg['replay_ratio']}, label "
-              f"mix {cfg['label_mix']}, temperature {cfg['temperature']}, {cfg['threads']} thread(s).", "",
+              f"mix {cfg['label_mix']}, temperature {cfg['temperature']}, batch norm {cfg.get('bn_mode')}, "
+              f"augmentation {cfg.get('augment')}, {cfg['threads']} thread(s).", "",
               "| method | settings chosen (runs) | updates that returned their start model | on-device time of the "
               "whole grid | device CPU time (chosen) |", "| --- | --- | ---: | ---: | ---: |"]
     for name in METHODS:
@@ -152,16 +244,22 @@ def write(out_dir: str, results: dict) -> None:
     if not runs:
         return
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110, sharey=True)
+    all_steps = ["before", "incremental", "unseen"]
     for ax, group in zip(axes, ("old", "new", "unseen")):
-        for name in METHODS:
+        for i, name in enumerate(METHODS):
             steps = [u["after"] for u in runs[0][name]["updates"]]
-            values = [[r[name]["updates"][i][group] for r in runs] for i in range(len(steps))]
-            # Only the updates that ran, and only groups the method learns or keeps.
+            values = [[r[name]["updates"][k][group] for r in runs] for k in range(len(steps))]
+            # Only the updates that ran, and only groups the method learns or keeps; one colour
+            # per method in every panel. No update: its model, flat across the updates.
             learns = {"old": True, "new": bool(METHODS[name].incremental), "unseen": bool(METHODS[name].unseen)}
             if not learns[group]:
                 continue
-            ax.plot(steps, [100 * float(np.mean(v)) for v in values], marker="o", label=METHODS[name].label)
-        ax.set_title(f"{group} classes (test recall)")
+            means = [100 * float(np.mean(v)) for v in values]
+            if not METHODS[name].stages:
+                ax.plot(all_steps, means * len(all_steps), linestyle="--", color=f"C{i}", label=METHODS[name].label)
+                continue
+            ax.plot(steps, means, marker="o", color=f"C{i}", label=METHODS[name].label)
+        ax.set_title(f"{group} classes (test recall, mean of {len(runs)} runs)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("%")
     axes[0].legend(fontsize=7)

@@ -143,6 +143,8 @@ def export(model: keras.Model, out_dir: str, *, class_names, options: TrainerOpt
                   "color": "RGB", "normalization": "inside the model (feed raw pixels)"},
         "options": dataclasses.asdict(options),
         "trainable_weights": trainer.trainable_keys,
+        # The classifier's kernel [F, K] and bias [K] (head initialisers on the device).
+        "classifier_weights": trainer.classifier_keys,
         "weight_names": trainer.weight_keys,
         "signatures": signature_table(trainer),
         "ops": dict(sorted(op_check.list_ops(trainable).items())),

@@ -4,7 +4,7 @@ model and re-implements its forward pass with TF ops whose gradients are TFLite 
 Signatures (fixed batch size B, K classes):
   train(x[B,H,W,C], y[B] int32, w[B], lr)            -> loss, accuracy   (SGD step)
   distill(x, soft_targets[B,K], w, lr, temperature)  -> loss              (SGD step)
-  infer(x)                                            -> probabilities[B,K], logits[B,K]
+  infer(x)                                            -> probabilities[B,K], logits[B,K], features[B,F]
   get_weights()                                       -> every variable (weights, BN statistics, momenta)
   set_weights(<every variable>)                       -> ok
 
@@ -162,6 +162,8 @@ class DeviceTrainer(tf.Module):
                     trainable.add(v.name)
                     self.momenta[key] = tf.Variable(np.zeros_like(value), name=f"{key}__momentum", trainable=False)
             self.nodes.append(_Node(name, cls, graph.inputs[name], config, weights, trainable))
+        self._classifier_node = next(n for n in self.nodes if n.name == self.classifier)
+        self.classifier_keys = dict(self._classifier_node.weights)
         self.trainable_keys = [k for n in self.nodes for w, k in n.weights.items() if w in n.trainable]
         if not self.trainable_keys:
             raise ValueError(f"trainable={options.trainable!r} selects no weights of this model")
@@ -242,8 +244,9 @@ class DeviceTrainer(tf.Module):
         key = node.weights.get(weight)
         return self.variables_by_key[key] if key is not None else None
 
-    def forward(self, x: tf.Tensor, training: bool, mask: tf.Tensor | None = None):
-        """Logits of a batch, and (variable, new value) BN statistic updates when training."""
+    def forward(self, x: tf.Tensor, training: bool, mask: tf.Tensor | None = None, features: bool = False):
+        """Logits of a batch, and (variable, new value) BN statistic updates when training; with
+        `features`, also the classifier's input [B, F] (the embedding a head initialiser reads)."""
         values: dict[str, tf.Tensor] = {}
         updates = []
         batch_stats = training and self.options.bn_mode == "batch"
@@ -336,7 +339,10 @@ class DeviceTrainer(tf.Module):
             else:  # pragma: no cover - guarded by DEVICE_LAYERS
                 raise UnsupportedOnDeviceError(f"layer {node.name!r} ({c})")
             values[node.name] = out
-        return values[self.output_layer], updates
+        if not features:
+            return values[self.output_layer], updates
+        embedding = values[self._classifier_node.inputs[0]]
+        return values[self.output_layer], updates, embedding if embedding.shape.rank == 2 else None
 
     def _act(self, node: _Node, x, name: str | None = None):
         name = name if name is not None else node.config.get("activation")
@@ -400,8 +406,9 @@ class DeviceTrainer(tf.Module):
 
         @tf.function(input_signature=[x_spec])
         def infer(x):
-            logits, _ = self.forward(x, training=False)
-            return {"probabilities": tf.nn.softmax(logits, axis=-1), "logits": logits}
+            logits, _, embedding = self.forward(x, training=False, features=True)
+            out = {"probabilities": tf.nn.softmax(logits, axis=-1), "logits": logits}
+            return out if embedding is None else {**out, "features": embedding}
 
         @tf.function(input_signature=[])
         def get_weights():

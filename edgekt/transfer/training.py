@@ -28,6 +28,7 @@ class FinetuneConfig:
       precision: Keras dtype policy for training ("mixed_bfloat16" is ~2x faster on CPUs with
         AVX512-BF16); the returned model is float32.
       augment: pad-4 crop + flip.
+      mix: "none", "mixup" or "cutmix" within each batch (edgekt.data.pipeline.mix_batch).
       seed: data order and augmentation.
     """
 
@@ -40,6 +41,7 @@ class FinetuneConfig:
     nesterov: bool = True
     precision: str = "float32"
     augment: bool = True
+    mix: str = "none"
     seed: int = 0
 
     def __post_init__(self):
@@ -51,6 +53,8 @@ class FinetuneConfig:
             raise ValueError(f"FinetuneConfig.learning_rate must be > 0. Received: {self.learning_rate}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"FinetuneConfig.precision must be one of {PRECISIONS}. Received: {self.precision!r}")
+        if self.mix not in ("none", "mixup", "cutmix"):
+            raise ValueError(f"FinetuneConfig.mix must be 'none', 'mixup' or 'cutmix'. Received: {self.mix!r}")
 
 
 def fit_student(student: keras.Model, train: Split, *, teacher: keras.Model | None = None,
@@ -78,7 +82,8 @@ def fit_student(student: keras.Model, train: Split, *, teacher: keras.Model | No
     distiller.compile(optimizer=L2SGD(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov,
                                       l2=config.weight_decay), jit_compile=False)
     ds = pipeline.train_dataset(train.images, train.labels, batch_size=config.batch_size, num_classes=num_classes,
-                                epochs=config.epochs, seed=config.seed, augment=config.augment)
+                                epochs=config.epochs, seed=config.seed, augment=config.augment,
+                                mix=config.mix)
     history = distiller.fit(ds, epochs=config.epochs, steps_per_epoch=steps, verbose=verbose, shuffle=False)
     logs = [{k: float(v[i]) for k, v in history.history.items()} for i in range(len(history.epoch))]
     return saving.float32_copy(work), logs
