@@ -229,3 +229,21 @@ def test_eval_dataset_keeps_order_and_last_partial_batch(small_cifar):
     assert [len(y) for _, y in batches] == [5, 5, 2]
     np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), te.labels)
     np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), te.images.astype(np.float32))
+
+
+def test_train_dataset_mixes_images_and_one_hot_targets_alike():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 8, 8, 3)).astype(np.uint8)
+    labels = np.arange(16) % 4
+    plain = pipeline.train_dataset(images, labels, batch_size=8, num_classes=4, epochs=1, augment=False)
+    mixed = pipeline.train_dataset(images, labels, batch_size=8, num_classes=4, epochs=1, augment=False, mix="mixup")
+    for (x0, y0), (x1, y1) in zip(plain, mixed):
+        x0, y0, x1, y1 = x0.numpy(), y0.numpy(), x1.numpy(), y1.numpy()
+        np.testing.assert_allclose(y1.sum(axis=1), 1.0, rtol=1e-6)
+        # Mixing with the reversed batch: image and target weights agree for every example.
+        lam = y1[np.arange(8), y0.argmax(1)]
+        same = y0.argmax(1) == y0[::-1].argmax(1)
+        expected = lam[:, None, None, None] * x0 + (1 - lam[:, None, None, None]) * x0[::-1]
+        np.testing.assert_allclose(x1[~same], expected[~same], rtol=1e-4, atol=1e-3)
+    with pytest.raises(data.DataError, match="mix must be one of"):
+        pipeline.train_dataset(images, labels, batch_size=8, num_classes=4, epochs=1, mix="blend")

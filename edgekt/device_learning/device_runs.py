@@ -241,7 +241,9 @@ def run_seed(model_paths: dict[str, str], test_path: str, files: DeviceFiles, sp
                             "at_ours_setting": {"setting": ours_tag, **{k: matched[f"{k}_recall"] for k in
                                                                         ("old", "new", "unseen")},
                                                 "unseen_precision": matched["unseen_precision"],
-                                                "accuracy": matched["accuracy"]}}
+                                                # 10-way accuracy counts unseen images a method never
+                                                # learns as errors: not a result without that update.
+                                                "accuracy": matched["accuracy"] if method.unseen else None}}
     return out
 
 
@@ -258,24 +260,32 @@ def method_record(method: Method, base: dict, stages: list[dict]) -> dict:
         # A method that never runs the unseen update has no unseen-class result: not a zero.
         "unseen_recall": final["unseen_recall"] if ran_unseen else None,
         "unseen_precision": final["unseen_precision"] if ran_unseen else None,
-        "accuracy": final["accuracy"],
-        "seen_accuracy": final["seen_recall"],
-        "total_device_seconds": float(sum(s["device_seconds"] for s in stages)),
+        # 10-way accuracy counts the images of classes a method never learns as errors, and
+        # old+new accuracy the new-class images of a method without updates: not results.
+        "accuracy": final["accuracy"] if ran_unseen else None,
+        "seen_accuracy": final["seen_recall"] if method.incremental else None,
+        "total_device_seconds": float(sum(s["device_seconds"] for s in stages)) if stages else None,
         "stage_seconds": {n: s["device_seconds"] for n, s in zip(names[1:], stages)},
         "time_to_best_seconds": {n: s["app"]["time_to_converge_seconds"] for n, s in zip(names[1:], stages)},
         # Earlier updates in full, then the last one up to its best validation epoch.
         "device_seconds_to_best": (float(sum(s["device_seconds"] for s in stages[:-1])
-                                         + stages[-1]["app"]["time_to_converge_seconds"]) if stages else 0.0),
+                                         + stages[-1]["app"]["time_to_converge_seconds"]) if stages else None),
         "epochs": {n: s["app"]["epochs"] for n, s in zip(names[1:], stages)},
         # The classes whose classifier rows each update imprinted before training.
         "imprinted": {n: (s["app"].get("prepared") or {}).get("imprinted", []) for n, s in zip(names[1:], stages)},
-        "updates": [{"after": n, "old": t["old_recall"], "new": t["new_recall"], "unseen": t["unseen_recall"],
-                     "unseen_precision": t["unseen_precision"], "seen": t["seen_recall"], "accuracy": t["accuracy"]}
-                    for n, t in zip(names, tests)],
+        # Before the update that adds a group, its recall is 0 by construction: null, not a result.
+        "updates": [{"after": n, "old": t["old_recall"],
+                     "new": t["new_recall"] if i >= 1 else None,
+                     "unseen": t["unseen_recall"] if i >= 2 else None,
+                     "unseen_precision": t["unseen_precision"] if i >= 2 else None,
+                     "seen": t["seen_recall"] if i >= 1 else None,
+                     "accuracy": t["accuracy"] if i >= 2 else None}
+                    for i, (n, t) in enumerate(zip(names, tests))],
         "history": {n: s["app"]["history"] for n, s in zip(names[1:], stages)},
         "confusion": final["confusion"],
         "ran_unseen_stage": ran_unseen,
         # Updates whose best validation score was the starting model's: they changed nothing.
         "returned_start": sum(int(s["app"]["best_epoch"] == 0) for s in stages),
-        "device_cpu_seconds": float(sum(s["app"].get("process_cpu_seconds", 0.0) for s in stages)),
+        "device_cpu_seconds": (float(sum(s["app"].get("process_cpu_seconds", 0.0) for s in stages))
+                               if stages else None),
     }

@@ -81,9 +81,14 @@ def lineage(pools: Pools, split: NeverSeenSplit, config: DeviceLearningConfig, s
     training_images(pools, split, config)
     read = sorted({c for p in pools.all() for c in p.read}, key=pools.class_names.index)
     pools.reset_reads()
-    weights = ("the cloud model's, pruned without data (the cloud trained on every class)"
-               if student.startswith("pruned_cloud_weights") else "random initialisation")
-    return {"images_of": read, "labels_of": [], "teacher": "cloud model (all classes)", "initial_weights": weights}
+    inherits = student.startswith("pruned_cloud_weights")
+    weights = ("the cloud model's, pruned without data (the cloud trained on every class)" if inherits
+               else "random initialisation")
+    # A student that starts from the cloud's weights (its classifier rows included) has, through
+    # them, learned every class from images and labels: its recall is not a never-seen figure.
+    return {"images_of": read, "labels_of": [], "teacher": "cloud model (all classes)", "initial_weights": weights,
+            "classes_in_initial_weights": list(pools.class_names) if inherits else [],
+            "never_seen": not inherits}
 
 
 def run_one(teacher: keras.Model, pools: Pools, split: NeverSeenSplit, student: str, loss: str,

@@ -228,8 +228,11 @@ def update_summary(per_run: dict) -> dict:
             continue
         out[name] = [{"after": rows[0][i]["after"],
                       **{g: _mean_std([row[i].get(g) for row in rows]) for g in UPDATE_KEYS},
-                      # Paired change of old-class recall against the model before this update.
-                      "old_change": _mean_std([row[i]["old"] - row[i - 1]["old"] for row in rows]) if i else None}
+                      # Paired changes against the model before this update.
+                      "old_change": _mean_std([row[i]["old"] - row[i - 1]["old"] for row in rows]) if i else None,
+                      "new_change": _mean_std([row[i]["new"] - row[i - 1]["new"] for row in rows
+                                               if row[i]["new"] is not None and row[i - 1]["new"] is not None])
+                      if i else None}
                      for i in range(len(rows[0]))]
     return out
 
@@ -250,7 +253,7 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
         if matched and METHODS[name].stages:
             methods[name]["at_ours_setting"] = {
                 k: _mean_std([row[k] for row in matched])["mean"] if name != "finetune" or k not in (
-                    "unseen", "unseen_precision") else None
+                    "unseen", "unseen_precision", "accuracy") else None
                 for k in ("old", "new", "unseen", "unseen_precision", "accuracy")}
         methods[name]["runs"] = len(rows)
         methods[name]["selection_device_seconds"] = _mean_std([row["selection_device_seconds"] for row in rows])["mean"]
