@@ -1,9 +1,10 @@
-"""Classifier-head initialisers and corrections for categories the device adds (numpy only).
+"""The classifier-head initialiser for categories the device adds (numpy only).
 
 `imprint` sets the rows of classes the model has not learned yet from the mean normalised
-embedding of their images (weight imprinting, Qi et al. 2018), scaled to the norm of the rows
-the model already has, so that a new class starts as a competitor of the old ones instead of
-a near-zero row that training must grow (and that pulls the old rows down while it does).
+(centred) embedding of their images (weight imprinting, Qi et al. 2018), scaled to the norm of
+the rows the model already has, with a bias that makes each row score on its own images what
+the best known class scores there: a new class starts as a competitor of the old ones instead
+of a near-zero row that training must grow (and that pulls the old rows down while it does).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def imprint(kernel: np.ndarray, bias: np.ndarray | None, features: np.ndarray, w
       weights: [N, len(rows)]: how much image n speaks for class rows[j] (one-hot labels, or
         the cloud's probabilities).
       rows: the classes (columns of `kernel`) to set.
-      known: the classes the model has learned; their mean column norm and mean bias are the
-        scale and bias of the imprinted ones.
+      known: the classes the model has learned; their mean column norm is the imprinted rows'
+        norm, and their best logit on a row's images sets that row's bias.
 
     Returns:
       (kernel, bias), copies; a row without any weight is left as it was.
@@ -68,6 +69,11 @@ def imprint(kernel: np.ndarray, bias: np.ndarray | None, features: np.ndarray, w
 HEAD_INITS = ("imprint", "none")
 
 
+def _top(targets: np.ndarray) -> np.ndarray:
+    """Each image's target class: the label, or the soft label's top class."""
+    return targets if targets.ndim == 1 else targets.argmax(axis=1)
+
+
 def initial_learned(model) -> list[str]:
     """The classes an exported model has learned: its classes less those added for the device."""
     added = set(model.meta.get("new_class_names", []))
@@ -88,7 +94,7 @@ def imprint_unlearned(model, images: np.ndarray, targets: np.ndarray, learned: l
         (exported by an older version).
     """
     names = model.class_names
-    top = targets if targets.ndim == 1 else targets.argmax(axis=1)
+    top = _top(targets)
     rows = [i for i, c in enumerate(names) if c not in learned and np.any(top == i)]
     known = [i for i, c in enumerate(names) if c in learned]
     if not rows or not known:
@@ -115,6 +121,5 @@ def imprint_unlearned(model, images: np.ndarray, targets: np.ndarray, learned: l
 
 def learned_after(model, targets: np.ndarray, learned: list[str]) -> list[str]:
     """`learned` plus the classes that are some image's target (label or soft label's top)."""
-    top = targets if targets.ndim == 1 else targets.argmax(axis=1)
-    present = set(int(i) for i in np.unique(top))
+    present = set(int(i) for i in np.unique(_top(targets)))
     return [c for i, c in enumerate(model.class_names) if c in learned or i in present]
