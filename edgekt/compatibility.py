@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from edgekt.export.device_trainer import DeviceTrainer, TrainerOptions, UnsupportedOnDeviceError
-from edgekt.prune.graph import UnsupportedModelError, _check_layer, as_functional, build_graph
+from edgekt.prune.graph import UnsupportedModelError, as_functional, build_graph, refusal
 
 
 def problems(model: keras.Model) -> list[str]:
@@ -19,10 +19,9 @@ def problems(model: keras.Model) -> list[str]:
         return [str(e)]
     found = []
     for layer in functional.layers:
-        try:
-            _check_layer(layer, type(layer).__name__)
-        except UnsupportedModelError as e:
-            found.append(str(e))
+        message = refusal(layer)
+        if message:
+            found.append(message)
     if found:
         return found
     try:

@@ -3,18 +3,21 @@
 Conventions (those of the pruning literature, e.g. WRN-28-10 = 36.5M params, 5.25 GFLOPs):
 - `params` counts learnable values: kernels, biases, BN gamma/beta. BN moving statistics
   and the input `Normalization` constants are state, not parameters.
-- `flops` counts multiply-accumulates of one image's forward pass in Conv2D,
-  DepthwiseConv2D, SeparableConv2D and Dense layers; element-wise layers (BN, ReLU, Add,
-  pooling) are listed with 0 and are negligible next to them.
+- `flops` counts multiply-accumulates of one image's forward pass in the layers with kernels
+  (Conv2D, DepthwiseConv2D, SeparableConv2D, Dense), by the cost formulas of the layer table
+  (`edgekt.models.layers`) that the pruning budget also uses; element-wise layers (BN, ReLU,
+  Add, pooling) are listed with 0 and are negligible next to them. A class missing from the
+  table is refused, naming the layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
 
 import keras
+
+from edgekt.models import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,50 +48,6 @@ def _learnable(layer) -> int:
     return int(sum(math.prod(v.shape) for v in layer.weights if v.trainable))
 
 
-def _spatial(shape) -> int:
-    return int(math.prod(shape[1:-1]))
-
-
-def _conv_flops(layer, in_shape, out_shape) -> int:
-    kh, kw = layer.kernel_size
-    groups = getattr(layer, "groups", 1)
-    return _spatial(out_shape) * kh * kw * (in_shape[-1] // groups) * out_shape[-1]
-
-
-def _depthwise_flops(layer, in_shape, out_shape) -> int:
-    kh, kw = layer.kernel_size
-    return _spatial(out_shape) * kh * kw * out_shape[-1]
-
-
-def _separable_flops(layer, in_shape, out_shape) -> int:
-    kh, kw = layer.kernel_size
-    mid = in_shape[-1] * layer.depth_multiplier
-    return _spatial(out_shape) * (kh * kw * mid + mid * out_shape[-1])
-
-
-def _dense_flops(layer, in_shape, out_shape) -> int:
-    return int(math.prod(in_shape[1:])) * out_shape[-1]
-
-
-def _zero(layer, in_shape, out_shape) -> int:
-    return 0
-
-
-_FLOP_RULES: dict[str, Callable] = {
-    "Conv2D": _conv_flops,
-    "DepthwiseConv2D": _depthwise_flops,
-    "SeparableConv2D": _separable_flops,
-    "Dense": _dense_flops,
-}
-_ZERO_COST = (
-    "InputLayer", "BatchNormalization", "ReLU", "Activation", "Softmax", "LeakyReLU", "ELU", "PReLU",
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Concatenate", "MaxPooling2D", "AveragePooling2D",
-    "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Dropout", "SpatialDropout2D",
-    "Normalization", "Rescaling", "ZeroPadding2D", "Cropping2D", "Identity", "LayerNormalization",
-)
-SUPPORTED_LAYERS = tuple(sorted(set(_FLOP_RULES) | set(_ZERO_COST) | {"Functional", "Sequential"}))
-
-
 def _shape(tensor_or_shape) -> tuple:
     shape = getattr(tensor_or_shape, "shape", tensor_or_shape)
     return tuple(shape)
@@ -114,16 +73,8 @@ def _collect(model, rows):
         if isinstance(layer, keras.Model):
             _collect(layer, rows)
             continue
-        if kind in _FLOP_RULES:
-            in_shape = _shape(layer.input)
-            out_shape = _shape(layer.output)
-            flops = _FLOP_RULES[kind](layer, in_shape, out_shape)
-        elif kind in _ZERO_COST:
-            out_shape = _shape(layer.output) if not isinstance(layer.output, (list, tuple)) else ()
-            flops = 0
-        else:
-            raise ValueError(f"cannot count FLOPs of layer {layer.name!r} of type {kind}; supported layer "
-                             f"types: {', '.join(SUPPORTED_LAYERS)}")
+        flops = layers.macs(layer)  # names the layer when its class is not in the table
+        out_shape = _shape(layer.output) if not isinstance(layer.output, (list, tuple)) else ()
         rows.append(LayerCost(layer.name, kind, out_shape[1:], _learnable(layer), int(flops)))
 
 

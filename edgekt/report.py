@@ -43,7 +43,9 @@ def summarize(out_dir: str) -> dict:
     device_learning = _load(os.path.join(out_dir, "device_learning", "results.json"))
     baseline = _load(os.path.join(out_dir, "baseline", "metrics.json"))
     ours_tflite = _load(os.path.join(out_dir, "baseline", "ours.json"))
+    sweep_summary = _load(os.path.join(out_dir, "sweep", "sweep.json"))
     return {
+        "sweep": sweep_summary,
         "teacher": {"params": prune.get("teacher_params") or cloud.get("params"),
                     "flops": prune.get("teacher_flops") or cloud.get("flops"),
                     "test_accuracy": prune.get("teacher_test_accuracy") or cloud.get("test_accuracy"),
@@ -94,6 +96,7 @@ def markdown(summary: dict, preset: str | None) -> str:
         f"{_ms(tm.get('tflite_latency_ms'))} | {_ms(d.get('infer_batch_ms'))} per batch of {d.get('batch_size')} |",
         f"| train step (batch {d.get('batch_size')}, 1 thread) | – | – | – | {_ms(d.get('train_step_ms'))} |",
         "",
+        *_sweep_section(summary.get("sweep") or {}),
         "## On-device learning (device models that never saw the classes they learn)",
         "",
         *(device_learning_report.method_table(dl) if dl.get("methods") else ["(not run)"]),
@@ -113,6 +116,19 @@ def markdown(summary: dict, preset: str | None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _sweep_section(sweep_summary: dict) -> list[str]:
+    """The Pareto sweep's table, when a sweep was run into the report's `sweep/` folder."""
+    if not sweep_summary.get("rows"):
+        return []
+    from edgekt import sweep
+
+    return ["## Pruning sweep: accuracy against parameters, FLOPs, int8 size and latency", "",
+            f"The cloud model pruned to {', '.join(f'{100 * b:g}%' for b in sweep_summary['config']['budgets'])} of "
+            "its parameters by each method (`sweep/sweep.md`, plot `sweep/sweep.png`). tfmot's parameters are its "
+            "non-zero values; its file and latency are those of the dense model it stays.", "",
+            *sweep.table(sweep_summary).splitlines(), ""]
 
 
 def _plot_sizes(out_dir: str, summary: dict) -> str | None:
@@ -191,6 +207,7 @@ def write(out_dir: str, preset: str | None = None) -> dict:
     md_text = markdown(summary, preset)
     atomic.write_text(os.path.join(out_dir, "report.md"), md_text)
     images = [p for p in (_plot_sizes(out_dir, summary), os.path.join(out_dir, "prune", "prune_plot.png"),
+                          os.path.join(out_dir, "sweep", "sweep.png"),
                           os.path.join(out_dir, "device_learning", "accuracy_per_update.png"),
                           os.path.join(out_dir, "device_learning", "validation_vs_time.png")) if p and os.path.exists(p)]
     atomic.write_text(os.path.join(out_dir, "report.html"), _html(md_text, images))

@@ -190,6 +190,7 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
     baseline_dir = os.path.join(out_dir, "baseline")
     if "baseline" in stages:
         from edgekt.baselines import tfmot_magnitude
+        from edgekt.export import measure
         from edgekt.flops import count_params
 
         pcfg = prune_config.preset(preset.prune, **dict(preset.prune_overrides))
@@ -200,7 +201,9 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
 
         def do_baseline():
             pruned = saving.load_model(pruned_path)
-            ours = tfmot_magnitude.measure_ours(pruned)
+            figures = measure.file_figures(measure.inference_file(pruned, "float32"))
+            ours = {"tflite_bytes": figures["bytes"], "tflite_gzip_bytes": figures["gzip_bytes"],
+                    "tflite_latency_ms": figures["latency_ms"]}
             atomic.write_json(os.path.join(baseline_dir, "ours.json"), ours)
             return tfmot_magnitude.run(saving.load_model(teacher_path), count_params(pruned), splits(), baseline_dir,
                                        bcfg, val_size=val_size, split_seed=split_seed, device_pool_size=pool_size)

@@ -26,6 +26,10 @@ flags.DEFINE_enum("allocation", None, ["global", "cost", "uniform"],
                   "Rank channels over all groups (by score, or by score per parameter/FLOP saved) or per group.")
 flags.DEFINE_enum("transfer", None, ["kd_at", "kd", "at", "none"], "Knowledge transfer while fine-tuning.")
 flags.DEFINE_float("cost_exponent", None, "With --allocation=cost: scores / (saving ** this); 1 = per unit saved.")
+flags.DEFINE_enum("normalization", None, ["mean", "max", "l2", "none"], "Per-layer normalisation of the scores.")
+flags.DEFINE_float("stream_floor", None, "Residual streams keep at least this fraction of their width.")
+flags.DEFINE_float("layer_floor", None, "Other channel groups keep at least this fraction of their width.")
+flags.DEFINE_float("min_step", None, "With --max_accuracy_drop: stop when backing off would make a step smaller.")
 flags.DEFINE_integer("steps", None, "Pruning steps to the target.")
 flags.DEFINE_integer("step_epochs", None, "Fine-tuning epochs after each step.")
 flags.DEFINE_integer("final_epochs", None, "Fine-tuning epochs of the chosen model.")
@@ -35,7 +39,8 @@ _VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default
 _PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Fine-tuning progress display.")
 
 _FIELDS = {n: n for n in ("target_params_ratio", "target_flops_ratio", "max_accuracy_drop", "criterion", "attention_p",
-                          "allocation", "cost_exponent", "transfer", "steps", "step_epochs", "final_epochs", "calibration_size", "seed")}
+                          "allocation", "cost_exponent", "normalization", "stream_floor", "layer_floor", "min_step",
+                          "transfer", "steps", "step_epochs", "final_epochs", "calibration_size", "seed")}
 
 
 def main(argv):

@@ -72,7 +72,7 @@ def small_tree(tmp_path, small_cifar):
     return write_tree(str(tmp_path), dict(small_cifar), small_cifar.class_names, per_class=8)
 
 
-def quick_wrn(split, images: int, seed: int = 0, depth: int = 10, epochs: int = 1):
+def quick_wrn(split, images: int, seed: int = 0, depth: int = 10, epochs: int = 1, batch_size: int = 64):
     """A WRN-depth-1 trained briefly on a class-balanced subset of real images."""
     import keras
 
@@ -83,5 +83,19 @@ def quick_wrn(split, images: int, seed: int = 0, depth: int = 10, epochs: int = 
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     sub = data.stratified_subset(split, images, seed=seed)
-    model.fit(sub.images.astype(np.float32), sub.labels, batch_size=64, epochs=epochs, verbose=0)
+    model.fit(sub.images.astype(np.float32), sub.labels, batch_size=batch_size, epochs=epochs, verbose=0)
     return model
+
+
+@pytest.fixture(scope="session")
+def three_classes(cifar):
+    """Real images of 3 classes: 600 for training (and validation), 150 for test."""
+    from edgekt import data
+
+    out = {}
+    for split_name, per_class in (("train", 200), ("test", 50)):
+        split = data.select_classes(cifar[split_name], ["airplane", "cat", "ship"], relabel=True)
+        idx = np.concatenate([np.flatnonzero(split.labels == c)[:per_class] for c in range(3)])
+        out[split_name] = data.Split(split.images[idx], split.labels[idx], split.class_names)
+    return data.DataSplits(out, out["train"].class_names, "three_classes")
+

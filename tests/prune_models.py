@@ -60,8 +60,23 @@ def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
 
 def zero_channels(model: keras.Model, graph, group_id: int, channels) -> None:
     """Makes `channels` of a group identically zero everywhere (producers' filters and biases,
-    BN scale/offset, depthwise kernels), so removing them must not change the output."""
+    BN scale/offset, depthwise kernels) and unread (consumers' input rows), so removing them
+    must not change the output."""
     group = graph.groups[group_id]
+    for name, per in group.consumers:
+        layer = model.get_layer(name)
+        rows = (np.arange(per)[:, None] * group.channels + np.asarray(channels)[None, :]).reshape(-1)
+        values = []
+        for v in layer.weights:
+            a = np.array(v.numpy())
+            if v.name in ("kernel", "pointwise_kernel") and a.ndim == 4:
+                a[:, :, rows, :] = 0
+            elif v.name == "depthwise_kernel":
+                a[:, :, rows, :] = 0
+            elif v.name == "kernel" and a.ndim == 2:
+                a[rows, :] = 0
+            values.append(a)
+        layer.set_weights(values)
     for name in group.producers + group.passthrough:
         layer = model.get_layer(name)
         cls = type(layer).__name__

@@ -16,7 +16,7 @@ from edgekt.prune import build_graph, criteria, schedule
 from edgekt.prune.allocation import CostModel, select_channels
 from edgekt.prune.config import PruneConfig, preset
 
-from conftest import CIFAR10_ARCHIVE, REPO_ROOT
+from conftest import CIFAR10_ARCHIVE, REPO_ROOT, quick_wrn
 from prune_models import vgg_style
 
 
@@ -108,13 +108,39 @@ def test_select_channels_refuses_an_impossible_budget():
         select_channels(graph, scores, max_params=10, min_channels=2)
 
 
-def test_schedules():
+def test_geometric_steps_reach_the_target():
     np.testing.assert_allclose(schedule.geometric_ratios(0.05, 4), [0.05 ** 0.25, 0.05 ** 0.5, 0.05 ** 0.75, 0.05])
-    assert schedule.constant_rate_ratios(0.5, 3) == [0.5, 0.25, 0.125]
-    assert schedule.step_targets(1000, 500, target_params_ratio=None, target_flops_ratio=0.25, steps=2,
-                                 step_keep=0.5, max_steps=3) == [(None, 250), (None, 125)]
-    assert schedule.step_targets(1000, 500, target_params_ratio=None, target_flops_ratio=None, steps=2,
-                                 step_keep=0.5, max_steps=2) == [(500, None), (250, None)]
+    step = schedule.initial_step(target_params_ratio=0.05, target_flops_ratio=None, steps=4, step_keep=0.6)
+    state, budgets = schedule.PolicyState(params=1000, flops=500, step=step), []
+    while (budget := schedule.next_budget(state, max_params=50, max_flops=None)) is not None:
+        budgets.append(budget)
+        state, ok = schedule.after_step(state, params=budget[0], flops=0, accuracy=0.5, floor=None, min_step=0.05)
+        assert ok
+    assert [p for p, _ in budgets] == [472, 223, 105, 50] and all(f is None for _, f in budgets)
+
+
+def test_steps_stop_at_milestones_and_only_the_floor_bounds_a_run_without_target():
+    state = schedule.PolicyState(params=1000, flops=500, step=0.6)
+    assert schedule.next_budget(state, max_params=20, max_flops=None, milestones=[500, 250]) == (500, None)
+    state = schedule.PolicyState(params=500, flops=500, step=0.6)
+    assert schedule.next_budget(state, max_params=20, max_flops=None, milestones=[500, 250]) == (250, None)
+    assert schedule.next_budget(state, max_params=None, max_flops=100) == (None, 200)
+    assert schedule.next_budget(state, max_params=None, max_flops=None) == (200, None)
+    assert schedule.next_budget(state, max_params=None, max_flops=None, max_steps=0) is None
+
+
+def test_policy_backs_off_by_halving_the_step_and_stops_below_min_step():
+    state = schedule.PolicyState(params=1000, flops=500, step=0.4)
+    state, ok = schedule.after_step(state, params=600, flops=300, accuracy=0.80, floor=0.85, min_step=0.05)
+    assert not ok and state.params == 1000 and state.step == 0.2 and not state.stopped  # the model is discarded
+    assert schedule.next_budget(state, max_params=100, max_flops=None) == (800, None)
+    state, ok = schedule.after_step(state, params=800, flops=400, accuracy=0.86, floor=0.85, min_step=0.05)
+    assert ok and state.params == 800 and state.step == 0.2 and state.attempts == 2
+    for _ in range(2):
+        state, ok = schedule.after_step(state, params=700, flops=350, accuracy=0.1, floor=0.85, min_step=0.05)
+    assert state.step == 0.05 and not state.stopped
+    state, _ = schedule.after_step(state, params=700, flops=350, accuracy=0.1, floor=0.85, min_step=0.05)
+    assert "min_step" in state.stopped and schedule.next_budget(state, max_params=100, max_flops=None) is None
 
 
 def test_prune_config_checks():
@@ -185,3 +211,80 @@ def test_prune_binary_names_an_unsupported_layer(tmp_path):
     proc = _run([f"--teacher={path}", f"--data={CIFAR10_ARCHIVE}", f"--out_dir={tmp_path / 'o'}"])
     assert proc.returncode != 0
     assert "layer 'up' (Conv2DTranspose) cannot be pruned" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def three_class_data(three_classes):
+    return data.prepare_splits(three_classes, val_size=150, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(three_class_data):
+    return quick_wrn(three_class_data.train, len(three_class_data.train.labels), epochs=4, batch_size=32)
+
+
+def test_policy_backs_off_when_the_accuracy_floor_breaks(tiny_teacher, three_class_data, tmp_path):
+    # No fine-tuning between steps, so removing half of the filters breaks a floor of 5 points
+    # below the teacher; the step then halves until one holds (or min_step ends the run).
+    config = PruneConfig(target_params_ratio=None, max_accuracy_drop=5.0, step_keep=0.5, min_step=0.04,
+                         max_steps=8, step_epochs=0, final_epochs=0, calibration_size=64, batch_size=32,
+                         criterion="l1")
+    from edgekt.prune import pruner
+
+    metrics = pruner.prune_prepared(tiny_teacher, three_class_data, str(tmp_path), config, holdout={})
+    with open(tmp_path / "prune_state.json") as f:
+        state = json.load(f)
+    log = state["log"]
+    floor = log[0]["val_accuracy"] - 0.05
+    steps = log[1:]
+    assert steps[0]["step_fraction"] == 0.5 and not steps[0]["accepted"] and steps[0]["val_accuracy"] < floor
+    current = log[0]
+    for entry, following in zip(steps, steps[1:] + [None]):
+        assert entry["accepted"] == (entry["val_accuracy"] >= floor)
+        # Every step starts from the last accepted model and removes `step_fraction` of it.
+        assert entry["target_params"] == int(current["params"] * (1 - entry["step_fraction"]))
+        if following is not None:
+            expected = entry["step_fraction"] / (1 if entry["accepted"] else 2)
+            assert following["step_fraction"] == pytest.approx(expected)
+        if entry["accepted"]:
+            current = entry
+            assert os.path.exists(tmp_path / "steps" / f"step_{entry['step']:02d}.keras")
+        else:
+            assert not os.path.exists(tmp_path / "steps" / f"step_{entry['step']:02d}.keras")
+    assert state["policy"]["stopped"] or len(steps) == config.max_steps
+    assert metrics["val_accuracy"] >= floor and metrics["steps_discarded"] >= 1
+    assert metrics["params"] == min(e["params"] for e in steps if e["accepted"])
+
+
+def test_channel_floors_hold_through_pruning(tiny_teacher, three_class_data, tmp_path):
+    from edgekt.prune import pruner
+    from edgekt.prune.allocation import is_stream
+
+    config = PruneConfig(target_params_ratio=0.08, steps=2, step_epochs=0, final_epochs=0, calibration_size=64,
+                         batch_size=32, stream_floor=0.25, layer_floor=0.2, allocation="cost")
+    pruner.prune_prepared(tiny_teacher, three_class_data, str(tmp_path), config, holdout={})
+    graph = build_graph(tiny_teacher)
+    original = {g.name: (g.channels, is_stream(graph, g)) for g in graph.prunable_groups()}
+    with open(tmp_path / "prune_state.json") as f:
+        steps = json.load(f)["log"][1:]
+    assert steps and all(e["params"] <= e["target_params"] for e in steps)
+    at_floor = 0
+    for entry in steps:
+        for name, kept in entry["channels"].items():
+            width, stream = original[name]
+            floor = int(np.ceil((0.25 if stream else 0.2) * width))
+            assert kept >= floor, (name, kept, floor)
+            at_floor += kept == floor
+    assert at_floor > 0  # the budget was tight enough for some floor to bind
+
+
+def test_floors_that_cannot_fit_the_budget_are_named():
+    graph = build_graph(models.wrn(16, 2))
+    from edgekt.prune.allocation import channel_floors
+
+    floors = channel_floors(graph, {g.name: g.channels for g in graph.groups}, stream_floor=0.5, layer_floor=0.5)
+    scores = {g.id: np.ones(g.channels) for g in graph.prunable_groups()}
+    with pytest.raises(ValueError, match=r"cannot be met.*lower the floors"):
+        select_channels(graph, scores, max_params=int(0.05 * flops.count_params(graph.model)), floors=floors)
+    with pytest.raises(ValueError, match=r"stream_floor must be in \[0, 1\)"):
+        channel_floors(graph, {}, stream_floor=1.5)

@@ -1,6 +1,9 @@
 """The TensorFlow Model Optimization Toolkit baseline: magnitude pruning (weights zeroed, not
 removed) at the same parameter budget as a filter-pruned model, fine-tuned for the same
-number of epochs, measured the same way (accuracy, real .tflite size, latency).
+number of epochs, measured the same way (accuracy, real .tflite size, latency). `run` prunes
+to one budget; `run_trajectory` follows the filter pruning's sweep: sparsity ramps from one
+budget to the next in `step_epochs`, and each budget branches into `final_epochs` of
+fine-tuning at constant sparsity, as each of our budgets does.
 
 tfmot 0.8 works only with `tf_keras` (Keras 2) models, so the Keras 3 model is rebuilt layer
 by layer in tf_keras and its weights copied; all tf_keras/tfmot code lives in this module.
@@ -9,7 +12,7 @@ by layer in tf_keras and its weights copied; all tf_keras/tfmot code lives in th
 from __future__ import annotations
 
 import dataclasses
-import gzip
+import json
 import os
 import time
 
@@ -20,7 +23,7 @@ from absl import logging
 
 from edgekt import atomic, data, evaluation
 from edgekt.data import pipeline
-from edgekt.prune.graph import build_graph
+from edgekt.models import graph as graph_walk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,7 @@ def to_tf_keras(model: keras.Model):
     """
     import tf_keras
 
-    graph = build_graph(model)
+    graph = graph_walk.walk(model)
     L = tf_keras.layers
     tensors = {}
     for name in graph.order:
@@ -145,60 +148,51 @@ def sparsity_for_budget(tk_model, budget_params: int) -> float:
     return float(min(max(1.0 - (budget_params - fixed) / kernels, 0.0), 0.999))
 
 
-def tflite_bytes(tk_or_fn, input_shape) -> bytes:
-    """A float32 inference .tflite of a tf_keras model (batch 1)."""
+def tflite_bytes(tk_or_fn, input_shape, quantization: str = "float32", representative: np.ndarray | None = None
+                 ) -> bytes:
+    """An inference .tflite of a tf_keras model (batch 1): float32, or int8 weights and
+    activations (float input/output) calibrated on `representative` images."""
     @tf.function(input_signature=[tf.TensorSpec([1, *input_shape], tf.float32)])
     def infer(x):
         return tk_or_fn(x, training=False)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([infer.get_concrete_function()], tk_or_fn)
+    if quantization == "int8":
+        if representative is None or len(representative) == 0:
+            raise ValueError("int8 quantization needs representative images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([np.asarray(x, np.float32)[None]] for x in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    elif quantization != "float32":
+        raise ValueError(f"quantization must be 'float32' or 'int8'. Received: {quantization!r}")
     return converter.convert()
 
 
-def tflite_latency_ms(model_bytes: bytes, repeats: int = 50, threads: int = 1) -> float:
-    """Median batch-1 inference time in the TFLite interpreter."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=model_bytes, num_threads=threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    x = np.random.default_rng(0).uniform(0, 255, detail["shape"]).astype(np.float32)
-    times = []
-    for i in range(repeats + 5):
-        interpreter.set_tensor(detail["index"], x)
-        start = time.perf_counter()
-        interpreter.invoke()
-        if i >= 5:
-            times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
-def run(teacher: keras.Model, budget_params: int, splits: data.DataSplits, out_dir: str, config: MagnitudeConfig,
-        *, val_size: int = 5000, split_seed: int = 0, device_pool_size: int = 0) -> dict:
-    """Magnitude-prunes `teacher` to `budget_params` non-zero parameters with tfmot, fine-tunes,
-    and measures it. Writes `out_dir/metrics.json` and `out_dir/model_magnitude.tflite`."""
+def _imports():
     try:
         import tensorflow_model_optimization as tfmot
         import tf_keras
     except ImportError as e:
         raise ImportError("the tfmot baseline needs tf_keras and tensorflow-model-optimization: "
                           "pip install -e '.[baseline]' (or run_all --skip_baseline)") from e
+    return tfmot, tf_keras
 
-    os.makedirs(out_dir, exist_ok=True)
-    prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size,
-                                   device_pool_size=device_pool_size)
-    num_classes = len(prepared.class_names)
-    tf_keras.mixed_precision.set_global_policy(config.precision)
+
+def _base(teacher: keras.Model, precision: str):
+    _, tf_keras = _imports()
+    tf_keras.mixed_precision.set_global_policy(precision)
     try:
-        base = to_tf_keras(teacher)
+        return to_tf_keras(teacher)
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
-    sparsity = sparsity_for_budget(base, budget_params)
-    steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
-    total = steps * config.epochs
-    end_step = max(1, int(config.ramp_fraction * total))
-    schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
-                                                    end_step=end_step, frequency=max(1, min(100, end_step // 10)))
+
+
+def _fine_tune(base, weights, schedule, epochs: int, prepared: data.PreparedData, config: MagnitudeConfig,
+               seed: int) -> tuple[list, float]:
+    """Trains `base` (from `weights`) with its kernels magnitude-pruned by `schedule`; returns
+    the stripped weights and the seconds it took."""
+    tfmot, tf_keras = _imports()
+    base.set_weights(weights)
     prunable = (tf_keras.layers.Conv2D, tf_keras.layers.Dense)
 
     def wrap(layer):
@@ -209,51 +203,136 @@ def run(teacher: keras.Model, budget_params: int, splits: data.DataSplits, out_d
         return layer
 
     pruned = tf_keras.models.clone_model(base, clone_function=wrap)
-    lr = tf_keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
+    steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
+    lr = tf_keras.optimizers.schedules.CosineDecay(config.learning_rate, max(steps * epochs, 1))
     pruned.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=config.momentum, nesterov=True),
                    loss=tf_keras.losses.CategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     ds = pipeline.train_dataset(prepared.train.images, prepared.train.labels, batch_size=config.batch_size,
-                                num_classes=num_classes, epochs=config.epochs, seed=config.seed)
+                                num_classes=len(prepared.class_names), epochs=epochs, seed=seed)
     start = time.perf_counter()
-    pruned.fit(ds, epochs=config.epochs, steps_per_epoch=steps, verbose=2,
-               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    pruned.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=2, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     seconds = time.perf_counter() - start
-    final = tfmot.sparsity.keras.strip_pruning(pruned)
-    if config.precision != "float32":
-        stripped = final
-        final = to_float32_tf_keras(stripped)
+    return tfmot.sparsity.keras.strip_pruning(pruned).get_weights(), seconds
+
+
+def _measure(base, weights, teacher: keras.Model, prepared: data.PreparedData, representative: np.ndarray,
+             out_dir: str, latency_repeats: int = 50) -> dict:
+    """Accuracy (Keras, float32), non-zero parameters and the float32 and int8 files' figures."""
+    from edgekt.export import measure
+
+    base.set_weights(weights)
+    final = to_float32_tf_keras(base)
     nonzero = int(sum(np.count_nonzero(w) for w in final.trainable_weights))
+    val = evaluation.evaluate(final, prepared.val.images, prepared.val.labels) if prepared.val else None
     test = evaluation.evaluate(final, prepared.test.images, prepared.test.labels) if prepared.test else None
     shape = tuple(teacher.input_shape[1:])
     blob = tflite_bytes(final, shape)
     atomic.write_bytes(os.path.join(out_dir, "model_magnitude.tflite"), blob)
-    metrics = {
-        "method": "tfmot magnitude pruning (prune_low_magnitude, PolynomialDecay)",
-        "target_sparsity": sparsity,
-        "budget_params": int(budget_params),
+    int8 = tflite_bytes(final, shape, "int8", representative)
+    atomic.write_bytes(os.path.join(out_dir, "model_magnitude_int8.tflite"), int8)
+    f32 = measure.file_figures(blob, repeats=latency_repeats)
+    q8 = measure.file_figures(int8, prepared.test.images if prepared.test else None,
+                              prepared.test.labels if prepared.test else None, repeats=latency_repeats)
+    return {
         "nonzero_params": nonzero,
         "stored_params": int(sum(int(np.prod(w.shape)) for w in final.trainable_weights)),
+        "val_accuracy": val["accuracy"] if val else None,
         "test_accuracy": test["accuracy"] if test else None,
-        "tflite_bytes": len(blob),
-        "tflite_gzip_bytes": len(gzip.compress(blob)),
-        "tflite_latency_ms": tflite_latency_ms(blob),
-        "epochs": config.epochs,
-        "finetune_seconds": seconds,
+        "tflite_bytes": f32["bytes"], "tflite_gzip_bytes": f32["gzip_bytes"], "tflite_latency_ms": f32["latency_ms"],
+        "int8_bytes": q8["bytes"], "int8_gzip_bytes": q8["gzip_bytes"], "int8_latency_ms": q8["latency_ms"],
+        "int8_test_accuracy": q8.get("test_accuracy"),
     }
+
+
+def run(teacher: keras.Model, budget_params: int, splits: data.DataSplits, out_dir: str, config: MagnitudeConfig,
+        *, val_size: int = 5000, split_seed: int = 0, device_pool_size: int = 0) -> dict:
+    """Magnitude-prunes `teacher` to `budget_params` non-zero parameters with tfmot, fine-tunes,
+    and measures it. Writes `out_dir/metrics.json` and `out_dir/model_magnitude*.tflite`."""
+    tfmot, _ = _imports()
+    os.makedirs(out_dir, exist_ok=True)
+    prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size,
+                                   device_pool_size=device_pool_size)
+    base = _base(teacher, config.precision)
+    sparsity = sparsity_for_budget(base, budget_params)
+    steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
+    end_step = max(1, int(config.ramp_fraction * steps * config.epochs))
+    schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
+                                                    end_step=end_step, frequency=max(1, min(100, end_step // 10)))
+    weights, seconds = _fine_tune(base, base.get_weights(), schedule, config.epochs, prepared, config, config.seed)
+    representative = data.stratified_subset(prepared.train, min(256, len(prepared.train.labels)), seed=0).images
+    metrics = {"method": "tfmot magnitude pruning (prune_low_magnitude, PolynomialDecay)",
+               "target_sparsity": sparsity, "budget_params": int(budget_params),
+               **_measure(base, weights, teacher, prepared, representative, out_dir),
+               "epochs": config.epochs, "finetune_seconds": seconds}
     atomic.write_json(os.path.join(out_dir, "metrics.json"), metrics)
     logging.info("tfmot baseline: sparsity %.4f, %s non-zero of %s, test top-1 %s, .tflite %d B", sparsity,
-                 f"{nonzero:,}", f"{metrics['stored_params']:,}", metrics["test_accuracy"], len(blob))
+                 f"{metrics['nonzero_params']:,}", f"{metrics['stored_params']:,}", metrics["test_accuracy"],
+                 metrics["tflite_bytes"])
     return metrics
 
 
-def measure_ours(pruned: keras.Model) -> dict:
-    """The same measurements of a filter-pruned Keras 3 model (float32 .tflite, batch 1)."""
-    from edgekt.export.convert import convert_inference
-    from edgekt.export.device_trainer import DeviceTrainer, TrainerOptions
+def run_trajectory(teacher: keras.Model, budgets: list[tuple[float, int]], prepared: data.PreparedData, out_dir: str,
+                   config: MagnitudeConfig, *, step_epochs: int, final_epochs: int, representative: np.ndarray,
+                   latency_repeats: int = 50) -> list[dict]:
+    """Magnitude pruning through several budgets, as the filter-pruning sweep goes through them.
 
-    blob = convert_inference(DeviceTrainer(pruned, TrainerOptions(batch_size=1)), None, "float32")
-    return {"tflite_bytes": len(blob), "tflite_gzip_bytes": len(gzip.compress(blob)),
-            "tflite_latency_ms": tflite_latency_ms(blob)}
+    Args:
+      teacher: the unpruned model.
+      budgets: (ratio, non-zero parameters) pairs, largest first.
+      prepared: the data (train for fine-tuning; val and test measured).
+      out_dir: writes `budget_<ratio>/` per budget (`ramp.npz` the weights after the ramp,
+        `metrics.json`, the `.tflite` files); a killed run resumes from them.
+      config: SGD settings (its `epochs` is not used).
+      step_epochs: epochs of each ramp from the previous budget's sparsity to this one's.
+      final_epochs: epochs of each budget's fine-tuning at constant sparsity.
+      representative: calibration images of the int8 files.
+
+    Returns:
+      Each reached budget's metrics, largest first.
+    """
+    tfmot, _ = _imports()
+    base = _base(teacher, config.precision)
+    weights = base.get_weights()
+    previous, ramp_seconds, results = 0.0, 0.0, []
+    steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
+    for i, (ratio, budget) in enumerate(budgets):
+        folder = os.path.join(out_dir, f"budget_{ratio:g}")
+        os.makedirs(folder, exist_ok=True)
+        sparsity = sparsity_for_budget(base, budget)
+        ramp_path = os.path.join(folder, "ramp.npz")
+        if os.path.exists(ramp_path):
+            with np.load(ramp_path) as saved:
+                weights = [saved[f"w{j}"] for j in range(len(saved.files) - 1)]
+                seconds = float(saved["seconds"])
+        else:
+            end_step = max(1, int(config.ramp_fraction * steps * step_epochs))
+            schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=previous, final_sparsity=sparsity,
+                                                            begin_step=0, end_step=end_step,
+                                                            frequency=max(1, min(100, end_step // 10)))
+            weights, seconds = _fine_tune(base, weights, schedule, step_epochs, prepared, config, config.seed + i)
+            atomic.write_with(ramp_path, lambda tmp, w=weights, s=seconds: np.savez(
+                tmp, seconds=np.float64(s), **{f"w{j}": v for j, v in enumerate(w)}), suffix=".npz")
+        ramp_seconds += seconds
+        metrics_path = os.path.join(folder, "metrics.json")
+        if os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                results.append(json.load(f))
+        else:
+            # Masks are recomputed every few steps; between updates the masked weights stay zero.
+            schedule = tfmot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0,
+                                                             frequency=max(1, min(10, steps // 10)))
+            final, final_seconds = _fine_tune(base, weights, schedule, final_epochs, prepared, config,
+                                              config.seed + 100 + i)
+            metrics = {"method": "tfmot", "budget_ratio": ratio, "budget_params": int(budget),
+                       "target_sparsity": sparsity, "trajectory_seconds": ramp_seconds, "final_seconds": final_seconds,
+                       "step_epochs": step_epochs, "final_epochs": final_epochs,
+                       **_measure(base, final, teacher, prepared, representative, folder, latency_repeats)}
+            atomic.write_json(metrics_path, metrics)
+            results.append(metrics)
+            logging.info("tfmot %g: %s non-zero, val top-1 %.4f, test top-1 %.4f", ratio,
+                         f"{metrics['nonzero_params']:,}", metrics["val_accuracy"] or 0, metrics["test_accuracy"] or 0)
+        previous = sparsity
+    return results
 
 
-__all__ = ["MagnitudeConfig", "measure_ours", "run", "sparsity_for_budget", "tflite_latency_ms", "to_tf_keras"]
+__all__ = ["MagnitudeConfig", "run", "run_trajectory", "sparsity_for_budget", "to_tf_keras"]

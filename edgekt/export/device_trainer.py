@@ -24,16 +24,27 @@ import numpy as np
 import tensorflow as tf
 
 from edgekt.export import ops
-from edgekt.prune.graph import build_graph
+from edgekt.models import graph as graph_walk
+from edgekt.models import layers
 
 BN_MODES = ("batch", "frozen")
 SIGNATURE_VERSION = 1
+# Layers that are the identity at inference and in the device's training step (noise and
+# regularisers act only inside Keras' own training).
 _IDENTITY = ("InputLayer", "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "Identity",
              "ActivityRegularization")
-DEVICE_LAYERS = tuple(sorted(_IDENTITY + (
-    "Normalization", "Rescaling", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "BatchNormalization", "ReLU", "Activation",
-    "Add", "Subtract", "Multiply", "Average", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-    "GlobalMaxPooling2D", "Flatten", "ZeroPadding2D", "Softmax")))
+# Which classes the trainer expresses is the layer table's `device` flag; `forward` has a
+# case for each of them (a test holds the two together).
+DEVICE_LAYERS = layers.ON_DEVICE
+
+
+def _sum(tensors):
+    # Pairwise ADDs rather than ADD_N, which has no int8 kernel (it would leave float islands
+    # with QUANTIZE/DEQUANTIZE around them in the int8 model).
+    out = tensors[0]
+    for other in tensors[1:]:
+        out = out + other
+    return out
 
 
 class UnsupportedOnDeviceError(ValueError):
@@ -114,11 +125,11 @@ class DeviceTrainer(tf.Module):
 
     def __init__(self, model: keras.Model, options: TrainerOptions = TrainerOptions(), name: str = "device_trainer"):
         super().__init__(name=name)
-        graph = build_graph(model)
+        graph = graph_walk.walk(model)
         self.options = options
         self.input_shape = tuple(int(d) for d in graph.model.input_shape[1:])
         self.output_layer = graph.output_layer
-        dense = [n for n in graph.order if graph.layer_class[n] == "Dense"]
+        dense = graph.layers_of("Dense")
         if not dense:
             raise UnsupportedOnDeviceError("the model has no Dense classifier layer")
         self.classifier = dense[-1]
@@ -184,9 +195,8 @@ class DeviceTrainer(tf.Module):
 
     @staticmethod
     def _trainable_layers(graph, spec: str) -> set[str]:
-        weighted = [n for n in graph.order
-                    if graph.layer_class[n] in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")]
-        bns = [n for n in graph.order if graph.layer_class[n] == "BatchNormalization"]
+        weighted = graph.layers_of(*layers.WEIGHTED)
+        bns = graph.layers_of("BatchNormalization")
         if spec == "all":
             return set(graph.order)
         classifier = weighted[-1]
@@ -302,11 +312,15 @@ class DeviceTrainer(tf.Module):
                     updates.append((mm, mm + valid * (1.0 - m) * (mean - mm)))
                     updates.append((mv, mv + valid * (1.0 - m) * (var - mv)))
                 else:
-                    out = (h - mm) * tf.math.rsqrt(mv + eps)
+                    # One scale and one shift per channel: frozen into constants, this is a
+                    # MUL and an ADD that int8 kernels run (not SUB, MUL, MUL, ADD).
+                    scale = tf.math.rsqrt(mv + eps)
                     if gamma is not None:
-                        out = out * gamma
+                        scale = scale * gamma
+                    shift = -mm * scale
                     if beta is not None:
-                        out = out + beta
+                        shift = shift + beta
+                    out = h * scale + shift
             elif c == "ReLU":
                 out = ops.relu(h, float(cfg["max_value"]) if cfg.get("max_value") is not None else None)
             elif c == "Activation":
@@ -314,7 +328,7 @@ class DeviceTrainer(tf.Module):
             elif c == "Softmax":
                 out = h  # the output softmax is applied by `infer`; training uses logits
             elif c == "Add":
-                out = tf.add_n(ins)
+                out = _sum(ins)
             elif c == "Subtract":
                 out = ins[0] - ins[1]
             elif c == "Multiply":
@@ -322,7 +336,7 @@ class DeviceTrainer(tf.Module):
                 for other in ins[1:]:
                     out = out * other
             elif c == "Average":
-                out = tf.add_n(ins) / float(len(ins))
+                out = _sum(ins) / float(len(ins))
             elif c == "MaxPooling2D":
                 out = ops.max_pool(h, int(cfg["pool_size"][0]), int(cfg["strides"][0]))
             elif c == "AveragePooling2D":

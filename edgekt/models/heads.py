@@ -8,7 +8,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from edgekt.prune.graph import build_graph
+from edgekt.models import graph as graph_walk
 
 
 def select_outputs(model: keras.Model, indices: Sequence[int]) -> keras.Model:
@@ -18,11 +18,8 @@ def select_outputs(model: keras.Model, indices: Sequence[int]) -> keras.Model:
     Raises:
       ValueError: no Dense classifier, or an index out of range.
     """
-    graph = build_graph(model)
-    dense = [n for n in graph.order if graph.layer_class[n] == "Dense"]
-    if not dense:
-        raise ValueError(f"model {model.name!r} has no Dense classifier")
-    head = dense[-1]
+    graph = graph_walk.walk(model)
+    head = graph_walk.classifier(graph)
     units = int(graph.model.get_layer(head).units)
     idx = np.asarray(list(indices), dtype=np.int64)
     if idx.size == 0 or idx.min() < 0 or idx.max() >= units:
@@ -52,11 +49,7 @@ def reinitialized(model: keras.Model, seed: int = 0, num_outputs: int | None = N
     if num_outputs is not None:
         if num_outputs < 1:
             raise ValueError(f"num_outputs must be >= 1. Received: {num_outputs}")
-        graph = build_graph(model)
-        dense = [n for n in graph.order if graph.layer_class[n] == "Dense"]
-        if not dense:
-            raise ValueError(f"model {model.name!r} has no Dense classifier")
-        head = dense[-1]
+        head = graph_walk.classifier(graph_walk.walk(model))
     for layer_config in config["layers"]:
         layer_config.pop("build_config", None)
         if head is not None and layer_config["name"] == head:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
+from edgekt.models import layers
 from edgekt.prune.graph import DependencyGraph
 
 ALLOCATIONS = ("global", "cost", "uniform")
@@ -26,18 +27,17 @@ ALLOCATIONS = ("global", "cost", "uniform")
 
 @dataclasses.dataclass(frozen=True)
 class _LayerTerm:
-    cls: str
     in_gid: int | None
     per: int
     out_gid: int
-    kernel_area: int
-    spatial: int
-    bias: bool
-    multiplier: int  # depth multiplier or per-channel params (BN: 2 with scale+center)
+    cost: Callable | None        # the layer table's formula; None: per-channel parameters
+    geometry: layers.Geometry | None
+    per_channel: int = 0         # parameters per channel (BN gamma+beta: 2)
 
 
 class CostModel:
-    """Parameters and FLOPs of a graph's model for any per-group channel counts."""
+    """Parameters and FLOPs of a graph's model for any per-group channel counts, by the layer
+    table's cost formulas (the ones `edgekt.flops` counts built models with)."""
 
     def __init__(self, graph: DependencyGraph):
         self.graph = graph
@@ -45,23 +45,15 @@ class CostModel:
         self.terms: list[_LayerTerm] = []
         for name in graph.order:
             layer = graph.model.get_layer(name)
-            cls = graph.layer_class[name]
+            kind = layers.LAYERS[graph.layer_class[name]]
             out_gid = graph.output_group[name][0]
             in_gid, per = graph.input_group.get(name, (None, 1))
-            learnable = [v for v in layer.weights if v.trainable]
-            if cls in ("Conv2D", "SeparableConv2D", "DepthwiseConv2D"):
-                kh, kw = layer.kernel_size
-                spatial = int(math.prod(layer.output.shape[1:-1]))
-                mult = getattr(layer, "depth_multiplier", 1)
-                self.terms.append(_LayerTerm(cls, in_gid, per, out_gid, kh * kw, spatial, bool(layer.use_bias), mult))
-            elif cls == "Dense":
-                spatial = int(math.prod(layer.output.shape[1:-1])) if len(layer.output.shape) > 2 else 1
-                self.terms.append(_LayerTerm(cls, in_gid, per, out_gid, 1, spatial, bool(layer.use_bias), 1))
-            elif learnable:
-                # Per-channel parameters (BN gamma/beta, PReLU alpha): size / channels each.
-                total = sum(int(np.prod(v.shape)) for v in learnable)
-                channels = self.base[out_gid]
-                self.terms.append(_LayerTerm("perchannel", None, 1, out_gid, 0, 0, False, total // max(channels, 1)))
+            if kind.cost is not None:
+                self.terms.append(_LayerTerm(in_gid, per, out_gid, kind.cost, layers.geometry(layer)))
+                continue
+            learnable = sum(int(np.prod(v.shape)) for v in layer.weights if v.trainable)
+            if learnable:
+                self.terms.append(_LayerTerm(None, 1, out_gid, None, None, learnable // max(int(self.base[out_gid]), 1)))
 
     def channel_costs(self, channels: Mapping[int, int]) -> dict[int, tuple[int, int]]:
         """For each group in `channels` (group id -> its current width; other groups unpruned),
@@ -88,22 +80,13 @@ class CostModel:
         params = flops = 0
         for t in self.terms:
             cout = int(c[t.out_gid])
+            if t.cost is None:
+                params += t.per_channel * cout
+                continue
             cin = int(c[t.in_gid]) * t.per if t.in_gid is not None else 0
-            if t.cls == "Conv2D":
-                params += t.kernel_area * cin * cout + (cout if t.bias else 0)
-                flops += t.spatial * t.kernel_area * cin * cout
-            elif t.cls == "Dense":
-                params += cin * cout + (cout if t.bias else 0)
-                flops += t.spatial * cin * cout
-            elif t.cls == "SeparableConv2D":
-                mid = cin * t.multiplier
-                params += t.kernel_area * mid + mid * cout + (cout if t.bias else 0)
-                flops += t.spatial * (t.kernel_area * mid + mid * cout)
-            elif t.cls == "DepthwiseConv2D":
-                params += t.kernel_area * cout + (cout if t.bias else 0)
-                flops += t.spatial * t.kernel_area * cout
-            else:
-                params += t.multiplier * cout
+            p, f = t.cost(t.geometry, cin, cout)
+            params += p
+            flops += f
         return params, flops
 
 
@@ -115,10 +98,36 @@ def _keep_from_removed(scores: Mapping[int, np.ndarray], removed: Mapping[int, i
     return keep
 
 
+def is_stream(graph: DependencyGraph, group) -> bool:
+    """Whether a group is a residual stream (its channels pass through a merge such as Add)."""
+    return any(graph.layer_class[n] in layers.MERGES for n in group.tensors)
+
+
+def channel_floors(graph: DependencyGraph, original: Mapping[str, int], *, stream_floor: float = 0.0,
+                   layer_floor: float = 0.0) -> dict[int, int]:
+    """Per prunable group, the fewest channels it may keep: a fraction of its original width
+    (`stream_floor` for residual streams, `layer_floor` for the others), rounded up.
+
+    Args:
+      graph: the current model's graph.
+      original: group name -> width in the unpruned model (groups are named by their first
+        producer, which surgery keeps); a group missing there counts from its current width.
+      stream_floor, layer_floor: fractions in [0, 1).
+    """
+    for name, value in (("stream_floor", stream_floor), ("layer_floor", layer_floor)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1). Received: {value}")
+    out = {}
+    for g in graph.prunable_groups():
+        fraction = stream_floor if is_stream(graph, g) else layer_floor
+        out[g.id] = int(math.ceil(fraction * original.get(g.name, g.channels)))
+    return out
+
+
 def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
                     max_params: int | None = None, max_flops: int | None = None, min_channels: int = 1,
-                    allocation: str = "global", cost: CostModel | None = None,
-                    cost_exponent: float = 1.0) -> dict[int, np.ndarray]:
+                    floors: Mapping[int, int] | None = None, allocation: str = "global",
+                    cost: CostModel | None = None, cost_exponent: float = 1.0) -> dict[int, np.ndarray]:
     """Chooses the channels to keep so that params <= max_params and flops <= max_flops.
 
     Removes as few channels as possible: with "global" allocation, the k lowest-scored
@@ -131,7 +140,8 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
       scores: group id -> per-channel importance (higher = keep), for the groups that may
         be pruned.
       max_params, max_flops: the budget (None: no limit on that measure).
-      min_channels: floor per group.
+      min_channels: floor of every group.
+      floors: group id -> a higher floor for that group (see `channel_floors`).
       allocation: "global", "cost" or "uniform".
       cost: a `CostModel` of `graph`, if already built.
       cost_exponent: with "cost", scores are divided by (relative saving) ** cost_exponent
@@ -151,7 +161,7 @@ def select_channels(graph: DependencyGraph, scores: Mapping[int, np.ndarray], *,
         raise ValueError(f"cost_exponent must be >= 0. Received: {cost_exponent}")
     cost = cost or CostModel(graph)
     sizes = {gid: len(s) for gid, s in scores.items()}
-    floors = {gid: min(min_channels, n) for gid, n in sizes.items()}
+    floors = {gid: min(max(min_channels, (floors or {}).get(gid, 0)), n) for gid, n in sizes.items()}
 
     def fits(removed: Mapping[int, int]) -> bool:
         p, f = cost.count({gid: sizes[gid] - r for gid, r in removed.items()})
@@ -215,4 +225,5 @@ def _cost_weights(cost: CostModel, sizes: Mapping[int, int], max_params: int | N
 def _unreachable(cost, sizes, floors, max_params, max_flops) -> str:
     p, f = cost.count(dict(floors))
     return (f"budget params<={max_params}, flops<={max_flops} cannot be met: with every group at its floor "
-            f"({min(floors.values()) if floors else 0}+ channels) the model still has {p:,} params and {f:,} FLOPs")
+            f"({min(floors.values()) if floors else 0}+ channels) the model still has {p:,} params and {f:,} FLOPs; "
+            "lower the floors (min_channels, stream_floor, layer_floor) or raise the budget")

@@ -19,19 +19,25 @@ class PruneConfig:
     Policy (any combination; at least one):
       target_params_ratio: keep this fraction of the teacher's parameters (0.05 removes 95%).
       target_flops_ratio: keep this fraction of the teacher's FLOPs.
-      max_accuracy_drop: stop before validation accuracy falls more than this many points
-        below the teacher's; with no ratio target, pruning continues (each step keeping
-        `step_keep` of the parameters) until this would be violated.
+      max_accuracy_drop: the accuracy floor: a step whose fine-tuned model falls more than
+        this many points below the teacher on validation is discarded and the step halves
+        (back-off); with no ratio target, pruning goes on until the step falls below
+        `min_step`.
 
     Importance: `criterion` ("attention" or "l1"), `attention_p`, per-layer `normalization`,
     `calibration_size` images; `allocation` "global" (one ranking over all groups), "cost"
-    (one ranking of importance per (parameter/FLOP saved) ** `cost_exponent`) or
-    "uniform" (same fraction per group); `min_channels` per group.
+    (one ranking of importance per (parameter/FLOP saved) ** `cost_exponent`, AAP's
+    threshold scaled by each layer's share) or "uniform" (same fraction per group).
 
-    Schedule: `steps` geometric steps to the ratio target (or up to `max_steps` steps of
-    `step_keep`), each followed by `step_epochs` of fine-tuning; the chosen model then gets
-    `final_epochs`. Fine-tuning uses `transfer` from the unpruned teacher ("kd_at": KD on
-    logits + attention transfer, "kd", "at", or "none": labels only).
+    Guards against collapse: every group keeps `min_channels`, residual streams
+    `stream_floor` and other groups `layer_floor` of their width in the teacher.
+
+    Schedule (`edgekt.prune.schedule`): the first step removes what reaches the target in
+    `steps` equal geometric steps (1 - `step_keep` without a target); steps stop at each
+    `milestones` ratio of the teacher's parameters on the way; at most `max_steps` attempts.
+    Each step gets `step_epochs` of fine-tuning; the chosen model then gets `final_epochs`.
+    Fine-tuning uses `transfer` from the unpruned teacher ("kd_at": KD on logits +
+    attention transfer, "kd", "at", or "none": labels only).
     """
 
     target_params_ratio: Optional[float] = 0.05
@@ -43,10 +49,14 @@ class PruneConfig:
     allocation: str = "global"
     cost_exponent: float = 1.0
     min_channels: int = 2
+    stream_floor: float = 0.0
+    layer_floor: float = 0.0
     calibration_size: int = 1024
     steps: int = 4
     step_keep: float = 0.6
     max_steps: int = 10
+    min_step: float = 0.05
+    milestones: tuple = ()
     step_epochs: int = 2
     final_epochs: int = 10
     batch_size: int = 128
@@ -75,6 +85,10 @@ class PruneConfig:
             (self.allocation in ALLOCATIONS, "allocation", f"one of {ALLOCATIONS}"),
             (self.cost_exponent >= 0, "cost_exponent", ">= 0"),
             (self.min_channels >= 1, "min_channels", ">= 1"),
+            (0 <= self.stream_floor < 1, "stream_floor", "in [0, 1)"),
+            (0 <= self.layer_floor < 1, "layer_floor", "in [0, 1)"),
+            (0 < self.min_step < 1, "min_step", "in (0, 1)"),
+            (all(0 < m < 1 for m in self.milestones), "milestones", "ratios in (0, 1)"),
             (self.calibration_size >= 1, "calibration_size", ">= 1"),
             (self.steps >= 1, "steps", ">= 1"),
             (0 < self.step_keep < 1, "step_keep", "in (0, 1)"),

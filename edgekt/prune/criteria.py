@@ -15,7 +15,8 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from edgekt.prune.graph import ACTIVATIONS, DependencyGraph, Group
+from edgekt.models import layers
+from edgekt.prune.graph import DependencyGraph, Group
 
 CRITERIA = ("attention", "l1")
 NORMALIZATIONS = ("mean", "max", "l2", "none")
@@ -70,12 +71,10 @@ def aggregate(layer_scores: Sequence[np.ndarray]) -> np.ndarray:
 def attention_layers(group: Group, graph: DependencyGraph) -> list[str]:
     """The layers whose outputs are a group's activations: its activation layers (ReLU...)
     if it has any, else the outputs of its producers and merges."""
-    acts = [n for n in group.tensors if graph.layer_class[n] in ACTIVATIONS]
+    acts = [n for n in group.tensors if graph.layer_class[n] in layers.ACTIVATIONS]
     if acts:
         return acts
-    return [n for n in group.tensors if n in group.producers or graph.layer_class[n] in ("Add", "Subtract", "Maximum",
-                                                                                          "Minimum", "Average",
-                                                                                          "Multiply")]
+    return [n for n in group.tensors if n in group.producers or graph.layer_class[n] in layers.MERGES]
 
 
 def attention_importance(graph: DependencyGraph, images: np.ndarray, p: float = 2.0, normalization: str = "mean",

@@ -1,15 +1,16 @@
 """Dependency groups: the channels of a Keras functional model that must be pruned together.
 
-Every tensor has a channel space. Conv2D, SeparableConv2D and Dense create a new space (their
-filters/units); BatchNormalization, DepthwiseConv2D, activations, pooling, dropout and
-padding pass their input's space through; Add-like merges tie all their inputs' spaces into
+Every tensor has a channel space. How a layer treats it comes from the layer table
+(`edgekt.models.layers`): "create" layers (Conv2D, SeparableConv2D, Dense) make a new space
+(their filters/units); "follow" layers (BN, depthwise, activations, pooling, dropout,
+padding) pass their input's space through; merges (Add...) tie all their inputs' spaces into
 one; Flatten keeps the space but multiplies each channel into H*W features. A *group* is one
 space after these ties: removing channel c of a group removes output filter c of every
 producer, slice c of every pass-through layer, and input c (or its flattened features) of
 every consumer. The group of a WRN stage's residual stream holds the stem or shortcut conv,
 every block's second conv, every Add and every block's first BN.
 
-The graph is read from the model's public config (`inbound_nodes`) and layer objects.
+The layer graph itself comes from `edgekt.models.graph.walk`.
 """
 
 from __future__ import annotations
@@ -19,19 +20,9 @@ import math
 
 import keras
 
-# How each supported layer type treats channels.
-PRODUCERS = ("Conv2D", "SeparableConv2D", "Dense")
-PASS_WITH_PARAMS = ("BatchNormalization", "DepthwiseConv2D", "Normalization", "PReLU")
-PASS_THROUGH = ("ReLU", "Activation", "LeakyReLU", "ELU", "Softmax", "Dropout", "SpatialDropout2D",
-                "GaussianNoise", "GaussianDropout", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-                "GlobalMaxPooling2D", "ZeroPadding2D", "Cropping2D", "Identity", "Rescaling", "ActivityRegularization")
-MERGES = ("Add", "Subtract", "Maximum", "Minimum", "Average", "Multiply")
-SUPPORTED = tuple(sorted(("InputLayer", "Flatten") + PRODUCERS + PASS_WITH_PARAMS + PASS_THROUGH + MERGES))
-ACTIVATIONS = ("ReLU", "Activation", "LeakyReLU", "ELU", "PReLU")
-
-
-class UnsupportedModelError(ValueError):
-    """The model has a layer or structure filter pruning cannot handle; names the layer."""
+from edgekt.models import graph as graph_walk
+from edgekt.models import layers
+from edgekt.models.graph import UnsupportedModelError, as_functional  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass
@@ -95,67 +86,25 @@ class DependencyGraph:
         return "\n".join(rows)
 
 
-def _inbound(layer_config: dict) -> list[tuple[str, int, int]]:
-    """(layer, node, tensor) triples feeding a layer, from its config's inbound nodes."""
-    found = []
-
-    def walk(obj):
-        if isinstance(obj, dict):
-            if obj.get("class_name") == "__keras_tensor__":
-                found.append(tuple(obj["config"]["keras_history"]))
-                return
-            for v in obj.values():
-                walk(v)
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                walk(v)
-
-    nodes = layer_config.get("inbound_nodes", [])
-    if len(nodes) > 1:
-        raise UnsupportedModelError(f"layer {layer_config['name']!r} is called {len(nodes)} times (a shared layer); "
-                                    "filter pruning needs each layer used once")
-    walk(nodes)
-    return found
-
-
-def as_functional(model: keras.Model) -> keras.Model:
-    """Returns `model` itself if functional; a functional model over the same layers if
-    Sequential.
-
-    Raises:
-      UnsupportedModelError: subclassed models, or several inputs/outputs.
-    """
-    if isinstance(model, keras.Sequential):
-        inputs = keras.Input(shape=model.input_shape[1:], name="input")
-        x = inputs
-        for layer in model.layers:
-            x = layer(x)
-        return keras.Model(inputs, x, name=model.name)
-    if not hasattr(model, "get_config") or "layers" not in (model.get_config() or {}):
-        raise UnsupportedModelError(f"model {model.name!r} ({type(model).__name__}) is not a functional or Sequential "
-                                    "Keras model; filter pruning reads the layer graph from the functional config")
-    return model
-
-
-def _check_layer(layer, cls: str) -> None:
-    why = None
-    if isinstance(layer, keras.Model):
-        why = "nested models are not supported; build the model flat (e.g. from the base model's layers)"
-    elif cls not in SUPPORTED:
-        why = f"layer type {cls} has no pruning rule"
-    elif getattr(layer, "data_format", "channels_last") != "channels_last":
-        why = "only channels_last is supported"
-    elif cls == "Conv2D" and getattr(layer, "groups", 1) != 1:
-        why = f"grouped convolution (groups={layer.groups}) is not supported"
-    elif cls in ("DepthwiseConv2D",) and layer.depth_multiplier != 1:
-        why = f"depth_multiplier={layer.depth_multiplier} is not supported (only 1)"
-    elif cls == "BatchNormalization" and layer.axis not in (-1, len(layer.input.shape) - 1):
-        why = f"BatchNormalization over axis {layer.axis} (only the last, channel axis) is not supported"
-    elif cls == "Softmax" and getattr(layer, "axis", -1) not in (-1,):
-        why = "Softmax over a non-channel axis is not supported"
+def layer_problem(layer) -> str | None:
+    """Why a layer cannot be pruned (None: it can): its structure, its class missing from the
+    layer table or without a channel rule, or the class's own limit."""
+    why = graph_walk.structure_problem(layer)
     if why:
-        raise UnsupportedModelError(f"layer {layer.name!r} ({cls}) cannot be pruned: {why}. Supported layer types: "
-                                    f"{', '.join(SUPPORTED)}")
+        return why
+    kind = layers.kind_of(layer)
+    if kind is None or kind.role is None:
+        return f"layer type {type(layer).__name__} has no pruning rule"
+    return kind.check(layer) if kind.check else None
+
+
+def refusal(layer) -> str | None:
+    """The error message for a layer that cannot be pruned (None: it can)."""
+    why = layer_problem(layer)
+    if not why:
+        return None
+    return (f"layer {layer.name!r} ({type(layer).__name__}) cannot be pruned: {why}. "
+            f"Supported layer types: {', '.join(layers.PRUNABLE)}")
 
 
 def build_graph(model: keras.Model) -> DependencyGraph:
@@ -165,40 +114,15 @@ def build_graph(model: keras.Model) -> DependencyGraph:
       UnsupportedModelError: a layer type or structure is not supported; the message names
         the layer and says why. Raised before any work is done.
     """
-    model = as_functional(model)
-    config = model.get_config()
-    layer_configs = {lc["name"]: lc for lc in config["layers"]}
-    inbound = {name: _inbound(lc) for name, lc in layer_configs.items()}
-    layers = {layer.name: layer for layer in model.layers}
-    classes = {name: type(layers[name]).__name__ for name in layer_configs}
-    for name in layer_configs:
-        _check_layer(layers[name], classes[name])
-    for name, ins in inbound.items():
-        for src, node, tensor in ins:
-            if node != 0 or tensor != 0:
-                raise UnsupportedModelError(f"layer {name!r} reads output {tensor} of node {node} of {src!r}; "
-                                            "only single-output, single-use layers are supported")
-    outputs = config["output_layers"]
-    output_names = [outputs[0]] if isinstance(outputs[0], str) else [o[0] for o in outputs]
-    inputs = config["input_layers"]
-    input_names = [inputs[0]] if isinstance(inputs[0], str) else [i[0] for i in inputs]
-    if len(input_names) != 1 or len(output_names) != 1:
-        raise UnsupportedModelError(f"model {model.name!r} has {len(input_names)} inputs and {len(output_names)} "
-                                    "outputs; filter pruning supports one of each")
-
-    # Topological order (Kahn), stable in config order.
-    order, done = [], set()
-    pending = list(layer_configs)
-    while pending:
-        progressed = False
-        for name in list(pending):
-            if all(src in done for src, _, _ in inbound[name]):
-                order.append(name)
-                done.add(name)
-                pending.remove(name)
-                progressed = True
-        if not progressed:
-            raise UnsupportedModelError(f"model {model.name!r} has a cycle or a dangling input at {pending[0]!r}")
+    walked = graph_walk.walk(model)
+    model = walked.model
+    for name in walked.order:
+        message = refusal(model.get_layer(name))
+        if message:
+            raise UnsupportedModelError(message)
+    order, classes = walked.order, walked.layer_class
+    inbound = walked.inputs
+    layer_objs = {layer.name: layer for layer in model.layers}
 
     parent: list[int] = []
     sizes: list[int] = []
@@ -218,49 +142,41 @@ def build_graph(model: keras.Model) -> DependencyGraph:
     in_space: dict[str, tuple[int, int]] = {}
     roles: dict[str, str] = {}
     for name in order:
-        layer, cls = layers[name], classes[name]
-        srcs = [out_space[src] for src, _, _ in inbound[name]]
-        if cls == "InputLayer":
-            shape = layer.output.shape
-            out_space[name] = (new_space(int(shape[-1])), 1)
-            roles[name] = "input"
+        layer, cls = layer_objs[name], classes[name]
+        role = layers.LAYERS[cls].role
+        srcs = [out_space[src] for src in inbound[name]]
+        roles[name] = role
+        if role == "input":
+            out_space[name] = (new_space(int(layer.output.shape[-1])), 1)
             continue
         if not srcs:
             raise UnsupportedModelError(f"layer {name!r} has no inputs")
-        if cls in MERGES:
+        if role == "merge":
             first = srcs[0]
             for other in srcs[1:]:
                 if other[1] != first[1] or sizes[find(other[0])] != sizes[find(first[0])]:
                     raise UnsupportedModelError(f"layer {name!r} ({cls}) merges tensors of different channel layouts")
                 parent[find(other[0])] = find(first[0])
             out_space[name] = first
-            roles[name] = "merge"
             continue
         if len(srcs) != 1:
             raise UnsupportedModelError(f"layer {name!r} ({cls}) has {len(srcs)} inputs; only merge layers may have several")
         src = srcs[0]
         in_space[name] = src
-        if cls in PRODUCERS:
+        if role == "create":
             if cls == "Dense":
-                in_shape = layer.input.shape
-                per = src[1] if len(in_shape) == 2 else 1
+                per = src[1] if len(layer.input.shape) == 2 else 1
                 in_space[name] = (src[0], per)
-                out_space[name] = (new_space(int(layer.units)), 1)
-            else:
-                if src[1] != 1:
-                    raise UnsupportedModelError(f"layer {name!r} ({cls}) follows a Flatten")
-                out_space[name] = (new_space(int(layer.filters)), 1)
-            roles[name] = "producer"
-        elif cls == "Flatten":
-            shape = layer.input.shape
-            out_space[name] = (src[0], src[1] * int(math.prod(shape[1:-1])))
-            roles[name] = "flatten"
-        else:  # pass-through, with or without parameters
-            if src[1] != 1 and cls in PASS_WITH_PARAMS:
+            elif src[1] != 1:
+                raise UnsupportedModelError(f"layer {name!r} ({cls}) follows a Flatten")
+            out_space[name] = (new_space(int(layer.get_config()[layers.LAYERS[cls].width])), 1)
+        elif role == "flatten":
+            out_space[name] = (src[0], src[1] * int(math.prod(layer.input.shape[1:-1])))
+        else:  # follow, with or without per-channel parameters
+            if src[1] != 1 and role == "follow_params":
                 raise UnsupportedModelError(f"layer {name!r} ({cls}) follows a Flatten; per-channel parameters on "
                                             "flattened features are not supported")
             out_space[name] = src
-            roles[name] = "params" if cls in PASS_WITH_PARAMS else "pass"
 
     # Collect groups.
     roots = sorted({find(s) for s, _ in list(out_space.values())})
@@ -271,21 +187,24 @@ def build_graph(model: keras.Model) -> DependencyGraph:
     for name in order:
         g = groups[output_group[name][0]]
         g.tensors.append(name)
-        if roles[name] == "producer":
+        if roles[name] == "create":
             g.producers.append(name)
-        elif roles[name] == "params":
+        elif roles[name] == "follow_params":
             g.passthrough.append(name)
         if roles[name] == "input":
             g.prunable, g.reason = False, "model input"
-        if name in input_group and roles[name] == "producer":
+        if name in input_group and roles[name] == "create":
             gi, per = input_group[name]
             groups[gi].consumers.append((name, per))
-    for name in output_names:
+    g = groups[output_group[walked.output_layer][0]]
+    g.prunable, g.reason = False, "model output"
+    for name in order:
         g = groups[output_group[name][0]]
-        g.prunable, g.reason = False, "model output"
+        if g.prunable and layers.LAYERS[classes[name]].couples(layer_objs[name]):
+            g.prunable, g.reason = False, f"{name!r} ({classes[name]}) mixes all of these channels"
     for g in groups:
         if g.prunable and not g.producers:
             g.prunable, g.reason = False, "no layer creates these channels"
     return DependencyGraph(model=model, groups=groups, order=order, input_group=input_group,
-                           output_group=output_group, layer_class=classes,
-                           inputs={n: [src for src, _, _ in inbound[n]] for n in order}, output_layer=output_names[0])
+                           output_group=output_group, layer_class=classes, inputs=inbound,
+                           output_layer=walked.output_layer)

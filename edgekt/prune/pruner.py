@@ -64,10 +64,6 @@ def _summary(model: keras.Model, prepared: data.PreparedData, batch: int) -> dic
     return {"params": cost.params, "flops": cost.flops, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
 
 
-def _satisfies(entry: dict, floor: float | None) -> bool:
-    return floor is None or entry["val_accuracy"] >= floor
-
-
 def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, config: PruneConfig, *,
                        val_size: int = 5000, split_seed: int = 0, device_pool_size: int = 0,
                        preset_name: str | None = None, teacher_path: str | None = None,
@@ -122,107 +118,16 @@ def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: s
       The metrics written to `metrics.json`.
     """
     start_time = time.perf_counter()
-    build_graph(teacher)
-    if prepared.val is None:
-        raise ValueError("pruning chooses models on a validation split; val_size must be > 0")
-    if int(teacher.output_shape[-1]) != len(prepared.class_names):
-        raise ValueError(f"the teacher has {teacher.output_shape[-1]} outputs but the data has "
-                         f"{len(prepared.class_names)} classes ({list(prepared.class_names)})")
-    os.makedirs(os.path.join(out_dir, STEPS_DIR), exist_ok=True)
-    batch = max(config.batch_size, 256)
-    transfer = transfer_config(config)
-    teacher32 = saving.float32_copy(teacher)
-    base = _summary(teacher32, prepared, batch)
-    floor = None
-    if config.max_accuracy_drop is not None:
-        floor = base["val_accuracy"] - config.max_accuracy_drop / 100.0
-    targets = schedule.step_targets(base["params"], base["flops"], target_params_ratio=config.target_params_ratio,
-                                    target_flops_ratio=config.target_flops_ratio, steps=config.steps,
-                                    step_keep=config.step_keep, max_steps=config.max_steps)
-    logging.info("teacher: %s params, %.1f MFLOPs, val top-1 %.4f; %d steps%s", f"{base['params']:,}",
-                 base["flops"] / 1e6, base["val_accuracy"], len(targets),
-                 f", accuracy floor {floor:.4f}" if floor is not None else "")
-
-    identity = {"config": _config_dict(config), "data": prepared.source, **holdout,
-                "class_names": list(prepared.class_names), "teacher_params": base["params"], "teacher_flops": base["flops"]}
-    state_path = os.path.join(out_dir, STATE_FILE)
-    state = {"identity": identity, "log": [{"step": 0, **base, "params_ratio": 1.0, "flops_ratio": 1.0,
-                                            "seconds": 0.0, "target_params": None, "target_flops": None}],
-             "stopped": False}
-    student = teacher32
-    if os.path.exists(state_path):
-        with open(state_path) as f:
-            saved = json.load(f)
-        if saved.get("identity") != identity:
-            raise ValueError(f"{state_path}: made with a different setup; use another --out_dir or delete it")
-        state = saved
-        last = state["log"][-1]
-        if last["step"] > 0:
-            student = saving.load_model(os.path.join(out_dir, STEPS_DIR, f"step_{last['step']:02d}.keras"))
-            logging.info("resuming after step %d", last["step"])
-
-    calib = data.stratified_subset(prepared.train, min(config.calibration_size, len(prepared.train.labels)),
-                                   seed=config.seed).images
-    for step in range(len(state["log"]), len(targets) + 1):
-        if state["stopped"]:
-            break
-        max_params, max_flops = targets[step - 1]
-        t0 = time.perf_counter()
-        g = build_graph(student)
-        scores = criteria.importance(g, config.criterion, calib, p=config.attention_p,
-                                     normalization=config.normalization, batch_size=64)
-        try:
-            keep = allocation.select_channels(g, scores, max_params=max_params, max_flops=max_flops,
-                                              min_channels=config.min_channels, allocation=config.allocation,
-                                              cost_exponent=config.cost_exponent)
-        except ValueError as e:
-            logging.warning("step %d: %s; stopping", step, e)
-            state["stopped"] = True
-            atomic.write_json(state_path, state)
-            break
-        student = prune_model(student, keep, g)
-        if config.step_epochs:
-            ft = FinetuneConfig(epochs=config.step_epochs, batch_size=config.batch_size,
-                                learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-                                precision=config.precision, seed=config.seed * 1000 + step)
-            student, _ = fit_student(student, prepared.train, teacher=teacher32, transfer=transfer, config=ft,
-                                     verbose=verbose)
-        entry = {"step": step, **_summary(student, prepared, batch), "seconds": time.perf_counter() - t0,
-                 "target_params": max_params, "target_flops": max_flops,
-                 "channels": {g.groups[gid].name: int(len(idx)) for gid, idx in keep.items()}}
-        entry["params_ratio"] = entry["params"] / base["params"]
-        entry["flops_ratio"] = entry["flops"] / base["flops"]
-        saving.save_model(student, os.path.join(out_dir, STEPS_DIR, f"step_{step:02d}.keras"))
-        state["log"].append(entry)
-        if not _satisfies(entry, floor):
-            logging.info("step %d: val top-1 %.4f is below the floor %.4f; stopping", step, entry["val_accuracy"], floor)
-            state["stopped"] = True
-        atomic.write_json(state_path, state)
-        write_log(out_dir, state["log"], config.criterion)
-        logging.info("step %d: params %s (%.2f%%), FLOPs %.1fM, val top-1 %.4f, %.0fs", step, f"{entry['params']:,}",
-                     100 * entry["params_ratio"], entry["flops"] / 1e6, entry["val_accuracy"], entry["seconds"])
-
-    chosen = _choose(state["log"], floor, config)
+    run = _setup(teacher, prepared, config)
+    state, policy = _trajectory(run, prepared, out_dir, config, holdout, verbose)
+    chosen = _choose(state["log"])
     if chosen["step"] == 0:
-        raise ValueError("no pruned model satisfies the policy: every step fell below the accuracy floor "
-                         f"{floor:.4f}; allow a larger --max_accuracy_drop")
-    pruned_path = os.path.join(out_dir, PRUNED_FILE)
-    final_state_path = os.path.join(out_dir, FINAL_FILE)
-    if os.path.exists(final_state_path) and os.path.exists(pruned_path):
-        final = saving.load_model(pruned_path)
-    else:
-        final = saving.load_model(os.path.join(out_dir, STEPS_DIR, f"step_{chosen['step']:02d}.keras"))
-        if config.final_epochs:
-            ft = FinetuneConfig(epochs=config.final_epochs, batch_size=config.batch_size,
-                                learning_rate=config.final_learning_rate, weight_decay=config.weight_decay,
-                                precision=config.precision, seed=config.seed * 1000 + 999)
-            final, _ = fit_student(final, prepared.train, teacher=teacher32, transfer=transfer, config=ft,
-                                   verbose=verbose)
-        saving.save_model(final, pruned_path)
-        atomic.write_json(final_state_path, {"chosen_step": chosen["step"]})
-
-    metrics = _final_metrics(final, teacher32, prepared, base, chosen, config, floor, batch, pruned_path,
-                             teacher_path, preset_name, time.perf_counter() - start_time)
+        raise ValueError(f"no pruned model satisfies the policy ({policy.stopped or 'no step was taken'}); allow a "
+                         "larger --max_accuracy_drop or lower the floors")
+    metrics = _finish(run, prepared, out_dir, out_dir, chosen, config, verbose, teacher_path, preset_name)
+    metrics["stopped"] = policy.stopped or "targets met"
+    metrics["steps_discarded"] = sum(1 for e in state["log"][1:] if not e.get("accepted", True))
+    metrics["wall_seconds"] = time.perf_counter() - start_time
     atomic.write_json(os.path.join(out_dir, METRICS_FILE), metrics)
     write_plot(out_dir, state["log"], config.criterion, final_point=(metrics["params"], metrics["val_accuracy"]))
     logging.info("pruned: params %s -> %s (%.2f%% removed), FLOPs %.1fM -> %.1fM, test top-1 %.4f (teacher %.4f)",
@@ -232,10 +137,195 @@ def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: s
     return metrics
 
 
-def _choose(log: list[dict], floor: float | None, config: PruneConfig) -> dict:
-    """The smallest step model that satisfies the accuracy floor (the last step when the
-    targets were reached without violating it)."""
-    ok = [e for e in log[1:] if _satisfies(e, floor)]
+def prune_milestones(teacher: keras.Model, prepared: data.PreparedData, out_dir: str, config: PruneConfig, *,
+                     holdout: dict, teacher_path: str | None = None, verbose: int | str = 0) -> list[dict]:
+    """One pruning run that stops at every ratio of `config.milestones` and at the target,
+    each stop's model then fine-tuned for `final_epochs` on its own (a branch: the run goes
+    on from the step model). Used by the Pareto sweep: one teacher, several budgets.
+
+    Writes the run to `out_dir` and each budget to `out_dir/budget_<ratio>/` (`pruned.keras`,
+    `metrics.json`). Returns the budgets' metrics, largest budget first; a budget the run
+    did not reach (policy stopped) is missing.
+    """
+    run = _setup(teacher, prepared, config)
+    state, _ = _trajectory(run, prepared, out_dir, config, holdout, verbose)
+    ratios = sorted({*config.milestones, *([config.target_params_ratio] if config.target_params_ratio else [])},
+                    reverse=True)
+    accepted = [e for e in state["log"][1:] if e.get("accepted", True)]
+    seconds = 0.0
+    results = []
+    for ratio in ratios:
+        budget = int(ratio * run.base["params"])
+        reached = [e for e in accepted if e["params"] <= budget]
+        if not reached:
+            break
+        entry = reached[0]
+        seconds = sum(e["seconds"] for e in state["log"][1:entry["step"] + 1])
+        folder = os.path.join(out_dir, f"budget_{ratio:g}")
+        os.makedirs(folder, exist_ok=True)
+        start = time.perf_counter()
+        metrics = _finish(run, prepared, out_dir, folder, entry, config, verbose, teacher_path, None)
+        metrics.update(budget_ratio=ratio, trajectory_seconds=seconds, channels=entry.get("channels"),
+                       final_seconds=metrics.get("final_seconds", time.perf_counter() - start))
+        atomic.write_json(os.path.join(folder, METRICS_FILE), metrics)
+        results.append(metrics)
+    return results
+
+
+@dataclasses.dataclass
+class _Run:
+    teacher: keras.Model   # float32
+    base: dict             # the teacher's params, FLOPs and validation accuracy
+    batch: int             # evaluation batch
+    transfer: TransferConfig
+    floor: float | None    # validation accuracy floor
+
+
+def _setup(teacher: keras.Model, prepared: data.PreparedData, config: PruneConfig) -> _Run:
+    build_graph(teacher)
+    if prepared.val is None:
+        raise ValueError("pruning chooses models on a validation split; val_size must be > 0")
+    if int(teacher.output_shape[-1]) != len(prepared.class_names):
+        raise ValueError(f"the teacher has {teacher.output_shape[-1]} outputs but the data has "
+                         f"{len(prepared.class_names)} classes ({list(prepared.class_names)})")
+    batch = max(config.batch_size, 256)
+    teacher32 = saving.float32_copy(teacher)
+    base = _summary(teacher32, prepared, batch)
+    floor = None
+    if config.max_accuracy_drop is not None:
+        floor = base["val_accuracy"] - config.max_accuracy_drop / 100.0
+    return _Run(teacher32, base, batch, transfer_config(config), floor)
+
+
+def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: PruneConfig, holdout: dict,
+                verbose) -> tuple[dict, schedule.PolicyState]:
+    """The step loop of the policy (resumes from `out_dir`); returns the saved state and the
+    policy's final state."""
+    os.makedirs(os.path.join(out_dir, STEPS_DIR), exist_ok=True)
+    teacher32, base, batch, transfer, floor = run.teacher, run.base, run.batch, run.transfer, run.floor
+    max_params = int(config.target_params_ratio * base["params"]) if config.target_params_ratio is not None else None
+    max_flops = int(config.target_flops_ratio * base["flops"]) if config.target_flops_ratio is not None else None
+    milestones = sorted({int(m * base["params"]) for m in config.milestones}, reverse=True)
+    policy = schedule.PolicyState(params=base["params"], flops=base["flops"], step=schedule.initial_step(
+        target_params_ratio=config.target_params_ratio, target_flops_ratio=config.target_flops_ratio,
+        steps=config.steps, step_keep=config.step_keep))
+    logging.info("teacher: %s params, %.1f MFLOPs, val top-1 %.4f; first step removes %.1f%%%s", f"{base['params']:,}",
+                 base["flops"] / 1e6, base["val_accuracy"], 100 * policy.step,
+                 f", accuracy floor {floor:.4f}" if floor is not None else "")
+
+    identity = {"config": _config_dict(config), "data": prepared.source, **holdout,
+                "class_names": list(prepared.class_names), "teacher_params": base["params"], "teacher_flops": base["flops"]}
+    state_path = os.path.join(out_dir, STATE_FILE)
+    state = {"identity": identity, "log": [{"step": 0, **base, "params_ratio": 1.0, "flops_ratio": 1.0,
+                                            "seconds": 0.0, "target_params": None, "target_flops": None,
+                                            "accepted": True}],
+             "policy": dataclasses.asdict(policy), "current": 0}
+    student = teacher32
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            saved = json.load(f)
+        if saved.get("identity") != identity:
+            raise ValueError(f"{state_path}: made with a different setup; use another --out_dir or delete it")
+        state = saved
+        policy = schedule.PolicyState(**state["policy"])
+        if state["current"] > 0:
+            student = saving.load_model(_step_path(out_dir, state["current"]))
+            logging.info("resuming from step %d", state["current"])
+
+    original = {g.name: g.channels for g in build_graph(teacher32).prunable_groups()}
+    calib = data.stratified_subset(prepared.train, min(config.calibration_size, len(prepared.train.labels)),
+                                   seed=config.seed).images
+    while True:
+        budget = schedule.next_budget(policy, max_params=max_params, max_flops=max_flops, milestones=milestones,
+                                      max_steps=config.max_steps)
+        if budget is None:
+            break
+        step = len(state["log"])
+        t0 = time.perf_counter()
+        g = build_graph(student)
+        scores = criteria.importance(g, config.criterion, calib, p=config.attention_p,
+                                     normalization=config.normalization, batch_size=64)
+        floors = allocation.channel_floors(g, original, stream_floor=config.stream_floor,
+                                           layer_floor=config.layer_floor)
+        try:
+            keep = allocation.select_channels(g, scores, max_params=budget[0], max_flops=budget[1],
+                                              min_channels=config.min_channels, floors=floors,
+                                              allocation=config.allocation, cost_exponent=config.cost_exponent)
+        except ValueError as e:
+            logging.warning("step %d: %s; stopping", step, e)
+            policy = dataclasses.replace(policy, stopped=str(e))
+            state["policy"] = dataclasses.asdict(policy)
+            atomic.write_json(state_path, state)
+            break
+        candidate = prune_model(student, keep, g)
+        if config.step_epochs:
+            ft = FinetuneConfig(epochs=config.step_epochs, batch_size=config.batch_size,
+                                learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+                                precision=config.precision, seed=config.seed * 1000 + step)
+            candidate, _ = fit_student(candidate, prepared.train, teacher=teacher32, transfer=transfer, config=ft,
+                                       verbose=verbose)
+        entry = {"step": step, **_summary(candidate, prepared, batch), "seconds": time.perf_counter() - t0,
+                 "target_params": budget[0], "target_flops": budget[1], "step_fraction": policy.step,
+                 "channels": {g.groups[gid].name: int(len(idx)) for gid, idx in keep.items()}}
+        entry["params_ratio"] = entry["params"] / base["params"]
+        entry["flops_ratio"] = entry["flops"] / base["flops"]
+        policy, accepted = schedule.after_step(policy, params=entry["params"], flops=entry["flops"],
+                                               accuracy=entry["val_accuracy"], floor=floor, min_step=config.min_step)
+        entry["accepted"] = accepted
+        if accepted:
+            saving.save_model(candidate, _step_path(out_dir, step))
+            student = candidate
+            state["current"] = step
+        else:
+            logging.info("step %d: val top-1 %.4f is below the floor %.4f; back to step %d, next step removes %.1f%%",
+                         step, entry["val_accuracy"], floor, state["current"], 100 * policy.step)
+        state["log"].append(entry)
+        state["policy"] = dataclasses.asdict(policy)
+        atomic.write_json(state_path, state)
+        write_log(out_dir, state["log"], config.criterion)
+        logging.info("step %d: params %s (%.2f%%), FLOPs %.1fM, val top-1 %.4f, %.0fs%s", step, f"{entry['params']:,}",
+                     100 * entry["params_ratio"], entry["flops"] / 1e6, entry["val_accuracy"], entry["seconds"],
+                     "" if accepted else " (discarded)")
+    if policy.stopped:
+        logging.info("stopped: %s", policy.stopped)
+    return state, policy
+
+
+def _finish(run: _Run, prepared: data.PreparedData, run_dir: str, out_dir: str, chosen: dict, config: PruneConfig,
+            verbose, teacher_path: str | None, preset_name: str | None) -> dict:
+    """Fine-tunes the step model `chosen` for `final_epochs` into `out_dir/pruned.keras`
+    (once: a finished one is reused) and measures it."""
+    pruned_path = os.path.join(out_dir, PRUNED_FILE)
+    final_state_path = os.path.join(out_dir, FINAL_FILE)
+    start = time.perf_counter()
+    if os.path.exists(final_state_path) and os.path.exists(pruned_path):
+        final = saving.load_model(pruned_path)
+        with open(final_state_path) as f:
+            final_seconds = json.load(f).get("seconds")
+    else:
+        final = saving.load_model(_step_path(run_dir, chosen["step"]))
+        if config.final_epochs:
+            ft = FinetuneConfig(epochs=config.final_epochs, batch_size=config.batch_size,
+                                learning_rate=config.final_learning_rate, weight_decay=config.weight_decay,
+                                precision=config.precision, seed=config.seed * 1000 + 999)
+            final, _ = fit_student(final, prepared.train, teacher=run.teacher, transfer=run.transfer, config=ft,
+                                   verbose=verbose)
+        saving.save_model(final, pruned_path)
+        final_seconds = time.perf_counter() - start
+        atomic.write_json(final_state_path, {"chosen_step": chosen["step"], "seconds": final_seconds})
+    metrics = _final_metrics(final, run.teacher, prepared, run.base, chosen, config, run.floor, run.batch, pruned_path,
+                             teacher_path, preset_name, time.perf_counter() - start)
+    metrics["final_seconds"] = final_seconds
+    return metrics
+
+
+def _step_path(out_dir: str, step: int) -> str:
+    return os.path.join(out_dir, STEPS_DIR, f"step_{step:02d}.keras")
+
+
+def _choose(log: list[dict]) -> dict:
+    """The smallest accepted step model (the last one taken, since each removes more)."""
+    ok = [e for e in log[1:] if e.get("accepted", True)]
     if not ok:
         return log[0]
     return min(ok, key=lambda e: (e["params"], -e["val_accuracy"]))

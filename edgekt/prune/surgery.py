@@ -1,8 +1,10 @@
 """Surgery: kept channel indices -> a new, smaller Keras model with the kept weight slices.
 
-The caller's model is never changed. The new model has the same layers and names with
-fewer filters/units; every kernel, bias, BN parameter and statistic, depthwise kernel and
-Dense input row of a removed channel is dropped, so nothing is masked or zeroed.
+The caller's model is never changed. The new model has the same layers and names with fewer
+filters/units; every kernel, bias, BN parameter and statistic, depthwise kernel and Dense
+input row of a removed channel is dropped, so nothing is masked or zeroed. Which config key
+holds a layer's width and how each weight is cut come from the layer table
+(`edgekt.models.layers`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from typing import Mapping, Sequence
 import keras
 import numpy as np
 
+from edgekt.models import layers
 from edgekt.prune.graph import DependencyGraph, build_graph
-
-_WIDTH_KEY = {"Conv2D": "filters", "SeparableConv2D": "filters", "Dense": "units"}
 
 
 def _check_keep(graph: DependencyGraph, keep: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
@@ -48,44 +49,6 @@ def _features(keep: np.ndarray | None, channels: int, per: int) -> np.ndarray | 
     return (np.arange(per)[:, None] * channels + keep[None, :]).reshape(-1)
 
 
-def _slice(cls: str, var_name: str, value: np.ndarray, in_keep, out_keep, depth_multiplier: int = 1) -> np.ndarray:
-    if cls in ("Conv2D",):
-        if var_name == "kernel":
-            if in_keep is not None:
-                value = value[:, :, in_keep, :]
-            if out_keep is not None:
-                value = value[..., out_keep]
-        elif var_name == "bias" and out_keep is not None:
-            value = value[out_keep]
-    elif cls == "Dense":
-        if var_name == "kernel":
-            if in_keep is not None:
-                value = value[in_keep, :]
-            if out_keep is not None:
-                value = value[:, out_keep]
-        elif var_name == "bias" and out_keep is not None:
-            value = value[out_keep]
-    elif cls == "SeparableConv2D":
-        if var_name == "depthwise_kernel" and in_keep is not None:
-            value = value[:, :, in_keep, :]
-        elif var_name == "pointwise_kernel":
-            if in_keep is not None:
-                rows = (in_keep[:, None] * depth_multiplier + np.arange(depth_multiplier)[None, :]).reshape(-1)
-                value = value[:, :, rows, :]
-            if out_keep is not None:
-                value = value[..., out_keep]
-        elif var_name == "bias" and out_keep is not None:
-            value = value[out_keep]
-    elif cls == "DepthwiseConv2D":
-        if out_keep is not None:
-            value = value[:, :, out_keep, :] if var_name == "kernel" else value[out_keep]
-    elif out_keep is not None and value.ndim >= 1 and value.shape[-1] > 1:
-        # Per-channel parameters on the last axis: BN gamma/beta/statistics, PReLU alpha,
-        # Normalization mean/variance.
-        value = value[..., out_keep]
-    return value
-
-
 def prune_model(model: keras.Model, keep: Mapping[int, Sequence[int]],
                 graph: DependencyGraph | None = None) -> keras.Model:
     """Builds a new model that keeps, for each group id in `keep`, only those channels.
@@ -110,8 +73,11 @@ def prune_model(model: keras.Model, keep: Mapping[int, Sequence[int]],
         layer_config.pop("build_config", None)
         name = layer_config["name"]
         cls = graph.layer_class[name]
-        if cls in _WIDTH_KEY and graph.output_group[name][0] in keep_idx:
-            layer_config["config"][_WIDTH_KEY[cls]] = int(len(keep_idx[graph.output_group[name][0]]))
+        kind, out_gid = layers.LAYERS[cls], graph.output_group[name][0]
+        if out_gid in keep_idx and kind.width:
+            layer_config["config"][kind.width] = int(len(keep_idx[out_gid]))
+        if out_gid in keep_idx and kind.config_slice:
+            layer_config["config"] = kind.config_slice(layer_config["config"], keep_idx[out_gid])
     new_model = keras.Model.from_config(config)
     for name in graph.order:
         old = base.get_layer(name)
@@ -124,6 +90,9 @@ def prune_model(model: keras.Model, keep: Mapping[int, Sequence[int]],
             in_keep = _features(keep_idx.get(gid), graph.groups[gid].channels, per)
         out_keep = keep_idx.get(graph.output_group[name][0])
         dm = getattr(old, "depth_multiplier", 1)
-        values = [_slice(cls, v.name, np.asarray(v.numpy()), in_keep, out_keep, dm) for v in old.weights]
+        cut = layers.LAYERS[cls].slice
+        if cut is None:
+            raise ValueError(f"layer {name!r} ({cls}) has weights but the layer table has no rule to cut them")
+        values = [cut(v.name, np.asarray(v.numpy()), in_keep, out_keep, dm) for v in old.weights]
         new_model.get_layer(name).set_weights(values)
     return new_model

@@ -1,0 +1,229 @@
+"""The Pareto sweep: one teacher pruned to several budgets by each criterion/allocation and by
+the tfmot magnitude baseline, every model measured the same way (validation and test top-1,
+parameters, FLOPs, int8 `.tflite` bytes, batch-1 one-thread TFLite latency), with a table
+and a plot of test top-1 against each cost.
+
+Each method is one pruning run that stops at every budget (`pruner.prune_milestones`); each
+budget's model then gets the preset's final fine-tuning on its own. tfmot follows the same
+budgets with the same epochs (`tfmot_magnitude.run_trajectory`). Everything resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+from absl import logging
+
+from edgekt import atomic, data, presets
+
+# Methods: PruneConfig fields over the pruning preset. "default" is the preset as shipped;
+# the others are one criterion with one allocation and no floors beyond `min_channels`.
+_PLAIN = {"stream_floor": 0.0, "layer_floor": 0.0}
+METHODS: dict[str, dict | None] = {
+    "default": {},
+    "l1_global": {"criterion": "l1", "allocation": "global", **_PLAIN},
+    "l1_cost": {"criterion": "l1", "allocation": "cost", **_PLAIN},
+    "l1_uniform": {"criterion": "l1", "allocation": "uniform", **_PLAIN},
+    "attention_global": {"criterion": "attention", "allocation": "global", **_PLAIN},
+    "attention_cost": {"criterion": "attention", "allocation": "cost", **_PLAIN},
+    "attention_uniform": {"criterion": "attention", "allocation": "uniform", **_PLAIN},
+    "tfmot": None,  # the magnitude-pruning baseline
+}
+SWEEP_FILE = "sweep.json"
+TABLE_FILE = "sweep.md"
+PLOT_FILE = "sweep.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """What the sweep runs.
+
+    Attributes:
+      budgets: fractions of the teacher's parameters kept.
+      methods: names in `METHODS`, run in this order.
+      prune_preset: the pruning preset every method starts from (its fine-tuning epochs, KD).
+      prune_overrides: PruneConfig fields over the preset for every method, e.g.
+        (("final_epochs", 20),); the baseline gets the resulting epochs too.
+      representative_size: training images that calibrate the int8 files.
+      latency_repeats: timed runs per latency figure.
+      tfmot_learning_rate, tfmot_batch_size: the baseline's SGD (its epochs are ours).
+    """
+
+    budgets: tuple = (0.5, 0.25, 0.1, 0.05, 0.02)
+    methods: tuple = ("default", "l1_global", "tfmot")
+    prune_preset: str = "cpu"
+    prune_overrides: tuple = ()
+    representative_size: int = 256
+    latency_repeats: int = 50
+    tfmot_learning_rate: float = 0.01
+    tfmot_batch_size: int = 128
+
+    def __post_init__(self):
+        presets.check_fields(self, [
+            (len(self.budgets) >= 1 and all(0 < b < 1 for b in self.budgets), "budgets", "fractions in (0, 1)"),
+            (len(set(self.budgets)) == len(self.budgets), "budgets", "distinct"),
+            (len(self.methods) >= 1 and all(m in METHODS for m in self.methods), "methods", f"names in {list(METHODS)}"),
+            (self.representative_size >= 1, "representative_size", ">= 1"),
+            (self.latency_repeats >= 1, "latency_repeats", ">= 1"),
+        ])
+
+
+PRESETS: dict[str, SweepConfig] = {
+    # Minutes: two budgets of a small teacher with the smoke pruning preset.
+    "smoke": SweepConfig(budgets=(0.5, 0.25), prune_preset="smoke", latency_repeats=5, representative_size=32,
+                         tfmot_batch_size=64),
+    # The cpu teacher (WRN-16-2) to 50, 25, 10, 5 and 2% of its parameters by every method.
+    "cpu": SweepConfig(methods=("default", "l1_global", "tfmot", "attention_global", "attention_cost", "l1_cost",
+                                "attention_uniform", "l1_uniform")),
+    # The paper's WRN-28-10 down to its 0.64%.
+    "paper": SweepConfig(budgets=(0.1, 0.05, 0.02, 0.0064), prune_preset="paper"),
+}
+
+
+def preset(name: str, **overrides) -> SweepConfig:
+    """A preset with some fields replaced."""
+    return presets.choose(PRESETS, name, overrides)
+
+
+def method_config(config: SweepConfig, method: str):
+    """The PruneConfig of one of our methods: the preset, the method's fields, the budgets as
+    the target (the smallest) and milestones (the others)."""
+    from edgekt.prune import config as prune_config
+
+    budgets = sorted(config.budgets, reverse=True)
+    return prune_config.preset(config.prune_preset, **{**dict(config.prune_overrides), **METHODS[method]},
+                               target_params_ratio=budgets[-1], target_flops_ratio=None,
+                               milestones=tuple(budgets[:-1]))
+
+
+def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, config: SweepConfig, *,
+        val_size: int = 5000, split_seed: int = 0, device_pool_size: int = 0, teacher_path: str | None = None,
+        verbose: int | str = 0) -> dict:
+    """Runs the sweep into `out_dir` (one folder per method) and writes `sweep.json`,
+    `sweep.md` and `sweep.png`. Returns what `sweep.json` holds."""
+    from edgekt.baselines import tfmot_magnitude
+    from edgekt.export import measure
+    from edgekt.flops import model_cost
+    from edgekt.models import saving
+    from edgekt.prune import pruner
+    from edgekt.prune.graph import build_graph
+
+    build_graph(teacher)  # an unsupported model fails before any work
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.perf_counter()
+    splits = source if isinstance(source, data.DataSplits) else data.load(source)
+    prune_cfg = method_config(config, config.methods[0] if config.methods[0] != "tfmot" else "default")
+    prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=prune_cfg.train_size,
+                                   device_pool_size=device_pool_size)
+    holdout = {"val_size": val_size, "split_seed": split_seed}
+    if device_pool_size:
+        holdout["device_pool_size"] = device_pool_size
+    representative = data.stratified_subset(prepared.train, min(config.representative_size,
+                                                                len(prepared.train.labels)), seed=0).images
+    teacher_params = model_cost(teacher).params
+    rows, seconds = [], {}
+    for method in config.methods:
+        method_dir = os.path.join(out_dir, method)
+        t0 = time.perf_counter()
+        if METHODS[method] is None:
+            pcfg = method_config(config, "default")
+            budgets = [(b, int(b * teacher_params)) for b in sorted(config.budgets, reverse=True)]
+            results = tfmot_magnitude.run_trajectory(
+                teacher, budgets, prepared, method_dir,
+                tfmot_magnitude.MagnitudeConfig(learning_rate=config.tfmot_learning_rate,
+                                                batch_size=config.tfmot_batch_size, precision=pcfg.precision),
+                step_epochs=pcfg.step_epochs, final_epochs=pcfg.final_epochs, representative=representative,
+                latency_repeats=config.latency_repeats)
+            for r in results:
+                rows.append({"method": method, "budget": r["budget_ratio"], "params": r["nonzero_params"],
+                             "stored_params": r["stored_params"], "flops": model_cost(teacher).flops,
+                             **{k: r[k] for k in ("val_accuracy", "test_accuracy", "int8_bytes", "int8_gzip_bytes",
+                                                  "int8_latency_ms", "int8_test_accuracy", "trajectory_seconds",
+                                                  "final_seconds")}})
+        else:
+            pcfg = method_config(config, method)
+            results = pruner.prune_milestones(teacher, prepared, method_dir, pcfg, holdout=holdout,
+                                              teacher_path=teacher_path, verbose=verbose)
+            for r in results:
+                folder = os.path.join(method_dir, f"budget_{r['budget_ratio']:g}")
+                figures_path = os.path.join(folder, "int8.json")
+                if os.path.exists(figures_path):
+                    with open(figures_path) as f:
+                        figures = json.load(f)
+                else:
+                    blob = measure.inference_file(saving.load_model(os.path.join(folder, pruner.PRUNED_FILE)), "int8",
+                                                  representative)
+                    atomic.write_bytes(os.path.join(folder, "model_int8.tflite"), blob)
+                    figures = measure.file_figures(blob, prepared.test.images if prepared.test else None,
+                                                   prepared.test.labels if prepared.test else None,
+                                                   repeats=config.latency_repeats)
+                    atomic.write_json(figures_path, figures)
+                rows.append({"method": method, "budget": r["budget_ratio"], "params": r["params"],
+                             "stored_params": r["params"], "flops": r["flops"], "val_accuracy": r["val_accuracy"],
+                             "test_accuracy": r["test_accuracy"], "int8_bytes": figures["bytes"],
+                             "int8_gzip_bytes": figures["gzip_bytes"], "int8_latency_ms": figures["latency_ms"],
+                             "int8_test_accuracy": figures.get("test_accuracy"),
+                             "trajectory_seconds": r["trajectory_seconds"], "final_seconds": r["final_seconds"],
+                             "channels": r.get("channels")})
+        seconds[method] = time.perf_counter() - t0
+        summary = _write(out_dir, config, rows, seconds, teacher_params, time.perf_counter() - start)
+        logging.info("sweep: %s done in %.0f s", method, seconds[method])
+    return summary
+
+
+def _write(out_dir: str, config: SweepConfig, rows: list[dict], seconds: dict, teacher_params: int,
+           wall: float) -> dict:
+    summary = {"config": dataclasses.asdict(config), "teacher_params": teacher_params, "rows": rows,
+               "method_seconds": seconds, "wall_seconds_this_run": wall}
+    atomic.write_json(os.path.join(out_dir, SWEEP_FILE), summary)
+    atomic.write_text(os.path.join(out_dir, TABLE_FILE), table(summary))
+    plot(summary, os.path.join(out_dir, PLOT_FILE))
+    return summary
+
+
+def table(summary: dict) -> str:
+    """The sweep as a markdown table, one row per method and budget."""
+    lines = ["| method | budget | params (non-zero) | MFLOPs | val top-1 | test top-1 | int8 test top-1 | int8 KiB | "
+             "int8 latency ms | pruning s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(summary["rows"], key=lambda r: (-r["budget"], r["method"])):
+        def pct(v):
+            return "–" if v is None else f"{100 * v:.2f}%"
+        lines.append(f"| {r['method']} | {100 * r['budget']:g}% | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
+                     f"{pct(r['val_accuracy'])} | {pct(r['test_accuracy'])} | {pct(r.get('int8_test_accuracy'))} | "
+                     f"{r['int8_bytes'] / 1024:.1f} | {r['int8_latency_ms']:.3f} | "
+                     f"{r['trajectory_seconds'] + r['final_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: str) -> str:
+    """Test top-1 against parameters, FLOPs, int8 bytes and latency: one curve per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_spec = (("params", "parameters (non-zero)"), ("flops", "FLOPs (multiply-accumulates)"),
+                 ("int8_bytes", "int8 .tflite bytes"), ("int8_latency_ms", "TFLite latency, batch 1, 1 thread (ms)"))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), dpi=110)
+    methods = list(dict.fromkeys(r["method"] for r in summary["rows"]))
+    colors = plt.get_cmap("tab10")
+    for i, method in enumerate(methods):
+        pts = sorted((r for r in summary["rows"] if r["method"] == method), key=lambda r: r["params"])
+        for ax, (key, _) in zip(axes, axes_spec):
+            ax.plot([r[key] for r in pts], [100 * (r["test_accuracy"] or 0) for r in pts], marker="o",
+                    color=colors(i % 10), label=method, linestyle="--" if method == "tfmot" else "-")
+    for ax, (key, label) in zip(axes, axes_spec):
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Pruning sweep: accuracy against cost")
+    fig.tight_layout()
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,49 @@
+"""Prunes one teacher to several budgets with each pruning method and the tfmot baseline, and
+plots accuracy against parameters, FLOPs, int8 file size and latency:
+`python -m pipelines.sweep --teacher=X/cloud/model.keras --data=... --out_dir=X/sweep --preset=cpu`.
+
+Writes `sweep.json`, `sweep.md` (the table), `sweep.png` and one folder per method; a killed
+run resumes. The end-to-end report shows the sweep when it lies in its folder as `sweep/`.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from pipelines import flag_utils
+
+_TEACHER = flags.DEFINE_string("teacher", None, "The unpruned .keras model.", required=True)
+_DATA = flags.DEFINE_string("data", None, "Image folder/archive, cifar-10-batches-py folder, or tfds[:NAME].",
+                            required=True)
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
+_PRESET = flags.DEFINE_enum("preset", "smoke", ["smoke", "cpu", "paper"], "Sweep preset.")
+flags.DEFINE_list("budgets", None, "Fractions of the teacher's parameters kept, e.g. 0.5,0.25,0.1,0.05,0.02.")
+flags.DEFINE_list("methods", None, "Methods to run, in order (default, l1_global, l1_cost, l1_uniform, "
+                  "attention_global, attention_cost, attention_uniform, tfmot).")
+_VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default: the teacher's, from its metrics.json).")
+_PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Fine-tuning progress display.")
+
+
+def main(argv):
+    flag_utils.reject_extra_args(argv)
+    from edgekt import sweep
+
+    overrides = {k: tuple(v) for k, v in flag_utils.overrides_from_flags({"budgets": "budgets",
+                                                                          "methods": "methods"}).items()}
+    try:
+        if "budgets" in overrides:
+            overrides["budgets"] = tuple(float(b) for b in overrides["budgets"])
+        config = sweep.preset(_PRESET.value, **overrides)
+    except ValueError as e:
+        raise app.UsageError(f"--budgets/--methods: {e}")
+    teacher, val_size, split_seed, pool_size = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
+    flag_utils.log_config("sweep", config, preset=_PRESET.value, teacher=_TEACHER.value, data=_DATA.value,
+                          out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed, device_pool_size=pool_size)
+    summary = sweep.run(teacher, _DATA.value, _OUT_DIR.value, config, val_size=val_size, split_seed=split_seed,
+                        device_pool_size=pool_size, teacher_path=_TEACHER.value,
+                        verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
+    logging.info("sweep: %d models in %s/sweep.md", len(summary["rows"]), _OUT_DIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,69 @@
+"""edgekt.sweep: one teacher to several budgets by our methods and tfmot, measured alike."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from edgekt import report, sweep
+from edgekt.flops import count_params
+
+from conftest import quick_wrn
+
+
+@pytest.fixture(scope="module")
+def small_sweep(three_classes, tmp_path_factory):
+    teacher = quick_wrn(three_classes["train"], 600, epochs=2, batch_size=32)
+    out = str(tmp_path_factory.mktemp("run") / "sweep")
+    config = sweep.SweepConfig(budgets=(0.5, 0.25), methods=("default", "l1_global", "tfmot"), prune_preset="smoke",
+                               prune_overrides=(("train_size", None), ("batch_size", 32), ("calibration_size", 32)),
+                               representative_size=8, latency_repeats=2, tfmot_batch_size=32)
+    summary = sweep.run(teacher, three_classes, out, config, val_size=150)
+    return teacher, out, config, summary
+
+
+def test_sweep_measures_every_method_at_every_budget(small_sweep):
+    teacher, out, config, summary = small_sweep
+    rows = {(r["method"], r["budget"]): r for r in summary["rows"]}
+    assert set(rows) == {(m, b) for m in config.methods for b in config.budgets}
+    teacher_params = count_params(teacher)
+    for (method, budget), r in rows.items():
+        assert r["params"] <= budget * teacher_params * 1.01, (method, budget)
+        assert 0 <= r["val_accuracy"] <= 1 and 0 <= r["test_accuracy"] <= 1 and r["int8_latency_ms"] > 0
+    for budget in config.budgets:
+        # Filter pruning shrinks the file and the work; magnitude pruning leaves both dense.
+        assert rows[("default", budget)]["int8_bytes"] < rows[("tfmot", budget)]["int8_bytes"]
+        assert rows[("tfmot", budget)]["flops"] > rows[("default", budget)]["flops"]
+    assert rows[("default", 0.25)]["params"] < rows[("default", 0.5)]["params"]
+    for name in (sweep.SWEEP_FILE, sweep.TABLE_FILE, sweep.PLOT_FILE):
+        assert os.path.exists(os.path.join(out, name))
+    table = open(os.path.join(out, sweep.TABLE_FILE)).read()
+    assert "| tfmot | 25% |" in table and "| default | 50% |" in table
+
+
+def test_sweep_resumes_without_training_again(small_sweep, three_classes):
+    teacher, out, config, summary = small_sweep
+    again = sweep.run(teacher, three_classes, out, config, val_size=150)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "int8_latency_ms"} for r in rows]  # noqa: E731
+    assert strip(again["rows"]) == strip(summary["rows"])
+    assert all(s < 60 for s in again["method_seconds"].values())
+
+
+def test_report_includes_the_sweep(small_sweep):
+    _, out, _, _ = small_sweep
+    run_dir = os.path.dirname(out)
+    report.write(run_dir, "smoke")
+    text = open(os.path.join(run_dir, "report.md")).read()
+    assert "## Pruning sweep" in text and "| l1_global | 25% |" in text
+    assert "sweep.png" in open(os.path.join(run_dir, "report.html")).read()
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        assert len(json.load(f)["sweep"]["rows"]) == 6
+
+
+def test_sweep_config_names_bad_fields():
+    with pytest.raises(ValueError, match="methods"):
+        sweep.SweepConfig(methods=("taylor",))
+    with pytest.raises(ValueError, match="budgets"):
+        sweep.SweepConfig(budgets=(0.5, 1.5))
