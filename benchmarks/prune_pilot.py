@@ -35,6 +35,14 @@ CANDIDATES = {
                             **FLOORS},
     "l1_cost0.5_floors": {"criterion": "l1", "allocation": "cost", "cost_exponent": 0.5, **FLOORS},
     "att_p1_global_floors": {"criterion": "attention", "attention_p": 1.0, "allocation": "global", **FLOORS},
+    # Streams carry the residual path: a higher floor for them only.
+    "att_p1_cost0.5_s30": {"criterion": "attention", "attention_p": 1.0, "allocation": "cost", "cost_exponent": 0.5,
+                           "stream_floor": 0.3, "layer_floor": 0.1},
+    "l1_cost0.5_s30": {"criterion": "l1", "allocation": "cost", "cost_exponent": 0.5, "stream_floor": 0.3,
+                       "layer_floor": 0.1},
+    "att_p1_cost0.25_s30": {"criterion": "attention", "attention_p": 1.0, "allocation": "cost", "cost_exponent": 0.25,
+                            "stream_floor": 0.3, "layer_floor": 0.1},
+    "l1_uniform": {"criterion": "l1", "allocation": "uniform"},
 }
 
 

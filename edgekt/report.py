@@ -55,7 +55,7 @@ def summarize(out_dir: str) -> dict:
                    "params_removed_fraction": prune.get("params_removed_fraction"),
                    "flops_removed_fraction": prune.get("flops_removed_fraction"),
                    "test_accuracy": prune.get("test_accuracy"), "keras_bytes": prune.get("file_bytes"),
-                   "criterion": prune.get("criterion"), "tflite_float32_bytes": ours_tflite.get("tflite_bytes"),
+                   "criterion": prune.get("criterion"), "method": prune.get("method"), "tflite_float32_bytes": ours_tflite.get("tflite_bytes"),
                    "tflite_float32_latency_ms": ours_tflite.get("tflite_latency_ms"),
                    "seconds": prune.get("wall_seconds")},
         "device": {"trainable_bytes": export.get("trainable_bytes"), "inference_bytes": export.get("inference_bytes"),
@@ -76,7 +76,7 @@ def markdown(summary: dict, preset: str | None) -> str:
     lines = [
         f"# edgekt report{f' ({preset} preset)' if preset else ''}",
         "",
-        f"Cloud model {t.get('architecture') or ''} pruned with the {p.get('criterion')} criterion: "
+        f"Cloud model {t.get('architecture') or ''} pruned ({p.get('method') or p.get('criterion')}): "
         f"**{_pct(p.get('params_removed_fraction'))} of parameters and {_pct(p.get('flops_removed_fraction'))} of "
         f"FLOPs removed**, test top-1 {_pct(t.get('test_accuracy'))} -> {_pct(p.get('test_accuracy'))}.",
         "",
@@ -118,6 +118,11 @@ def markdown(summary: dict, preset: str | None) -> str:
     return "\n".join(lines)
 
 
+def _teacher_name(sweep_summary: dict) -> str:
+    path = (sweep_summary.get("teacher") or {}).get("path")
+    return f"`{path}`" if path else "(the cloud model)"
+
+
 def _sweep_section(sweep_summary: dict) -> list[str]:
     """The Pareto sweep's table, when a sweep was run into the report's `sweep/` folder."""
     if not sweep_summary.get("rows"):
@@ -125,9 +130,10 @@ def _sweep_section(sweep_summary: dict) -> list[str]:
     from edgekt import sweep
 
     return ["## Pruning sweep: accuracy against parameters, FLOPs, int8 size and latency", "",
-            f"The cloud model pruned to {', '.join(f'{100 * b:g}%' for b in sweep_summary['config']['budgets'])} of "
-            "its parameters by each method (`sweep/sweep.md`, plot `sweep/sweep.png`). tfmot's parameters are its "
-            "non-zero values; its file and latency are those of the dense model it stays.", "",
+            f"The teacher {_teacher_name(sweep_summary)} pruned to "
+            f"{', '.join(f'{100 * b:g}%' for b in sweep_summary['config']['budgets'])} of its parameters by each method "
+            "(`sweep/sweep.md`, plot `sweep/sweep.png`). tfmot's parameters are its non-zero values; its file and "
+            "latency are those of the dense model it stays.", "",
             *sweep.table(sweep_summary).splitlines(), ""]
 
 

@@ -18,11 +18,12 @@ import time
 import keras
 from absl import logging
 
-from edgekt import atomic, data, presets
+from edgekt import atomic, data, evaluation, presets
 
 # Methods: PruneConfig fields over the pruning preset. "default" is the preset as shipped;
-# the others are one criterion with one allocation and no floors beyond `min_channels`.
-_PLAIN = {"stream_floor": 0.0, "layer_floor": 0.0}
+# the others are one criterion with one allocation at every step and no floors beyond
+# `min_channels`.
+_PLAIN = {"stream_floor": 0.0, "layer_floor": 0.0, "candidates": ()}
 METHODS: dict[str, dict | None] = {
     "default": {},
     "l1_global": {"criterion": "l1", "allocation": "global", **_PLAIN},
@@ -124,7 +125,11 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
         holdout["device_pool_size"] = device_pool_size
     representative = data.stratified_subset(prepared.train, min(config.representative_size,
                                                                 len(prepared.train.labels)), seed=0).images
-    teacher_params = model_cost(teacher).params
+    teacher_cost = model_cost(teacher)
+    teacher_params = teacher_cost.params
+    teacher_info = {"path": teacher_path, "params": teacher_params, "flops": teacher_cost.flops,
+                    **{f"{name}_accuracy": evaluation.evaluate(teacher, split.images, split.labels)["accuracy"]
+                       for name, split in (("val", prepared.val), ("test", prepared.test)) if split is not None}}
     rows, seconds = [], {}
     for method in config.methods:
         method_dir = os.path.join(out_dir, method)
@@ -170,14 +175,13 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
                              "trajectory_seconds": r["trajectory_seconds"], "final_seconds": r["final_seconds"],
                              "channels": r.get("channels")})
         seconds[method] = time.perf_counter() - t0
-        summary = _write(out_dir, config, rows, seconds, teacher_params, time.perf_counter() - start)
+        summary = _write(out_dir, config, rows, seconds, teacher_info, time.perf_counter() - start)
         logging.info("sweep: %s done in %.0f s", method, seconds[method])
     return summary
 
 
-def _write(out_dir: str, config: SweepConfig, rows: list[dict], seconds: dict, teacher_params: int,
-           wall: float) -> dict:
-    summary = {"config": dataclasses.asdict(config), "teacher_params": teacher_params, "rows": rows,
+def _write(out_dir: str, config: SweepConfig, rows: list[dict], seconds: dict, teacher: dict, wall: float) -> dict:
+    summary = {"config": dataclasses.asdict(config), "teacher": teacher, "rows": rows,
                "method_seconds": seconds, "wall_seconds_this_run": wall}
     atomic.write_json(os.path.join(out_dir, SWEEP_FILE), summary)
     atomic.write_text(os.path.join(out_dir, TABLE_FILE), table(summary))
@@ -185,13 +189,19 @@ def _write(out_dir: str, config: SweepConfig, rows: list[dict], seconds: dict, t
     return summary
 
 
+def pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
 def table(summary: dict) -> str:
     """The sweep as a markdown table, one row per method and budget."""
     lines = ["| method | budget | params (non-zero) | MFLOPs | val top-1 | test top-1 | int8 test top-1 | int8 KiB | "
              "int8 latency ms | pruning s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    t = summary.get("teacher") or {}
+    if t:
+        lines.append(f"| teacher | 100% | {t['params']:,} | {t['flops'] / 1e6:.1f} | {pct(t.get('val_accuracy'))} | "
+                     f"{pct(t.get('test_accuracy'))} | – | – | – | – |")
     for r in sorted(summary["rows"], key=lambda r: (-r["budget"], r["method"])):
-        def pct(v):
-            return "–" if v is None else f"{100 * v:.2f}%"
         lines.append(f"| {r['method']} | {100 * r['budget']:g}% | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
                      f"{pct(r['val_accuracy'])} | {pct(r['test_accuracy'])} | {pct(r.get('int8_test_accuracy'))} | "
                      f"{r['int8_bytes'] / 1024:.1f} | {r['int8_latency_ms']:.3f} | "

@@ -228,7 +228,7 @@ def test_policy_backs_off_when_the_accuracy_floor_breaks(tiny_teacher, three_cla
     # below the teacher; the step then halves until one holds (or min_step ends the run).
     config = PruneConfig(target_params_ratio=None, max_accuracy_drop=5.0, step_keep=0.5, min_step=0.04,
                          max_steps=8, step_epochs=0, final_epochs=0, calibration_size=64, batch_size=32,
-                         criterion="l1")
+                         criterion="l1", candidates=())
     from edgekt.prune import pruner
 
     metrics = pruner.prune_prepared(tiny_teacher, three_class_data, str(tmp_path), config, holdout={})
@@ -261,7 +261,7 @@ def test_channel_floors_hold_through_pruning(tiny_teacher, three_class_data, tmp
     from edgekt.prune.allocation import is_stream
 
     config = PruneConfig(target_params_ratio=0.08, steps=2, step_epochs=0, final_epochs=0, calibration_size=64,
-                         batch_size=32, stream_floor=0.25, layer_floor=0.2, allocation="cost")
+                         batch_size=32, stream_floor=0.25, layer_floor=0.2, allocation="cost", candidates=())
     pruner.prune_prepared(tiny_teacher, three_class_data, str(tmp_path), config, holdout={})
     graph = build_graph(tiny_teacher)
     original = {g.name: (g.channels, is_stream(graph, g)) for g in graph.prunable_groups()}
@@ -288,3 +288,22 @@ def test_floors_that_cannot_fit_the_budget_are_named():
         select_channels(graph, scores, max_params=int(0.05 * flops.count_params(graph.model)), floors=floors)
     with pytest.raises(ValueError, match=r"stream_floor must be in \[0, 1\)"):
         channel_floors(graph, {}, stream_floor=1.5)
+
+
+def test_each_step_keeps_the_way_best_on_validation(tiny_teacher, three_class_data, tmp_path):
+    from edgekt.prune import pruner
+
+    config = PruneConfig(target_params_ratio=0.3, steps=2, step_epochs=0, final_epochs=0, calibration_size=64,
+                         batch_size=32, candidates=("l1/global", "attention/cost:1", "l1/uniform"), probe_images=96)
+    metrics = pruner.prune_prepared(tiny_teacher, three_class_data, str(tmp_path), config, holdout={})
+    with open(tmp_path / "prune_state.json") as f:
+        steps = json.load(f)["log"][1:]
+    assert len(steps) == 2
+    for entry in steps:
+        assert set(entry["probe"]) == set(config.candidates)
+        assert entry["probe"][entry["way"]] == max(entry["probe"].values())
+        # With no step epochs, the kept model is the probed one: its accuracy is the probe's.
+        assert entry["val_accuracy"] == pytest.approx(entry["probe"][entry["way"]])
+    assert metrics["ways"] == [e["way"] for e in steps] and metrics["method"].startswith("per step, the best")
+    with pytest.raises(ValueError, match="candidates"):
+        PruneConfig(candidates=("l1/global:0.5",))

@@ -29,6 +29,12 @@ class PruneConfig:
     (one ranking of importance per (parameter/FLOP saved) ** `cost_exponent`, AAP's
     threshold scaled by each layer's share) or "uniform" (same fraction per group).
 
+    Choice on validation: with `candidates` (e.g. "l1/global", "attention/cost:0.5": a
+    criterion, an allocation and for "cost" its exponent), every step prunes the current model
+    each way, fine-tunes each for `probe_images` images, and keeps the one with the best
+    validation top-1 (the others are dropped); without, every step uses `criterion` and
+    `allocation`.
+
     Guards against collapse: every group keeps `min_channels`, residual streams
     `stream_floor` and other groups `layer_floor` of their width in the teacher.
 
@@ -48,9 +54,11 @@ class PruneConfig:
     normalization: str = "mean"
     allocation: str = "global"
     cost_exponent: float = 1.0
+    candidates: tuple = ("l1/global", "l1/uniform", "attention/global", "attention/cost:0.5", "attention/cost:1")
+    probe_images: int = 8192
     min_channels: int = 2
-    stream_floor: float = 0.0
-    layer_floor: float = 0.0
+    stream_floor: float = 0.15
+    layer_floor: float = 0.1
     calibration_size: int = 1024
     steps: int = 4
     step_keep: float = 0.6
@@ -83,6 +91,10 @@ class PruneConfig:
             (self.attention_p > 0, "attention_p", "> 0"),
             (self.normalization in NORMALIZATIONS, "normalization", f"one of {NORMALIZATIONS}"),
             (self.allocation in ALLOCATIONS, "allocation", f"one of {ALLOCATIONS}"),
+            (all(_valid_candidate(c) for c in self.candidates), "candidates",
+             f"names 'criterion/allocation[:exponent]' with a criterion in {CRITERIA} and an allocation in "
+             f"{ALLOCATIONS}"),
+            (self.probe_images >= 1, "probe_images", ">= 1"),
             (self.cost_exponent >= 0, "cost_exponent", ">= 0"),
             (self.min_channels >= 1, "min_channels", ">= 1"),
             (0 <= self.stream_floor < 1, "stream_floor", "in [0, 1)"),
@@ -104,10 +116,37 @@ class PruneConfig:
         presets.check_fields(self, checks)
 
 
+def parse_candidate(name: str) -> tuple[str, str, float]:
+    """("l1/cost:0.5") -> ("l1", "cost", 0.5); the exponent defaults to 1.
+
+    Raises:
+      ValueError: not of the form criterion/allocation[:exponent].
+    """
+    try:
+        criterion, rest = name.split("/")
+        allocation, _, exponent = rest.partition(":")
+        value = float(exponent) if exponent else 1.0
+    except ValueError:
+        raise ValueError(f"a candidate is 'criterion/allocation[:exponent]'. Received: {name!r}") from None
+    if criterion not in CRITERIA or allocation not in ALLOCATIONS or value < 0 or (exponent and allocation != "cost"):
+        raise ValueError(f"a candidate is 'criterion/allocation[:exponent]' with a criterion in {CRITERIA}, an "
+                         f"allocation in {ALLOCATIONS} and an exponent only for cost. Received: {name!r}")
+    return criterion, allocation, value
+
+
+def _valid_candidate(name) -> bool:
+    try:
+        parse_candidate(name)
+    except (ValueError, AttributeError):
+        return False
+    return True
+
+
 PRESETS: dict[str, PruneConfig] = {
     # Minutes on a 2-core CPU: two short steps on a 5k-image subset.
     "smoke": PruneConfig(target_params_ratio=0.3, steps=2, step_epochs=1, final_epochs=1, calibration_size=256,
-                         batch_size=64, train_size=5000),
+                         batch_size=64, train_size=5000, candidates=("l1/global", "attention/cost:0.5"),
+                         probe_images=1024),
     # A WRN-16-2 teacher to 5% of its parameters on a 2-core CPU in about half an hour.
     "cpu": PruneConfig(target_params_ratio=0.05, steps=4, step_epochs=2, final_epochs=12, calibration_size=1024,
                        precision="mixed_bfloat16"),

@@ -18,7 +18,7 @@ from absl import logging
 from edgekt import atomic, data, evaluation, flops
 from edgekt.models import saving
 from edgekt.prune import allocation, criteria, schedule
-from edgekt.prune.config import PruneConfig
+from edgekt.prune.config import PruneConfig, parse_candidate
 from edgekt.prune.graph import build_graph
 from edgekt.prune.report import write_log, write_plot
 from edgekt.prune.surgery import prune_model
@@ -127,9 +127,11 @@ def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: s
     metrics = _finish(run, prepared, out_dir, out_dir, chosen, config, verbose, teacher_path, preset_name)
     metrics["stopped"] = policy.stopped or "targets met"
     metrics["steps_discarded"] = sum(1 for e in state["log"][1:] if not e.get("accepted", True))
+    metrics["method"] = method_label(config)
+    metrics["ways"] = [e.get("way") for e in state["log"][1:] if e.get("accepted", True)]
     metrics["wall_seconds"] = time.perf_counter() - start_time
     atomic.write_json(os.path.join(out_dir, METRICS_FILE), metrics)
-    write_plot(out_dir, state["log"], config.criterion, final_point=(metrics["params"], metrics["val_accuracy"]))
+    write_plot(out_dir, state["log"], method_label(config), final_point=(metrics["params"], metrics["val_accuracy"]))
     logging.info("pruned: params %s -> %s (%.2f%% removed), FLOPs %.1fM -> %.1fM, test top-1 %.4f (teacher %.4f)",
                  f"{metrics['teacher_params']:,}", f"{metrics['params']:,}", 100 * metrics["params_removed_fraction"],
                  metrics["teacher_flops"] / 1e6, metrics["flops"] / 1e6, metrics["test_accuracy"] or float("nan"),
@@ -243,29 +245,23 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
         step = len(state["log"])
         t0 = time.perf_counter()
         g = build_graph(student)
-        scores = criteria.importance(g, config.criterion, calib, p=config.attention_p,
-                                     normalization=config.normalization, batch_size=64)
         floors = allocation.channel_floors(g, original, stream_floor=config.stream_floor,
                                            layer_floor=config.layer_floor)
         try:
-            keep = allocation.select_channels(g, scores, max_params=budget[0], max_flops=budget[1],
-                                              min_channels=config.min_channels, floors=floors,
-                                              allocation=config.allocation, cost_exponent=config.cost_exponent)
+            way, keep, candidate, probe = _prune_step(run, prepared, student, g, calib, budget, floors, config, step)
         except ValueError as e:
             logging.warning("step %d: %s; stopping", step, e)
             policy = dataclasses.replace(policy, stopped=str(e))
             state["policy"] = dataclasses.asdict(policy)
             atomic.write_json(state_path, state)
             break
-        candidate = prune_model(student, keep, g)
         if config.step_epochs:
-            ft = FinetuneConfig(epochs=config.step_epochs, batch_size=config.batch_size,
-                                learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-                                precision=config.precision, seed=config.seed * 1000 + step)
-            candidate, _ = fit_student(candidate, prepared.train, teacher=teacher32, transfer=transfer, config=ft,
-                                       verbose=verbose)
+            candidate, _ = fit_student(candidate, prepared.train, teacher=teacher32, transfer=transfer,
+                                       config=_finetune(config, config.step_epochs, config.learning_rate,
+                                                        config.seed * 1000 + step), verbose=verbose)
         entry = {"step": step, **_summary(candidate, prepared, batch), "seconds": time.perf_counter() - t0,
                  "target_params": budget[0], "target_flops": budget[1], "step_fraction": policy.step,
+                 "way": way, "probe": probe,
                  "channels": {g.groups[gid].name: int(len(idx)) for gid, idx in keep.items()}}
         entry["params_ratio"] = entry["params"] / base["params"]
         entry["flops_ratio"] = entry["flops"] / base["flops"]
@@ -282,7 +278,7 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
         state["log"].append(entry)
         state["policy"] = dataclasses.asdict(policy)
         atomic.write_json(state_path, state)
-        write_log(out_dir, state["log"], config.criterion)
+        write_log(out_dir, state["log"], method_label(config))
         logging.info("step %d: params %s (%.2f%%), FLOPs %.1fM, val top-1 %.4f, %.0fs%s", step, f"{entry['params']:,}",
                      100 * entry["params_ratio"], entry["flops"] / 1e6, entry["val_accuracy"], entry["seconds"],
                      "" if accepted else " (discarded)")
@@ -305,11 +301,9 @@ def _finish(run: _Run, prepared: data.PreparedData, run_dir: str, out_dir: str, 
     else:
         final = saving.load_model(_step_path(run_dir, chosen["step"]))
         if config.final_epochs:
-            ft = FinetuneConfig(epochs=config.final_epochs, batch_size=config.batch_size,
-                                learning_rate=config.final_learning_rate, weight_decay=config.weight_decay,
-                                precision=config.precision, seed=config.seed * 1000 + 999)
-            final, _ = fit_student(final, prepared.train, teacher=run.teacher, transfer=run.transfer, config=ft,
-                                   verbose=verbose)
+            final, _ = fit_student(final, prepared.train, teacher=run.teacher, transfer=run.transfer,
+                                   config=_finetune(config, config.final_epochs, config.final_learning_rate,
+                                                    config.seed * 1000 + 999), verbose=verbose)
         saving.save_model(final, pruned_path)
         final_seconds = time.perf_counter() - start
         atomic.write_json(final_state_path, {"chosen_step": chosen["step"], "seconds": final_seconds})
@@ -317,6 +311,65 @@ def _finish(run: _Run, prepared: data.PreparedData, run_dir: str, out_dir: str, 
                              teacher_path, preset_name, time.perf_counter() - start)
     metrics["final_seconds"] = final_seconds
     return metrics
+
+
+def method_label(config: PruneConfig) -> str:
+    """How channels are chosen, in words: one way, or the candidates chosen among per step."""
+    if config.candidates:
+        return "per step, the best on validation of " + ", ".join(config.candidates)
+    return f"{config.criterion}/{config.allocation}" + (f":{config.cost_exponent:g}" if config.allocation == "cost"
+                                                        else "")
+
+
+def _finetune(config: PruneConfig, epochs: int, learning_rate: float, seed: int) -> FinetuneConfig:
+    return FinetuneConfig(epochs=epochs, batch_size=config.batch_size, learning_rate=learning_rate,
+                          weight_decay=config.weight_decay, precision=config.precision, seed=seed)
+
+
+def _prune_step(run: _Run, prepared: data.PreparedData, student: keras.Model, g, calib, budget, floors,
+                config: PruneConfig, step: int) -> tuple[str, dict, keras.Model, dict]:
+    """Prunes `student` to `budget` each way of `config.candidates` (or the one way of its
+    `criterion`/`allocation`) and, with several, keeps the way whose model is best on
+    validation after a short fine-tuning (`probe_images`).
+
+    Returns:
+      (the way's name, kept channels, the pruned model, validation top-1 per way probed).
+
+    Raises:
+      ValueError: no way meets the budget (the last way's reason).
+    """
+    names = config.candidates or (method_label(config),)
+    scores, pruned, error = {}, [], None
+    for name in names:
+        criterion, alloc, exponent = parse_candidate(name)
+        if criterion not in scores:
+            scores[criterion] = criteria.importance(g, criterion, calib, p=config.attention_p,
+                                                    normalization=config.normalization, batch_size=64)
+        try:
+            keep = allocation.select_channels(g, scores[criterion], max_params=budget[0], max_flops=budget[1],
+                                              min_channels=config.min_channels, floors=floors, allocation=alloc,
+                                              cost_exponent=exponent)
+        except ValueError as e:
+            error = e
+            continue
+        pruned.append((name, keep, prune_model(student, keep, g)))
+    if not pruned:
+        raise error
+    if len(pruned) == 1:
+        return pruned[0][0], pruned[0][1], pruned[0][2], {}
+    probe_set = data.stratified_subset(prepared.train, min(config.probe_images, len(prepared.train.labels)),
+                                       seed=config.seed * 1000 + step)
+    probe, best = {}, None
+    for name, keep, model in pruned:
+        model, _ = fit_student(model, probe_set, teacher=run.teacher, transfer=run.transfer,
+                               config=_finetune(config, 1, config.learning_rate, config.seed * 1000 + step))
+        probe[name] = evaluation.evaluate(model, prepared.val.images, prepared.val.labels, prepared.class_names,
+                                          run.batch)["accuracy"]
+        if best is None or probe[name] > probe[best[0]]:
+            best = (name, keep, model)
+    logging.info("step %d: validation after the probe %s; keeping %s", step,
+                 ", ".join(f"{n} {v:.4f}" for n, v in probe.items()), best[0])
+    return best[0], best[1], best[2], probe
 
 
 def _step_path(out_dir: str, step: int) -> str:
