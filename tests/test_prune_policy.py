@@ -294,16 +294,20 @@ def test_each_step_keeps_the_way_best_on_validation(tiny_teacher, three_class_da
     from edgekt.prune import pruner
 
     config = PruneConfig(target_params_ratio=0.3, steps=2, step_epochs=0, final_epochs=0, calibration_size=64,
-                         batch_size=32, candidates=("l1/global", "attention/cost:1", "l1/uniform"), probe_images=96)
+                         batch_size=32, candidates=("l1/global", "attention/cost:1@0.2,0.1", "l1/uniform@0.9,0.9"),
+                         probe_images=96)
     metrics = pruner.prune_prepared(tiny_teacher, three_class_data, str(tmp_path), config, holdout={})
     with open(tmp_path / "prune_state.json") as f:
         steps = json.load(f)["log"][1:]
     assert len(steps) == 2
     for entry in steps:
-        assert set(entry["probe"]) == set(config.candidates)
+        # Floors of 90% cannot fit 30% of the parameters: that way is left out.
+        assert set(entry["probe"]) == {"l1/global", "attention/cost:1@0.2,0.1"}
         assert entry["probe"][entry["way"]] == max(entry["probe"].values())
         # With no step epochs, the kept model is the probed one: its accuracy is the probe's.
         assert entry["val_accuracy"] == pytest.approx(entry["probe"][entry["way"]])
     assert metrics["ways"] == [e["way"] for e in steps] and metrics["method"].startswith("per step, the best")
     with pytest.raises(ValueError, match="candidates"):
         PruneConfig(candidates=("l1/global:0.5",))
+    with pytest.raises(ValueError, match="candidates"):
+        PruneConfig(candidates=("l1/cost@0.5",))

@@ -50,11 +50,12 @@ class PruneConfig:
     target_flops_ratio: Optional[float] = None
     max_accuracy_drop: Optional[float] = None
     criterion: str = "attention"
-    attention_p: float = 2.0
+    attention_p: float = 1.0
     normalization: str = "mean"
     allocation: str = "global"
     cost_exponent: float = 1.0
-    candidates: tuple = ("l1/global", "l1/uniform", "attention/global", "attention/cost:0.5", "attention/cost:1")
+    candidates: tuple = ("l1/global", "l1/uniform", "attention/cost:0.5", "attention/cost:1",
+                         "attention/cost:0.5@0.3,0.1")
     probe_images: int = 8192
     min_channels: int = 2
     stream_floor: float = 0.15
@@ -92,8 +93,7 @@ class PruneConfig:
             (self.normalization in NORMALIZATIONS, "normalization", f"one of {NORMALIZATIONS}"),
             (self.allocation in ALLOCATIONS, "allocation", f"one of {ALLOCATIONS}"),
             (all(_valid_candidate(c) for c in self.candidates), "candidates",
-             f"names 'criterion/allocation[:exponent]' with a criterion in {CRITERIA} and an allocation in "
-             f"{ALLOCATIONS}"),
+             f"names {_CANDIDATE_FORM} with a criterion in {CRITERIA} and an allocation in {ALLOCATIONS}"),
             (self.probe_images >= 1, "probe_images", ">= 1"),
             (self.cost_exponent >= 0, "cost_exponent", ">= 0"),
             (self.min_channels >= 1, "min_channels", ">= 1"),
@@ -116,22 +116,29 @@ class PruneConfig:
         presets.check_fields(self, checks)
 
 
-def parse_candidate(name: str) -> tuple[str, str, float]:
-    """("l1/cost:0.5") -> ("l1", "cost", 0.5); the exponent defaults to 1.
+_CANDIDATE_FORM = "'criterion/allocation[:exponent][@stream_floor,layer_floor]'"
+
+
+def parse_candidate(name: str) -> tuple[str, str, float, tuple[float, float] | None]:
+    """"attention/cost:0.5@0.3,0.1" -> ("attention", "cost", 0.5, (0.3, 0.1)); the exponent
+    defaults to 1 and the floors (fractions of the teacher's widths) to the config's.
 
     Raises:
-      ValueError: not of the form criterion/allocation[:exponent].
+      ValueError: not of that form.
     """
     try:
-        criterion, rest = name.split("/")
+        way, _, floor_text = name.partition("@")
+        criterion, rest = way.split("/")
         allocation, _, exponent = rest.partition(":")
         value = float(exponent) if exponent else 1.0
+        floors = tuple(float(f) for f in floor_text.split(",")) if floor_text else None
     except ValueError:
-        raise ValueError(f"a candidate is 'criterion/allocation[:exponent]'. Received: {name!r}") from None
-    if criterion not in CRITERIA or allocation not in ALLOCATIONS or value < 0 or (exponent and allocation != "cost"):
-        raise ValueError(f"a candidate is 'criterion/allocation[:exponent]' with a criterion in {CRITERIA}, an "
-                         f"allocation in {ALLOCATIONS} and an exponent only for cost. Received: {name!r}")
-    return criterion, allocation, value
+        raise ValueError(f"a candidate is {_CANDIDATE_FORM}. Received: {name!r}") from None
+    if (criterion not in CRITERIA or allocation not in ALLOCATIONS or value < 0 or (exponent and allocation != "cost")
+            or (floors is not None and (len(floors) != 2 or not all(0 <= f < 1 for f in floors)))):
+        raise ValueError(f"a candidate is {_CANDIDATE_FORM} with a criterion in {CRITERIA}, an allocation in "
+                         f"{ALLOCATIONS}, an exponent only for cost and floors in [0, 1). Received: {name!r}")
+    return criterion, allocation, value, floors
 
 
 def _valid_candidate(name) -> bool:

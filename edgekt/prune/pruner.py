@@ -245,10 +245,9 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
         step = len(state["log"])
         t0 = time.perf_counter()
         g = build_graph(student)
-        floors = allocation.channel_floors(g, original, stream_floor=config.stream_floor,
-                                           layer_floor=config.layer_floor)
         try:
-            way, keep, candidate, probe = _prune_step(run, prepared, student, g, calib, budget, floors, config, step)
+            way, keep, candidate, probe = _prune_step(run, prepared, student, g, calib, budget, original, config,
+                                                      step)
         except ValueError as e:
             logging.warning("step %d: %s; stopping", step, e)
             policy = dataclasses.replace(policy, stopped=str(e))
@@ -326,7 +325,7 @@ def _finetune(config: PruneConfig, epochs: int, learning_rate: float, seed: int)
                           weight_decay=config.weight_decay, precision=config.precision, seed=seed)
 
 
-def _prune_step(run: _Run, prepared: data.PreparedData, student: keras.Model, g, calib, budget, floors,
+def _prune_step(run: _Run, prepared: data.PreparedData, student: keras.Model, g, calib, budget, original,
                 config: PruneConfig, step: int) -> tuple[str, dict, keras.Model, dict]:
     """Prunes `student` to `budget` each way of `config.candidates` (or the one way of its
     `criterion`/`allocation`) and, with several, keeps the way whose model is best on
@@ -336,12 +335,15 @@ def _prune_step(run: _Run, prepared: data.PreparedData, student: keras.Model, g,
       (the way's name, kept channels, the pruned model, validation top-1 per way probed).
 
     Raises:
-      ValueError: no way meets the budget (the last way's reason).
+      ValueError: no way meets the budget (the last way's reason). A way whose floors do
+        not fit the budget is left out when another one does.
     """
     names = config.candidates or (method_label(config),)
     scores, pruned, error = {}, [], None
     for name in names:
-        criterion, alloc, exponent = parse_candidate(name)
+        criterion, alloc, exponent, own_floors = parse_candidate(name)
+        stream_floor, layer_floor = own_floors or (config.stream_floor, config.layer_floor)
+        floors = allocation.channel_floors(g, original, stream_floor=stream_floor, layer_floor=layer_floor)
         if criterion not in scores:
             scores[criterion] = criteria.importance(g, criterion, calib, p=config.attention_p,
                                                     normalization=config.normalization, batch_size=64)
