@@ -10,6 +10,7 @@ Candidates are fixed below (name -> PruneConfig fields over the `cpu` preset); r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -48,18 +49,23 @@ CANDIDATES = {
 
 def main(argv):
     del argv
+    from edgekt import data
     from edgekt.prune import config as prune_config
     from edgekt.prune import pruner
     from pipelines import flag_utils
 
     teacher, val_size, split_seed, pool = flag_utils.load_teacher_and_split(FLAGS.teacher, None)
+    prepared = data.prepare_splits(data.load(FLAGS.data), val_size=val_size, seed=split_seed, device_pool_size=pool)
     rows = {}
     for name, fields in CANDIDATES.items():
         if FLAGS.only and name not in FLAGS.only:
             continue
         config = prune_config.preset("cpu", **SHORT, **fields, target_params_ratio=FLAGS.budget)
-        metrics = pruner.prune_and_finetune(teacher, FLAGS.data, os.path.join(FLAGS.out_dir, name), config,
-                                            val_size=val_size, split_seed=split_seed, device_pool_size=pool)
+        # The test split is dropped before anything runs: candidates are compared on validation only.
+        metrics = pruner.prune_prepared(teacher, dataclasses.replace(prepared, test=None),
+                                        os.path.join(FLAGS.out_dir, name), config,
+                                        holdout={"val_size": val_size, "split_seed": split_seed,
+                                                 **({"device_pool_size": pool} if pool else {})})
         rows[name] = {"val_accuracy": metrics["val_accuracy"], "params": metrics["params"], "flops": metrics["flops"]}
         print(json.dumps({name: rows[name]}), flush=True)
     print(json.dumps(rows, indent=1))

@@ -32,6 +32,8 @@ METHODS: dict[str, dict | None] = {
     "attention_global": {"criterion": "attention", "allocation": "global", **_PLAIN},
     "attention_cost": {"criterion": "attention", "allocation": "cost", **_PLAIN},
     "attention_uniform": {"criterion": "attention", "allocation": "uniform", **_PLAIN},
+    # The default fine-tuned on labels only, as tfmot is: what distillation adds.
+    "default_labels_only": {"transfer": "none"},
     "tfmot": None,  # the magnitude-pruning baseline
 }
 SWEEP_FILE = "sweep.json"
@@ -79,7 +81,7 @@ PRESETS: dict[str, SweepConfig] = {
                          tfmot_batch_size=64),
     # The cpu teacher (WRN-16-2) to 50, 25, 10, 5 and 2% of its parameters by every method.
     "cpu": SweepConfig(methods=("default", "l1_global", "tfmot", "attention_global", "attention_cost", "l1_cost",
-                                "attention_uniform", "l1_uniform")),
+                                "attention_uniform", "l1_uniform", "default_labels_only")),
     # The paper's WRN-28-10 down to its 0.64%.
     "paper": SweepConfig(budgets=(0.1, 0.05, 0.02, 0.0064), prune_preset="paper"),
 }
@@ -107,13 +109,13 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
     """Runs the sweep into `out_dir` (one folder per method) and writes `sweep.json`,
     `sweep.md` and `sweep.png`. Returns what `sweep.json` holds."""
     from edgekt.baselines import tfmot_magnitude
-    from edgekt.export import measure
     from edgekt.flops import model_cost
-    from edgekt.models import saving
     from edgekt.prune import pruner
     from edgekt.prune.graph import build_graph
 
     build_graph(teacher)  # an unsupported model fails before any work
+    if "tfmot" in config.methods:
+        tfmot_magnitude.check_translation(teacher)
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
@@ -136,16 +138,20 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
         t0 = time.perf_counter()
         if METHODS[method] is None:
             pcfg = method_config(config, "default")
-            budgets = [(b, int(b * teacher_params)) for b in sorted(config.budgets, reverse=True)]
+            steps = steps_to_budgets(pcfg, teacher_params, teacher_cost.flops)
+            ratios = sorted(config.budgets, reverse=True)[:len(steps)]
+            budgets = [(b, int(b * teacher_params), (n - prev) * pcfg.step_epochs)
+                       for b, n, prev in zip(ratios, steps, [0] + steps[:-1])]
             results = tfmot_magnitude.run_trajectory(
                 teacher, budgets, prepared, method_dir,
                 tfmot_magnitude.MagnitudeConfig(learning_rate=config.tfmot_learning_rate,
                                                 batch_size=config.tfmot_batch_size, precision=pcfg.precision),
-                step_epochs=pcfg.step_epochs, final_epochs=pcfg.final_epochs, representative=representative,
+                final_epochs=pcfg.final_epochs, representative=representative,
                 latency_repeats=config.latency_repeats)
-            for r in results:
+            for r, n in zip(results, steps):
                 rows.append({"method": method, "budget": r["budget_ratio"], "params": r["nonzero_params"],
-                             "stored_params": r["stored_params"], "flops": model_cost(teacher).flops,
+                             "stored_params": r["stored_params"], "flops": teacher_cost.flops,
+                             "epochs": n * pcfg.step_epochs + pcfg.final_epochs,
                              **{k: r[k] for k in ("val_accuracy", "test_accuracy", "int8_bytes", "int8_gzip_bytes",
                                                   "int8_latency_ms", "int8_test_accuracy", "trajectory_seconds",
                                                   "final_seconds")}})
@@ -153,31 +159,69 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
             pcfg = method_config(config, method)
             results = pruner.prune_milestones(teacher, prepared, method_dir, pcfg, holdout=holdout,
                                               teacher_path=teacher_path, verbose=verbose)
+            n_train = len(prepared.train.labels)
+            probe_epochs = min(pcfg.probe_images, n_train) / n_train if pcfg.candidates else 0.0
             for r in results:
                 folder = os.path.join(method_dir, f"budget_{r['budget_ratio']:g}")
-                figures_path = os.path.join(folder, "int8.json")
-                if os.path.exists(figures_path):
-                    with open(figures_path) as f:
-                        figures = json.load(f)
-                else:
-                    blob = measure.inference_file(saving.load_model(os.path.join(folder, pruner.PRUNED_FILE)), "int8",
-                                                  representative)
-                    atomic.write_bytes(os.path.join(folder, "model_int8.tflite"), blob)
-                    figures = measure.file_figures(blob, prepared.test.images if prepared.test else None,
-                                                   prepared.test.labels if prepared.test else None,
-                                                   repeats=config.latency_repeats)
-                    atomic.write_json(figures_path, figures)
+                model_path = os.path.join(folder, pruner.PRUNED_FILE)
+                figures = _int8_figures(model_path, representative, prepared, config.latency_repeats)
                 rows.append({"method": method, "budget": r["budget_ratio"], "params": r["params"],
                              "stored_params": r["params"], "flops": r["flops"], "val_accuracy": r["val_accuracy"],
                              "test_accuracy": r["test_accuracy"], "int8_bytes": figures["bytes"],
                              "int8_gzip_bytes": figures["gzip_bytes"], "int8_latency_ms": figures["latency_ms"],
                              "int8_test_accuracy": figures.get("test_accuracy"),
+                             "epochs": r["steps_taken"] * (pcfg.step_epochs + probe_epochs) + pcfg.final_epochs,
                              "trajectory_seconds": r["trajectory_seconds"], "final_seconds": r["final_seconds"],
                              "channels": r.get("channels")})
         seconds[method] = time.perf_counter() - t0
         summary = _write(out_dir, config, rows, seconds, teacher_info, time.perf_counter() - start)
         logging.info("sweep: %s done in %.0f s", method, seconds[method])
     return summary
+
+
+def steps_to_budgets(config, teacher_params: int, teacher_flops: int) -> list[int]:
+    """After how many steps our policy reaches each budget (largest first) when every step is
+    accepted, as in a sweep (no accuracy floor): what the baseline's ramps follow."""
+    from edgekt.prune import schedule
+
+    state = schedule.PolicyState(params=teacher_params, flops=teacher_flops, step=schedule.initial_step(
+        target_params_ratio=config.target_params_ratio, target_flops_ratio=None, steps=config.steps,
+        step_keep=config.step_keep))
+    budgets = sorted({int(r * teacher_params) for r in (*config.milestones, config.target_params_ratio)},
+                     reverse=True)
+    out, n = [], 0
+    while (budget := schedule.next_budget(state, max_params=budgets[-1], max_flops=None, milestones=budgets[:-1],
+                                          max_steps=config.max_steps)) is not None:
+        n += 1
+        state, _ = schedule.after_step(state, params=budget[0], flops=state.flops, accuracy=1.0, floor=None,
+                                       min_step=config.min_step)
+        out.extend(n for b in budgets[len(out):] if budget[0] <= b)
+    return out
+
+
+def _int8_figures(model_path: str, representative, prepared, repeats: int) -> dict:
+    """The int8 file of a pruned model and its figures (kept beside it, redone when the model
+    changed)."""
+    import hashlib
+
+    from edgekt.export import measure
+    from edgekt.models import saving
+
+    with open(model_path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    figures_path = os.path.join(os.path.dirname(model_path), "int8.json")
+    if os.path.exists(figures_path):
+        with open(figures_path) as f:
+            figures = json.load(f)
+        if figures.get("model_sha256") == digest:
+            return figures
+    blob = measure.inference_file(saving.load_model(model_path), "int8", representative)
+    atomic.write_bytes(os.path.join(os.path.dirname(model_path), "model_int8.tflite"), blob)
+    figures = {**measure.file_figures(blob, prepared.test.images if prepared.test else None,
+                                      prepared.test.labels if prepared.test else None, repeats=repeats),
+               "model_sha256": digest}
+    atomic.write_json(figures_path, figures)
+    return figures
 
 
 def _write(out_dir: str, config: SweepConfig, rows: list[dict], seconds: dict, teacher: dict, wall: float) -> dict:
@@ -195,16 +239,16 @@ def pct(v) -> str:
 
 def table(summary: dict) -> str:
     """The sweep as a markdown table, one row per method and budget."""
-    lines = ["| method | budget | params (non-zero) | MFLOPs | val top-1 | test top-1 | int8 test top-1 | int8 KiB | "
-             "int8 latency ms | pruning s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | budget | params (non-zero) | MFLOPs (executed) | val top-1 | test top-1 | int8 test top-1 | "
+             "int8 KiB | int8 latency ms | epochs | pruning s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     t = summary.get("teacher") or {}
     if t:
         lines.append(f"| teacher | 100% | {t['params']:,} | {t['flops'] / 1e6:.1f} | {pct(t.get('val_accuracy'))} | "
-                     f"{pct(t.get('test_accuracy'))} | – | – | – | – |")
+                     f"{pct(t.get('test_accuracy'))} | – | – | – | – | – |")
     for r in sorted(summary["rows"], key=lambda r: (-r["budget"], r["method"])):
         lines.append(f"| {r['method']} | {100 * r['budget']:g}% | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
                      f"{pct(r['val_accuracy'])} | {pct(r['test_accuracy'])} | {pct(r.get('int8_test_accuracy'))} | "
-                     f"{r['int8_bytes'] / 1024:.1f} | {r['int8_latency_ms']:.3f} | "
+                     f"{r['int8_bytes'] / 1024:.1f} | {r['int8_latency_ms']:.3f} | {r.get('epochs', 0):.1f} | "
                      f"{r['trajectory_seconds'] + r['final_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -216,15 +260,16 @@ def plot(summary: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    axes_spec = (("params", "parameters (non-zero)"), ("flops", "FLOPs (multiply-accumulates)"),
+    axes_spec = (("params", "parameters (non-zero)"), ("flops", "FLOPs as executed (multiply-accumulates)"),
                  ("int8_bytes", "int8 .tflite bytes"), ("int8_latency_ms", "TFLite latency, batch 1, 1 thread (ms)"))
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), dpi=110)
     methods = list(dict.fromkeys(r["method"] for r in summary["rows"]))
     colors = plt.get_cmap("tab10")
     for i, method in enumerate(methods):
-        pts = sorted((r for r in summary["rows"] if r["method"] == method), key=lambda r: r["params"])
+        pts = sorted((r for r in summary["rows"] if r["method"] == method and r["test_accuracy"] is not None),
+                     key=lambda r: r["params"])
         for ax, (key, _) in zip(axes, axes_spec):
-            ax.plot([r[key] for r in pts], [100 * (r["test_accuracy"] or 0) for r in pts], marker="o",
+            ax.plot([r[key] for r in pts], [100 * r["test_accuracy"] for r in pts], marker="o",
                     color=colors(i % 10), label=method, linestyle="--" if method == "tfmot" else "-")
     for ax, (key, label) in zip(axes, axes_spec):
         ax.set_xscale("log")

@@ -163,3 +163,21 @@ def test_an_unknown_class_is_refused_everywhere_with_the_same_list():
         flops.model_cost(model)
     with pytest.raises(UnsupportedOnDeviceError, match="'up' \\(Conv2DTranspose\\)"):
         DeviceTrainer(model, TrainerOptions(batch_size=1))
+
+
+def test_models_never_import_pruning():
+    import ast
+    import os
+
+    import edgekt.models
+
+    folder = os.path.dirname(edgekt.models.__file__)
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(folder, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(m.startswith(("edgekt.prune", "edgekt.export", "pipelines")) for m in modules), (name, modules)

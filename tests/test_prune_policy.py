@@ -143,6 +143,16 @@ def test_policy_backs_off_by_halving_the_step_and_stops_below_min_step():
     assert "min_step" in state.stopped and schedule.next_budget(state, max_params=100, max_flops=None) is None
 
 
+def test_back_off_halves_what_a_step_cut_back_to_its_target_removed():
+    state = schedule.PolicyState(params=1000, flops=500, step=0.6)
+    budget = schedule.next_budget(state, max_params=800, max_flops=None)
+    assert budget == (800, None) and schedule.removed_fraction(state, budget) == pytest.approx(0.2)
+    state, ok = schedule.after_step(state, params=800, flops=400, accuracy=0.1, floor=0.5, min_step=0.01,
+                                    removed=schedule.removed_fraction(state, budget))
+    assert not ok and state.step == pytest.approx(0.1)
+    assert schedule.next_budget(state, max_params=800, max_flops=None) == (900, None)  # not the same 800 again
+
+
 def test_prune_config_checks():
     with pytest.raises(ValueError, match=r"no policy given"):
         PruneConfig(target_params_ratio=None)
@@ -243,6 +253,7 @@ def test_policy_backs_off_when_the_accuracy_floor_breaks(tiny_teacher, three_cla
         assert entry["accepted"] == (entry["val_accuracy"] >= floor)
         # Every step starts from the last accepted model and removes `step_fraction` of it.
         assert entry["target_params"] == int(current["params"] * (1 - entry["step_fraction"]))
+        assert 0.9 * entry["target_params"] <= entry["params"] <= entry["target_params"]
         if following is not None:
             expected = entry["step_fraction"] / (1 if entry["accepted"] else 2)
             assert following["step_fraction"] == pytest.approx(expected)

@@ -33,9 +33,12 @@ def test_sweep_measures_every_method_at_every_budget(small_sweep):
         assert r["params"] <= budget * teacher_params * 1.01, (method, budget)
         assert 0 <= r["val_accuracy"] <= 1 and 0 <= r["test_accuracy"] <= 1 and r["int8_latency_ms"] > 0
     for budget in config.budgets:
-        # Filter pruning shrinks the file and the work; magnitude pruning leaves both dense.
+        # Filter pruning shrinks the file; magnitude pruning leaves it dense.
         assert rows[("default", budget)]["int8_bytes"] < rows[("tfmot", budget)]["int8_bytes"]
-        assert rows[("tfmot", budget)]["flops"] > rows[("default", budget)]["flops"]
+        # The baseline trains as many epochs as a method without probes, at every budget.
+        assert rows[("tfmot", budget)]["epochs"] == rows[("l1_global", budget)]["epochs"]
+        assert rows[("default", budget)]["epochs"] > rows[("l1_global", budget)]["epochs"]  # the probes' images
+    assert [rows[("tfmot", b)]["epochs"] for b in (0.5, 0.25)] == [2, 3]  # 1 step + 1 final, 2 steps + 1 final
     assert rows[("default", 0.25)]["params"] < rows[("default", 0.5)]["params"]
     for name in (sweep.SWEEP_FILE, sweep.TABLE_FILE, sweep.PLOT_FILE):
         assert os.path.exists(os.path.join(out, name))
@@ -60,6 +63,14 @@ def test_report_includes_the_sweep(small_sweep):
     assert "sweep.png" in open(os.path.join(run_dir, "report.html")).read()
     with open(os.path.join(run_dir, "summary.json")) as f:
         assert len(json.load(f)["sweep"]["rows"]) == 6
+
+
+def test_the_baseline_ramps_follow_our_steps_between_budgets():
+    cpu = sweep.method_config(sweep.preset("cpu"), "default")
+    assert sweep.steps_to_budgets(cpu, 691_674, 101_106_944) == [1, 2, 3, 4, 5]
+    paper = sweep.method_config(sweep.preset("paper"), "default")
+    steps = sweep.steps_to_budgets(paper, 36_479_194, 5_248_000_000)
+    assert len(steps) == 4 and steps == sorted(steps) and steps[-1] > 4  # several steps between budgets
 
 
 def test_sweep_config_names_bad_fields():

@@ -271,31 +271,66 @@ def run(teacher: keras.Model, budget_params: int, splits: data.DataSplits, out_d
     return metrics
 
 
-def run_trajectory(teacher: keras.Model, budgets: list[tuple[float, int]], prepared: data.PreparedData, out_dir: str,
-                   config: MagnitudeConfig, *, step_epochs: int, final_epochs: int, representative: np.ndarray,
+def check_translation(teacher: keras.Model, images: np.ndarray | None = None) -> None:
+    """Fails early when the tf_keras copy of `teacher` is missing or computes something else.
+
+    Raises:
+      ValueError: a layer without a translation, or outputs that differ (names the gap).
+    """
+    copy = to_tf_keras(teacher)
+    x = images if images is not None else np.random.default_rng(0).uniform(0, 255, (4, *teacher.input_shape[1:]))
+    x = np.asarray(x, np.float32)
+    ours = keras.ops.convert_to_numpy(teacher(x, training=False))
+    theirs = copy(x, training=False).numpy()
+    gap = float(np.max(np.abs(ours - theirs)))
+    if gap > 1e-3 * max(1.0, float(np.max(np.abs(ours)))):
+        raise ValueError(f"the tf_keras copy of {teacher.name!r} for the tfmot baseline differs from it by up to {gap:.3g} "
+                         "in its outputs; the baseline would prune another network")
+
+
+def run_trajectory(teacher: keras.Model, budgets: list[tuple[float, int, int]], prepared: data.PreparedData,
+                   out_dir: str, config: MagnitudeConfig, *, final_epochs: int, representative: np.ndarray,
                    latency_repeats: int = 50) -> list[dict]:
     """Magnitude pruning through several budgets, as the filter-pruning sweep goes through them.
 
     Args:
       teacher: the unpruned model.
-      budgets: (ratio, non-zero parameters) pairs, largest first.
+      budgets: (ratio, non-zero parameters, ramp epochs) per budget, largest first; the ramp
+        takes the sparsity from the previous budget's to this one's in that many epochs (the
+        epochs our pruning spends between the two budgets).
       prepared: the data (train for fine-tuning; val and test measured).
       out_dir: writes `budget_<ratio>/` per budget (`ramp.npz` the weights after the ramp,
-        `metrics.json`, the `.tflite` files); a killed run resumes from them.
+        `metrics.json`, the `.tflite` files); a killed run resumes from them when
+        `identity.json` (teacher, data, settings) matches.
       config: SGD settings (its `epochs` is not used).
-      step_epochs: epochs of each ramp from the previous budget's sparsity to this one's.
       final_epochs: epochs of each budget's fine-tuning at constant sparsity.
+
+    Raises:
+      ValueError: `out_dir` holds a run of another setup.
       representative: calibration images of the int8 files.
 
     Returns:
       Each reached budget's metrics, largest first.
     """
+    from edgekt.models import saving
+
     tfmot, _ = _imports()
+    os.makedirs(out_dir, exist_ok=True)
+    identity = {"teacher": saving.fingerprint(teacher), "data": prepared.source, "train": len(prepared.train.labels),
+                "budgets": [list(b) for b in budgets], "final_epochs": final_epochs,
+                "config": dataclasses.asdict(config)}
+    identity_path = os.path.join(out_dir, "identity.json")
+    if os.path.exists(identity_path):
+        with open(identity_path) as f:
+            if json.load(f) != json.loads(json.dumps(identity)):
+                raise ValueError(f"{out_dir}: holds a tfmot run of another setup; use another folder or delete it")
+    else:
+        atomic.write_json(identity_path, identity)
     base = _base(teacher, config.precision)
     weights = base.get_weights()
     previous, ramp_seconds, results = 0.0, 0.0, []
     steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
-    for i, (ratio, budget) in enumerate(budgets):
+    for i, (ratio, budget, step_epochs) in enumerate(budgets):
         folder = os.path.join(out_dir, f"budget_{ratio:g}")
         os.makedirs(folder, exist_ok=True)
         sparsity = sparsity_for_budget(base, budget)

@@ -213,8 +213,9 @@ class DeviceTrainer(tf.Module):
         def refuse(why):
             raise UnsupportedOnDeviceError(f"layer {name!r} ({cls}) cannot be trained on the device: {why}")
 
-        if cls in ("DepthwiseConv2D", "SeparableConv2D") and config.get("depth_multiplier", 1) != 1:
-            refuse(f"depth_multiplier={config.get('depth_multiplier')} (only 1)")
+        kind = layers.LAYERS[cls]
+        if kind.check is not None and kind.check(layer):  # the table's limits (groups, multipliers, axes)
+            refuse(kind.check(layer))
         if cls in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "MaxPooling2D", "AveragePooling2D"):
             strides = tuple(config.get("strides", (1, 1)))
             if strides[0] != strides[1]:
@@ -245,8 +246,6 @@ class DeviceTrainer(tf.Module):
             self.softmax_output = True
         if cls == "Normalization" and (config.get("invert") or tuple(config.get("axis") or (-1,)) not in ((-1,), (3,))):
             refuse("only channel-axis, non-inverted normalisation is supported")
-        if cls == "BatchNormalization" and config.get("axis", -1) not in (-1, len(layer.input.shape) - 1):
-            refuse(f"normalisation axis {config.get('axis')}")
 
     # --- forward pass -----------------------------------------------------------------------
 

@@ -61,3 +61,18 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a bad archive.
         raise ValueError(f"{path}: not a readable .keras model ({type(e).__name__}: {e})") from e
+
+
+def fingerprint(model: keras.Model) -> str:
+    """sha256 of a model's weights (values and shapes, in layer order): what identifies the
+    model a resumed run must match, whatever file it came from."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for v in model.weights:
+        value = np.ascontiguousarray(np.asarray(v.numpy(), dtype=np.float32))
+        h.update(str(value.shape).encode())
+        h.update(value.tobytes())
+    return h.hexdigest()

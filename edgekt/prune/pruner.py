@@ -168,6 +168,7 @@ def prune_milestones(teacher: keras.Model, prepared: data.PreparedData, out_dir:
         start = time.perf_counter()
         metrics = _finish(run, prepared, out_dir, folder, entry, config, verbose, teacher_path, None)
         metrics.update(budget_ratio=ratio, trajectory_seconds=seconds, channels=entry.get("channels"),
+                       steps_taken=sum(1 for e in accepted if e["step"] <= entry["step"]),
                        final_seconds=metrics.get("final_seconds", time.perf_counter() - start))
         atomic.write_json(os.path.join(folder, METRICS_FILE), metrics)
         results.append(metrics)
@@ -181,6 +182,7 @@ class _Run:
     batch: int             # evaluation batch
     transfer: TransferConfig
     floor: float | None    # validation accuracy floor
+    fingerprint: str       # the teacher's weights, which a resumed run must match
 
 
 def _setup(teacher: keras.Model, prepared: data.PreparedData, config: PruneConfig) -> _Run:
@@ -196,7 +198,7 @@ def _setup(teacher: keras.Model, prepared: data.PreparedData, config: PruneConfi
     floor = None
     if config.max_accuracy_drop is not None:
         floor = base["val_accuracy"] - config.max_accuracy_drop / 100.0
-    return _Run(teacher32, base, batch, transfer_config(config), floor)
+    return _Run(teacher32, base, batch, transfer_config(config), floor, saving.fingerprint(teacher32))
 
 
 def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: PruneConfig, holdout: dict,
@@ -215,7 +217,7 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
                  base["flops"] / 1e6, base["val_accuracy"], 100 * policy.step,
                  f", accuracy floor {floor:.4f}" if floor is not None else "")
 
-    identity = {"config": _config_dict(config), "data": prepared.source, **holdout,
+    identity = {"config": _config_dict(config), "data": prepared.source, **holdout, "teacher": run.fingerprint,
                 "class_names": list(prepared.class_names), "teacher_params": base["params"], "teacher_flops": base["flops"]}
     state_path = os.path.join(out_dir, STATE_FILE)
     state = {"identity": identity, "log": [{"step": 0, **base, "params_ratio": 1.0, "flops_ratio": 1.0,
@@ -265,7 +267,8 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
         entry["params_ratio"] = entry["params"] / base["params"]
         entry["flops_ratio"] = entry["flops"] / base["flops"]
         policy, accepted = schedule.after_step(policy, params=entry["params"], flops=entry["flops"],
-                                               accuracy=entry["val_accuracy"], floor=floor, min_step=config.min_step)
+                                               accuracy=entry["val_accuracy"], floor=floor, min_step=config.min_step,
+                                               removed=schedule.removed_fraction(policy, budget))
         entry["accepted"] = accepted
         if accepted:
             saving.save_model(candidate, _step_path(out_dir, step))

@@ -91,17 +91,27 @@ def next_budget(state: PolicyState, *, max_params: Optional[int], max_flops: Opt
     return params, flops
 
 
+def removed_fraction(state: PolicyState, budget: tuple[Optional[int], Optional[int]]) -> float:
+    """The fraction of what is left that a budget from `next_budget` removes (a proposal cut
+    back to a target or milestone removes less than `state.step`)."""
+    params, flops = budget
+    if params is not None:
+        return 1.0 - params / state.params
+    return 1.0 - flops / state.flops
+
+
 def after_step(state: PolicyState, *, params: int, flops: int, accuracy: float, floor: Optional[float],
-               min_step: float) -> tuple[PolicyState, bool]:
+               min_step: float, removed: Optional[float] = None) -> tuple[PolicyState, bool]:
     """The state after a step's fine-tuned model was measured, and whether it is accepted.
 
     A model at or above the floor is accepted and becomes the current one. One below it is
-    discarded and the step halves; below `min_step` the run stops.
+    discarded and the step becomes half of what this step removed (`removed`, default
+    `state.step`), so a retry always removes less; below `min_step` the run stops.
     """
     attempts = state.attempts + 1
     if floor is None or accuracy >= floor:
         return dataclasses.replace(state, params=params, flops=flops, attempts=attempts), True
-    step = state.step / 2.0
+    step = min(state.step, removed if removed is not None else state.step) / 2.0
     stopped = (f"the accuracy floor broke and the step would fall to {step:.4f} (< min_step {min_step})"
                if step < min_step else "")
     return dataclasses.replace(state, step=step, attempts=attempts, stopped=stopped), False
