@@ -53,17 +53,22 @@ def write_tree(root: str, splits: dict, class_names, per_class: int, wrapper: st
     return top
 
 
-@pytest.fixture(scope="session")
-def small_cifar(cifar):
-    """A class-balanced real subset: 3 classes, 8 train and 4 test images each."""
+def _three_class_subset(cifar, train_per_class: int, test_per_class: int, name: str):
+    """The first images of airplane, cat and ship in each split, relabelled 0..2."""
     from edgekt import data
 
     out = {}
-    for split_name, per_class in (("train", 8), ("test", 4)):
+    for split_name, per_class in (("train", train_per_class), ("test", test_per_class)):
         split = data.select_classes(cifar[split_name], ["airplane", "cat", "ship"], relabel=True)
         idx = np.concatenate([np.flatnonzero(split.labels == c)[:per_class] for c in range(3)])
         out[split_name] = data.Split(split.images[idx], split.labels[idx], split.class_names)
-    return data.DataSplits(out, out["train"].class_names, "small_cifar")
+    return data.DataSplits(out, out["train"].class_names, name)
+
+
+@pytest.fixture(scope="session")
+def small_cifar(cifar):
+    """A class-balanced real subset: 3 classes, 8 train and 4 test images each."""
+    return _three_class_subset(cifar, 8, 4, "small_cifar")
 
 
 @pytest.fixture
@@ -90,12 +95,5 @@ def quick_wrn(split, images: int, seed: int = 0, depth: int = 10, epochs: int = 
 @pytest.fixture(scope="session")
 def three_classes(cifar):
     """Real images of 3 classes: 600 for training (and validation), 150 for test."""
-    from edgekt import data
-
-    out = {}
-    for split_name, per_class in (("train", 200), ("test", 50)):
-        split = data.select_classes(cifar[split_name], ["airplane", "cat", "ship"], relabel=True)
-        idx = np.concatenate([np.flatnonzero(split.labels == c)[:per_class] for c in range(3)])
-        out[split_name] = data.Split(split.images[idx], split.labels[idx], split.class_names)
-    return data.DataSplits(out, out["train"].class_names, "three_classes")
+    return _three_class_subset(cifar, 200, 50, "three_classes")
 
