@@ -40,6 +40,11 @@ def test_sweep_measures_every_method_at_every_budget(small_sweep):
         assert rows[("default", budget)]["epochs"] > rows[("l1_global", budget)]["epochs"]  # the probes' images
     assert [rows[("tfmot", b)]["epochs"] for b in (0.5, 0.25)] == [2, 3]  # 1 step + 1 final, 2 steps + 1 final
     assert rows[("default", 0.25)]["params"] < rows[("default", 0.5)]["params"]
+    for budget in config.budgets:   # each budget's own record says what made it and whether it fits
+        with open(os.path.join(out, "default", f"budget_{budget:g}", "metrics.json")) as f:
+            m = json.load(f)
+        assert m["method"].startswith("per step, the best") and m["criterion"] is None and m["target_met"]
+        assert len(m["ways"]) == m["steps_taken"] and "wall_seconds" not in m
     for name in (sweep.SWEEP_FILE, sweep.TABLE_FILE, sweep.PLOT_FILE):
         assert os.path.exists(os.path.join(out, name))
     table = open(os.path.join(out, sweep.TABLE_FILE)).read()

@@ -127,7 +127,6 @@ def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: s
     metrics = _finish(run, prepared, out_dir, out_dir, chosen, config, verbose, teacher_path, preset_name)
     metrics["stopped"] = policy.stopped or "targets met"
     metrics["steps_discarded"] = sum(1 for e in state["log"][1:] if not e.get("accepted", True))
-    metrics["method"] = method_label(config)
     metrics["ways"] = [e.get("way") for e in state["log"][1:] if e.get("accepted", True)]
     metrics["wall_seconds"] = time.perf_counter() - start_time
     atomic.write_json(os.path.join(out_dir, METRICS_FILE), metrics)
@@ -167,8 +166,11 @@ def prune_milestones(teacher: keras.Model, prepared: data.PreparedData, out_dir:
         os.makedirs(folder, exist_ok=True)
         start = time.perf_counter()
         metrics = _finish(run, prepared, out_dir, folder, entry, config, verbose, teacher_path, None)
+        del metrics["wall_seconds"]   # measuring only; the budget's time is trajectory + final
         metrics.update(budget_ratio=ratio, trajectory_seconds=seconds, channels=entry.get("channels"),
                        steps_taken=sum(1 for e in accepted if e["step"] <= entry["step"]),
+                       ways=[e.get("way") for e in accepted if e["step"] <= entry["step"]],
+                       target_met=metrics["params"] <= budget,
                        final_seconds=metrics.get("final_seconds", time.perf_counter() - start))
         atomic.write_json(os.path.join(folder, METRICS_FILE), metrics)
         results.append(metrics)
@@ -405,8 +407,9 @@ def _final_metrics(final, teacher, prepared, base, chosen, config, floor, batch,
         "data": prepared.source,
         "class_names": list(prepared.class_names),
         "teacher": teacher_path,
-        "criterion": config.criterion,
-        "allocation": config.allocation,
+        "method": method_label(config),
+        "criterion": None if config.candidates else config.criterion,
+        "allocation": None if config.candidates else config.allocation,
         "transfer": config.transfer,
         "params": cost.params,
         "teacher_params": base["params"],
