@@ -16,6 +16,7 @@ import os
 import time
 
 import keras
+import numpy as np
 from absl import logging
 
 from edgekt import atomic, data, evaluation, presets
@@ -39,6 +40,7 @@ METHODS: dict[str, dict | None] = {
 SWEEP_FILE = "sweep.json"
 TABLE_FILE = "sweep.md"
 PLOT_FILE = "sweep.png"
+LATENCY_FILE = "latency.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +107,11 @@ def method_config(config: SweepConfig, method: str):
 
 def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, config: SweepConfig, *,
         val_size: int = 5000, split_seed: int = 0, device_pool_size: int = 0, teacher_path: str | None = None,
-        verbose: int | str = 0) -> dict:
+        remeasure_latency: bool = False, verbose: int | str = 0) -> dict:
     """Runs the sweep into `out_dir` (one folder per method) and writes `sweep.json`,
-    `sweep.md` and `sweep.png`. Returns what `sweep.json` holds."""
+    `sweep.md` and `sweep.png`; the int8 latencies come from one pass over all files at the
+    end (`latency_pass`; `remeasure_latency` redoes it, e.g. on an idle machine). Returns what
+    `sweep.json` holds."""
     from edgekt.baselines import tfmot_magnitude
     from edgekt.flops import model_cost
     from edgekt.prune import pruner
@@ -130,6 +134,7 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
     teacher_cost = model_cost(teacher)
     teacher_params = teacher_cost.params
     teacher_info = {"path": teacher_path, "params": teacher_params, "flops": teacher_cost.flops,
+                    "test_images": len(prepared.test.labels) if prepared.test is not None else 0,
                     **{f"{name}_accuracy": evaluation.evaluate(teacher, split.images, split.labels)["accuracy"]
                        for name, split in (("val", prepared.val), ("test", prepared.test)) if split is not None}}
     rows, seconds = [], {}
@@ -150,8 +155,11 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
                 latency_repeats=config.latency_repeats)
             for r, n in zip(results, steps):
                 rows.append({"method": method, "budget": r["budget_ratio"], "params": r["nonzero_params"],
+                             "int8_file": os.path.join(method, f"budget_{r['budget_ratio']:g}",
+                                                       "model_magnitude_int8.tflite"),
                              "stored_params": r["stored_params"], "flops": teacher_cost.flops,
                              "epochs": n * pcfg.step_epochs + pcfg.final_epochs,
+                             "compute_epochs": n * pcfg.step_epochs + pcfg.final_epochs,
                              **{k: r[k] for k in ("val_accuracy", "test_accuracy", "int8_bytes", "int8_gzip_bytes",
                                                   "int8_latency_ms", "int8_test_accuracy", "trajectory_seconds",
                                                   "final_seconds")}})
@@ -161,22 +169,61 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
                                               teacher_path=teacher_path, verbose=verbose)
             n_train = len(prepared.train.labels)
             probe_epochs = min(pcfg.probe_images, n_train) / n_train if pcfg.candidates else 0.0
+            ways = max(len(pcfg.candidates), 1)
             for r in results:
                 folder = os.path.join(method_dir, f"budget_{r['budget_ratio']:g}")
                 model_path = os.path.join(folder, pruner.PRUNED_FILE)
                 figures = _int8_figures(model_path, representative, prepared, config.latency_repeats)
                 rows.append({"method": method, "budget": r["budget_ratio"], "params": r["params"],
+                             "int8_file": os.path.relpath(os.path.join(folder, "model_int8.tflite"), out_dir),
                              "stored_params": r["params"], "flops": r["flops"], "val_accuracy": r["val_accuracy"],
                              "test_accuracy": r["test_accuracy"], "int8_bytes": figures["bytes"],
                              "int8_gzip_bytes": figures["gzip_bytes"], "int8_latency_ms": figures["latency_ms"],
                              "int8_test_accuracy": figures.get("test_accuracy"),
                              "epochs": r["steps_taken"] * (pcfg.step_epochs + probe_epochs) + pcfg.final_epochs,
+                             "compute_epochs": (r["steps_taken"] * (pcfg.step_epochs + ways * probe_epochs)
+                                                + pcfg.final_epochs),
                              "trajectory_seconds": r["trajectory_seconds"], "final_seconds": r["final_seconds"],
                              "channels": r.get("channels")})
         seconds[method] = time.perf_counter() - t0
         summary = _write(out_dir, config, rows, seconds, teacher_info, time.perf_counter() - start)
         logging.info("sweep: %s done in %.0f s", method, seconds[method])
-    return summary
+    latency = latency_pass(out_dir, rows, config.latency_repeats, fresh=remeasure_latency)
+    return _write(out_dir, config, rows, seconds, teacher_info, time.perf_counter() - start, latency)
+
+
+def latency_pass(out_dir: str, rows: list[dict], repeats: int, rounds: int = 5, fresh: bool = False) -> dict:
+    """Times every row's int8 file in one pass, round-robin over `rounds` rounds (the median of
+    each file's round medians), so that all are compared under the same conditions; sets the
+    rows' `int8_latency_ms`. Kept in `latency.json` and redone when a file changed or `fresh`.
+    Returns how the pass was made (rounds, repeats, the load average around it)."""
+    import hashlib
+
+    from edgekt.export import measure
+
+    blobs = {}
+    for r in rows:
+        with open(os.path.join(out_dir, r["int8_file"]), "rb") as f:
+            blobs[r["int8_file"]] = f.read()
+    digests = {k: hashlib.sha256(b).hexdigest() for k, b in blobs.items()}
+    path = os.path.join(out_dir, LATENCY_FILE)
+    saved = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+    if fresh or saved.get("digests") != digests or saved.get("repeats") != repeats:
+        load_before = os.getloadavg()
+        times = {k: [] for k in blobs}
+        for _ in range(rounds):
+            for k, blob in blobs.items():
+                times[k].append(measure.tflite_latency_ms(blob, repeats=repeats))
+        saved = {"digests": digests, "repeats": repeats, "rounds": rounds,
+                 "latency_ms": {k: float(np.median(v)) for k, v in times.items()},
+                 "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count()}
+        atomic.write_json(path, saved)
+    for r in rows:
+        r["int8_latency_ms"] = saved["latency_ms"][r["int8_file"]]
+    return {k: saved[k] for k in ("repeats", "rounds", "loadavg_before", "loadavg_after", "cpu_count")}
 
 
 def steps_to_budgets(config, teacher_params: int, teacher_flops: int) -> list[int]:
@@ -224,9 +271,10 @@ def _int8_figures(model_path: str, representative, prepared, repeats: int) -> di
     return figures
 
 
-def _write(out_dir: str, config: SweepConfig, rows: list[dict], seconds: dict, teacher: dict, wall: float) -> dict:
+def _write(out_dir: str, config: SweepConfig, rows: list[dict], seconds: dict, teacher: dict, wall: float,
+           latency: dict | None = None) -> dict:
     summary = {"config": dataclasses.asdict(config), "teacher": teacher, "rows": rows,
-               "method_seconds": seconds, "wall_seconds_this_run": wall}
+               "method_seconds": seconds, "wall_seconds_this_run": wall, "latency": latency}
     atomic.write_json(os.path.join(out_dir, SWEEP_FILE), summary)
     atomic.write_text(os.path.join(out_dir, TABLE_FILE), table(summary))
     plot(summary, os.path.join(out_dir, PLOT_FILE))
@@ -238,19 +286,47 @@ def pct(v) -> str:
 
 
 def table(summary: dict) -> str:
-    """The sweep as a markdown table, one row per method and budget."""
-    lines = ["| method | budget | params (non-zero) | MFLOPs (executed) | val top-1 | test top-1 | int8 test top-1 | "
-             "int8 KiB | int8 latency ms | epochs | pruning s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The sweep as a markdown table, one row per method and budget, and what differs between
+    the methods beyond the table's columns."""
     t = summary.get("teacher") or {}
+    n_test = f" ({t['test_images']:,} images)" if t.get("test_images") else ""
+    lines = [f"| method | budget | params (non-zero) | MFLOPs (executed) | val top-1 | test top-1{n_test} | "
+             "int8 test top-1 | int8 KiB | int8 latency ms | epochs | compute epochs | pruning s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if t:
         lines.append(f"| teacher | 100% | {t['params']:,} | {t['flops'] / 1e6:.1f} | {pct(t.get('val_accuracy'))} | "
-                     f"{pct(t.get('test_accuracy'))} | – | – | – | – | – |")
+                     f"{pct(t.get('test_accuracy'))} | – | – | – | – | – | – |")
     for r in sorted(summary["rows"], key=lambda r: (-r["budget"], r["method"])):
         lines.append(f"| {r['method']} | {100 * r['budget']:g}% | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
                      f"{pct(r['val_accuracy'])} | {pct(r['test_accuracy'])} | {pct(r.get('int8_test_accuracy'))} | "
                      f"{r['int8_bytes'] / 1024:.1f} | {r['int8_latency_ms']:.3f} | {r.get('epochs', 0):.1f} | "
+                     f"{r.get('compute_epochs', r.get('epochs', 0)):.1f} | "
                      f"{r['trajectory_seconds'] + r['final_seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in _caveats(summary)) + "\n"
+
+
+def _caveats(summary: dict) -> list[str]:
+    """What the columns do not show: how the methods' training and choices differ."""
+    config = summary.get("config") or {}
+    methods = {r["method"] for r in summary["rows"]}
+    lines = ["epochs: passes over the training images that reached the kept model (steps, their probe, final "
+             "fine-tuning); compute epochs add the probes of the ways not kept. pruning s: wall time of the steps "
+             "and the final fine-tuning, measured while other jobs may share the CPU."]
+    if "default" in methods or "default_labels_only" in methods:
+        lines.append("default: each step keeps, of several ways, the one best on the validation split after a short "
+                     "probe, so its val top-1 is that of a choice made on the same images (compare methods on test).")
+    if "tfmot" in methods:
+        lines.append(f"tfmot: magnitude pruning of the dense model (non-zero parameters counted; its file and latency "
+                     f"stay dense), fine-tuned on labels only (SGD, lr {config.get('tfmot_learning_rate', '?')}, no "
+                     "weight decay) for our epochs; ours distil from the teacher"
+                     + (" (default_labels_only: ours on labels only, the like-for-like row)"
+                        if "default_labels_only" in methods else "") + ".")
+    lat = summary.get("latency")
+    if lat:
+        lines.append(f"int8 latency: batch 1, 1 thread, all files timed in one pass ({lat['rounds']} rounds of "
+                     f"{lat['repeats']} runs, median), load average {lat['loadavg_before'][0]:.1f} before and "
+                     f"{lat['loadavg_after'][0]:.1f} after on {lat['cpu_count']} CPUs.")
+    return lines
 
 
 def plot(summary: dict, path: str) -> str:

@@ -52,6 +52,10 @@ def load_teacher_and_split(path: str, val_size: int | None) -> tuple[object, int
     teacher_config = info.get("config", {})
     if val_size is None:
         val_size = teacher_config.get("val_size", 5000)
+    elif "val_size" in teacher_config and val_size != teacher_config["val_size"]:
+        raise app.UsageError(f"--val_size={val_size}: the teacher {path} held out {teacher_config['val_size']} "
+                             "validation images; another size would mix images it trained on into validation or "
+                             "the device pool; leave --val_size unset")
     split_seed = teacher_config.get("seed", 0)
     if not info:
         logging.warning("no metrics.json beside %s: using val_size=%d, seed=%d; the validation images may overlap "

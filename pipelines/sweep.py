@@ -21,6 +21,8 @@ flags.DEFINE_list("budgets", None, "Fractions of the teacher's parameters kept, 
 flags.DEFINE_list("methods", None, "Methods to run, in order (default, l1_global, l1_cost, l1_uniform, "
                   "attention_global, attention_cost, attention_uniform, tfmot).")
 _VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default: the teacher's, from its metrics.json).")
+_REMEASURE = flags.DEFINE_bool("remeasure_latency", False, "Time every int8 file again in one pass (e.g. once the "
+                                "machine is idle); training already done is reused.")
 _PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Fine-tuning progress display.")
 
 
@@ -41,7 +43,7 @@ def main(argv):
                           out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed, device_pool_size=pool_size)
     summary = sweep.run(teacher, _DATA.value, _OUT_DIR.value, config, val_size=val_size, split_seed=split_seed,
                         device_pool_size=pool_size, teacher_path=_TEACHER.value,
-                        verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
+                        remeasure_latency=_REMEASURE.value, verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
     logging.info("sweep: %d models in %s/sweep.md", len(summary["rows"]), _OUT_DIR.value)
 
 

@@ -49,6 +49,14 @@ def test_sweep_measures_every_method_at_every_budget(small_sweep):
         assert os.path.exists(os.path.join(out, name))
     table = open(os.path.join(out, sweep.TABLE_FILE)).read()
     assert "| tfmot | 25% |" in table and "| default | 50% |" in table
+    assert "fine-tuned on labels only" in table and "one pass" in table  # what the columns do not show
+    # One latency pass timed every file; the table reports it.
+    with open(os.path.join(out, sweep.LATENCY_FILE)) as f:
+        latency = json.load(f)
+    assert {r["int8_file"] for r in summary["rows"]} == set(latency["latency_ms"])
+    assert all(r["int8_latency_ms"] == latency["latency_ms"][r["int8_file"]] for r in summary["rows"])
+    for r in summary["rows"]:
+        assert r["compute_epochs"] >= r["epochs"] and (r["compute_epochs"] > r["epochs"]) == (r["method"] == "default")
 
 
 def test_sweep_resumes_without_training_again(small_sweep, three_classes):
@@ -57,6 +65,8 @@ def test_sweep_resumes_without_training_again(small_sweep, three_classes):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "int8_latency_ms"} for r in rows]  # noqa: E731
     assert strip(again["rows"]) == strip(summary["rows"])
     assert all(s < 60 for s in again["method_seconds"].values())
+    fresh = sweep.latency_pass(out, again["rows"], repeats=2, rounds=1, fresh=True)
+    assert fresh["rounds"] == 1 and len(fresh["loadavg_after"]) == 3
 
 
 def test_report_includes_the_sweep(small_sweep):
@@ -83,3 +93,19 @@ def test_sweep_config_names_bad_fields():
         sweep.SweepConfig(methods=("taylor",))
     with pytest.raises(ValueError, match="budgets"):
         sweep.SweepConfig(budgets=(0.5, 1.5))
+
+
+def test_a_validation_size_other_than_the_teachers_is_refused(tmp_path):
+    """A different --val_size would move images the teacher trained on into validation."""
+    from absl import app
+
+    from edgekt import models
+    from pipelines import flag_utils
+
+    path = str(tmp_path / "model.keras")
+    models.wrn(10, 1, num_classes=3).save(path)
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": {"val_size": 300, "seed": 4}}))
+    assert flag_utils.load_teacher_and_split(path, None)[1:3] == (300, 4)
+    assert flag_utils.load_teacher_and_split(path, 300)[1] == 300
+    with pytest.raises(app.UsageError, match="--val_size=500: the teacher .* held out 300"):
+        flag_utils.load_teacher_and_split(path, 500)
