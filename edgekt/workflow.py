@@ -36,6 +36,7 @@ class WorkflowPreset:
     cloud: str
     prune: str
     device_learning: str
+    sweep: str = "smoke"
     cloud_overrides: tuple = ()
     prune_overrides: tuple = ()
     export_batch_size: int = 32
@@ -46,9 +47,9 @@ class WorkflowPreset:
 PRESETS = {
     "smoke": WorkflowPreset(cloud="smoke", prune="smoke", device_learning="smoke", export_batch_size=16,
                             baseline_train_size=5000, baseline_batch_size=64),
-    "cpu": WorkflowPreset(cloud="cpu", prune="cpu", device_learning="cpu", cloud_overrides=(("epochs", 15),),
+    "cpu": WorkflowPreset(cloud="cpu", prune="cpu", device_learning="cpu", sweep="cpu", cloud_overrides=(("epochs", 15),),
                           prune_overrides=(("step_epochs", 1), ("final_epochs", 6))),
-    "paper": WorkflowPreset(cloud="paper", prune="paper", device_learning="paper"),
+    "paper": WorkflowPreset(cloud="paper", prune="paper", device_learning="paper", sweep="paper"),
 }
 
 
@@ -109,7 +110,8 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
     Args:
       preset_name: "smoke", "cpu" or "paper".
       source: the data source.
-      out_dir: where every stage writes (cloud/, prune/, export/, device_learning/, baseline/).
+      out_dir: where every stage writes (cloud/, prune/, export/, device_learning/, baseline/,
+        sweep/).
       teacher_path: use this cloud model instead of training one.
       pruned_path: use this pruned model instead of pruning.
       stages: which stages to run, in order.
@@ -213,6 +215,20 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
             "baseline", {"config": dataclasses.asdict(bcfg), "data": data_id, "teacher": file_hash(teacher_path),
                          "pruned": file_hash(pruned_path)},
             [os.path.join(baseline_dir, "metrics.json"), os.path.join(baseline_dir, "ours.json")], do_baseline)
+    if "sweep" in stages:
+        from edgekt import sweep
+
+        scfg = sweep.preset(preset.sweep)
+        sweep_dir = os.path.join(out_dir, "sweep")
+
+        def do_sweep():
+            summary = sweep.run(saving.load_model(teacher_path), splits(), sweep_dir, scfg, val_size=val_size,
+                                split_seed=split_seed, device_pool_size=pool_size, teacher_path=teacher_path)
+            return {"models": len(summary["rows"]), "table": os.path.join(sweep_dir, sweep.TABLE_FILE)}
+
+        results["sweep"] = manifest.run(
+            "sweep", {"config": dataclasses.asdict(scfg), "data": data_id, "teacher": file_hash(teacher_path)},
+            [os.path.join(sweep_dir, sweep.SWEEP_FILE)], do_sweep)
     if "report" in stages:
         from edgekt import report
 

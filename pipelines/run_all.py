@@ -5,7 +5,8 @@ Stages: cloud model (device pool held out) -> filter pruning (+ transfer) -> TFL
 the on-device learning benchmark (device models built from old classes only learn new and
 unseen classes through the device app) -> tfmot magnitude-pruning baseline -> report. Writes
 X/report.md, X/report.html, X/summary.json and each stage's outputs in X/cloud, X/prune,
-X/export, X/device_learning, X/baseline. Stages whose inputs did not change are
+X/export, X/device_learning, X/baseline (and X/sweep with --sweep: the Pareto sweep of
+pipelines.sweep on the cloud model). Stages whose inputs did not change are
 reused (X/manifest.json); a killed run resumes.
 """
 
@@ -24,6 +25,9 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _TEACHER = flags.DEFINE_string("teacher", None, "An existing cloud model (skips training one).")
 _PRUNED = flags.DEFINE_string("pruned", None, "An existing pruned model (skips pruning).")
 _SKIP_BASELINE = flags.DEFINE_bool("skip_baseline", False, "Do not run the tfmot baseline.")
+_SWEEP = flags.DEFINE_bool("sweep", False, "Also prune the cloud model to several budgets by every method and tfmot "
+                           "(pipelines.sweep's preset of the same name; hours on the cpu preset) for the report's "
+                           "Pareto figure.")
 _DEVICE_PYTHON = flags.DEFINE_string("device_python", sys.executable,
                                      "Python that runs the device app (e.g. a tflite-runtime venv).")
 _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads on the device.")
@@ -33,7 +37,8 @@ def main(argv):
     flag_utils.reject_extra_args(argv)
     from edgekt import workflow
 
-    stages = ("cloud", "prune", "export", "device_learning") + (() if _SKIP_BASELINE.value else ("baseline",)) + ("report",)
+    stages = (("cloud", "prune", "export", "device_learning") + (() if _SKIP_BASELINE.value else ("baseline",))
+              + (("sweep",) if _SWEEP.value else ()) + ("report",))
     flag_utils.log_config("run_all", {"preset": _PRESET.value, "data": _DATA.value, "out_dir": _OUT_DIR.value,
                                       "teacher": _TEACHER.value, "pruned": _PRUNED.value, "stages": stages})
     results = workflow.run(_PRESET.value, _DATA.value, _OUT_DIR.value, teacher_path=_TEACHER.value,

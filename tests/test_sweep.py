@@ -109,3 +109,35 @@ def test_a_validation_size_other_than_the_teachers_is_refused(tmp_path):
     assert flag_utils.load_teacher_and_split(path, 300)[1] == 300
     with pytest.raises(app.UsageError, match="--val_size=500: the teacher .* held out 300"):
         flag_utils.load_teacher_and_split(path, 500)
+
+
+def test_run_all_sweep_stage_runs_the_preset_on_the_cloud_model_once(three_classes, tmp_path, monkeypatch):
+    """`run_all --sweep`: the sweep of the workflow preset's name on the cloud model, with the
+    cloud stage's hold-out, cached like every stage."""
+    from edgekt import models, workflow
+    from edgekt.data.cifar_batches import write_cifar_batches
+
+    folder = str(tmp_path / "data")
+    write_cifar_batches(folder, three_classes)
+    teacher_path = str(tmp_path / "cloud" / "model.keras")
+    os.makedirs(os.path.dirname(teacher_path))
+    models.wrn(10, 1, num_classes=3).save(teacher_path)
+    with open(os.path.join(os.path.dirname(teacher_path), "metrics.json"), "w") as f:
+        json.dump({"config": {"val_size": 150, "seed": 3}}, f)
+    calls = []
+
+    def fake_run(teacher, source, out_dir, config, **kwargs):
+        calls.append((config, kwargs, len(source["train"].labels)))
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, sweep.SWEEP_FILE), "w") as f:
+            json.dump({"rows": [{}] * 2}, f)
+        return {"rows": [{}] * 2}
+
+    monkeypatch.setattr(sweep, "run", fake_run)
+    out = str(tmp_path / "run")
+    for _ in range(2):
+        result = workflow.run("cpu", folder, out, teacher_path=teacher_path, stages=("sweep",))
+    assert result["sweep"]["models"] == 2 and len(calls) == 1
+    config, kwargs, n_train = calls[0]
+    assert config == sweep.preset("cpu") and n_train == 600
+    assert kwargs["val_size"] == 150 and kwargs["split_seed"] == 3 and kwargs["teacher_path"] == teacher_path
