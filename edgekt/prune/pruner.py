@@ -164,14 +164,11 @@ def prune_milestones(teacher: keras.Model, prepared: data.PreparedData, out_dir:
         seconds = sum(e["seconds"] for e in state["log"][1:entry["step"] + 1])
         folder = os.path.join(out_dir, f"budget_{ratio:g}")
         os.makedirs(folder, exist_ok=True)
-        start = time.perf_counter()
         metrics = _finish(run, prepared, out_dir, folder, entry, config, verbose, teacher_path, None)
-        del metrics["wall_seconds"]   # measuring only; the budget's time is trajectory + final
         metrics.update(budget_ratio=ratio, trajectory_seconds=seconds, channels=entry.get("channels"),
                        steps_taken=sum(1 for e in accepted if e["step"] <= entry["step"]),
                        ways=[e.get("way") for e in accepted if e["step"] <= entry["step"]],
-                       target_met=metrics["params"] <= budget,
-                       final_seconds=metrics.get("final_seconds", time.perf_counter() - start))
+                       target_met=metrics["params"] <= budget)
         atomic.write_json(os.path.join(folder, METRICS_FILE), metrics)
         results.append(metrics)
     return results
@@ -312,7 +309,7 @@ def _finish(run: _Run, prepared: data.PreparedData, run_dir: str, out_dir: str, 
         final_seconds = time.perf_counter() - start
         atomic.write_json(final_state_path, {"chosen_step": chosen["step"], "seconds": final_seconds})
     metrics = _final_metrics(final, run.teacher, prepared, run.base, chosen, config, run.floor, run.batch, pruned_path,
-                             teacher_path, preset_name, time.perf_counter() - start)
+                             teacher_path, preset_name)
     metrics["final_seconds"] = final_seconds
     return metrics
 
@@ -392,7 +389,7 @@ def _choose(log: list[dict]) -> dict:
 
 
 def _final_metrics(final, teacher, prepared, base, chosen, config, floor, batch, pruned_path, teacher_path,
-                   preset_name, seconds) -> dict:
+                   preset_name) -> dict:
     cost = flops.model_cost(final)
     val = evaluation.evaluate(final, prepared.val.images, prepared.val.labels, prepared.class_names, batch)
     test = t_test = None
@@ -430,6 +427,5 @@ def _final_metrics(final, teacher, prepared, base, chosen, config, floor, batch,
         "latency_ms_batch1": evaluation.inference_latency_ms(final, shape),
         "teacher_latency_ms_batch1": evaluation.inference_latency_ms(teacher, shape),
         "test_per_class": test["per_class"] if test else None,
-        "wall_seconds": seconds,
         "config": _config_dict(config),
     }
