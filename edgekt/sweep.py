@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -302,7 +303,63 @@ def table(summary: dict) -> str:
                      f"{r['int8_bytes'] / 1024:.1f} | {r['int8_latency_ms']:.3f} | {r.get('epochs', 0):.1f} | "
                      f"{r.get('compute_epochs', r.get('epochs', 0)):.1f} | "
                      f"{r['trajectory_seconds'] + r['final_seconds']:.0f} |")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in _caveats(summary)) + "\n"
+    text = "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in _caveats(summary)) + "\n"
+    losses = where_default_loses(summary)
+    if losses:
+        text += "\nWhere the default loses:\n\n" + "\n".join(f"- {line}" for line in losses) + "\n"
+    return text
+
+
+_COMPARED = (("test_accuracy", "test top-1", 1, pct), ("val_accuracy", "val top-1", 1, pct),
+             ("int8_test_accuracy", "int8 test top-1", 1, pct), ("flops", "fewer FLOPs", -1, lambda v: f"{v / 1e6:.1f}M"),
+             ("int8_bytes", "a smaller int8 file", -1, lambda v: f"{v / 1024:.1f} KiB"),
+             ("int8_latency_ms", "a lower int8 latency", -1, lambda v: f"{v:.3f} ms"))
+
+
+def _curve_at(points: list[dict], key: str, cost) -> float | None:
+    """The best test top-1 the default reaches at `cost` of `key`: its points' upper envelope,
+    log-linear between neighbours; None below its cheapest point."""
+    pts = sorted((p[key], p["test_accuracy"]) for p in points if p.get(key) is not None and p.get("test_accuracy") is not None)
+    if cost is None or not pts or cost < pts[0][0]:
+        return None
+    best = max(a for c, a in pts if c <= cost)
+    for (c0, a0), (c1, a1) in zip(pts, pts[1:]):
+        if c0 <= cost <= c1 and c1 > c0:
+            best = max(best, a0 + (a1 - a0) * math.log(cost / c0) / math.log(c1 / c0))
+    return best
+
+
+def where_default_loses(summary: dict) -> list[str]:
+    """Every budget where another method beats the default on a column, and every point of
+    another method above the default's curve of test top-1 against int8 bytes or latency."""
+    rows = summary["rows"]
+    ours = {r["budget"]: r for r in rows if r["method"] == "default"}
+    if not ours:
+        return []
+    lines = []
+    others = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "default"))
+    for method in others:
+        theirs = sorted((r for r in rows if r["method"] == method and r["budget"] in ours), key=lambda r: -r["budget"])
+        for key, what, sign, fmt in _COMPARED:
+            wins = [(r["budget"], r[key], ours[r["budget"]][key]) for r in theirs
+                    if r.get(key) is not None and ours[r["budget"]].get(key) is not None
+                    and sign * (r[key] - ours[r["budget"]][key]) > 0]
+            if wins:
+                verb = f"has {what}" if sign < 0 else f"beats it on {what}"
+                lines.append(f"{method} {verb} at " + ", ".join(
+                    f"{100 * b:g}% ({fmt(a)} vs {fmt(o)})" for b, a, o in wins) + ".")
+        for key, what, fmt in (("int8_bytes", "int8 bytes", lambda v: f"{v / 1024:.1f} KiB"),
+                               ("int8_latency_ms", "int8 latency", lambda v: f"{v:.3f} ms")):
+            above = []
+            for r in theirs:
+                level = _curve_at(list(ours.values()), key, r.get(key))
+                if r.get("test_accuracy") is not None and (level is None or r["test_accuracy"] > level):
+                    above.append(f"{100 * r['budget']:g}% ({pct(r['test_accuracy'])} at {fmt(r[key])}; default "
+                                 + ("has no point that cheap" if level is None else f"{pct(level)} there") + ")")
+            if above:
+                lines.append(f"{method} lies above the default's curve of test top-1 against {what} (log-linear "
+                             f"between the default's budgets) at " + ", ".join(above) + ".")
+    return lines
 
 
 def _caveats(summary: dict) -> list[str]:
@@ -336,25 +393,42 @@ def plot(summary: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib import ticker
+
     axes_spec = (("params", "parameters (non-zero)"), ("flops", "FLOPs as executed (multiply-accumulates)"),
                  ("int8_bytes", "int8 .tflite bytes"), ("int8_latency_ms", "TFLite latency, batch 1, 1 thread (ms)"))
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), dpi=110)
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.8), dpi=110)
     methods = list(dict.fromkeys(r["method"] for r in summary["rows"]))
     colors = plt.get_cmap("tab10")
+    markers = "os^vD<>ph*"
     for i, method in enumerate(methods):
         pts = sorted((r for r in summary["rows"] if r["method"] == method and r["test_accuracy"] is not None),
                      key=lambda r: r["params"])
+        style = dict(marker=markers[i % len(markers)], color=colors(i % 10), label=method,
+                     linestyle="--" if method == "tfmot" else "-", linewidth=2.4 if method == "default" else 1.3,
+                     markersize=6 if method == "default" else 4.5, zorder=3 if method == "default" else 2)
         for ax, (key, _) in zip(axes, axes_spec):
-            ax.plot([r[key] for r in pts], [100 * r["test_accuracy"] for r in pts], marker="o",
-                    color=colors(i % 10), label=method, linestyle="--" if method == "tfmot" else "-")
+            kept = [r for r in pts if r.get(key) is not None]
+            ax.plot([r[key] for r in kept], [100 * r["test_accuracy"] for r in kept], **style)
+
+    def short(value, _pos=None):
+        for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if value >= size:
+                return f"{value / size:g}{unit}"
+        return f"{value:g}"
+
     for ax, (key, label) in zip(axes, axes_spec):
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(short))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("test top-1 (%)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 9), fontsize=9, frameon=False)
     fig.suptitle("Pruning sweep: accuracy against cost")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
     plt.close(fig)
     return path

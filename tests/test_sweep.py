@@ -80,6 +80,28 @@ def test_report_includes_the_sweep(small_sweep):
         assert len(json.load(f)["sweep"]["rows"]) == 6
 
 
+def test_where_the_default_loses_names_every_column_and_the_points_above_its_curve():
+    def row(method, budget, test, kib, ms, flops):
+        return {"method": method, "budget": budget, "test_accuracy": test, "val_accuracy": test,
+                "int8_test_accuracy": test, "int8_bytes": kib * 1024, "int8_latency_ms": ms, "flops": flops}
+    rows = [row("default", 0.5, 0.90, 100, 0.20, 50e6), row("default", 0.1, 0.80, 10, 0.10, 10e6),
+            row("l1_global", 0.5, 0.91, 120, 0.25, 40e6),        # better test, fewer FLOPs, bigger, slower
+            row("l1_global", 0.1, 0.70, 8, 0.12, 12e6),          # cheaper file than any default point
+            row("tfmot", 0.5, 0.86, 30, 0.30, 90e6),             # 30 KiB: the default's curve gives 84.77%
+            row("tfmot", 0.1, 0.79, 100, 0.30, 90e6)]            # below the curve everywhere
+    lines = sweep.where_default_loses({"rows": rows})
+    text = "\n".join(lines)
+    assert "l1_global beats it on test top-1 at 50% (91.00% vs 90.00%)" in text
+    assert "l1_global has fewer FLOPs at 50% (40.0M vs 50.0M)." in text
+    assert "l1_global has a smaller int8 file at 10% (8.0 KiB vs 10.0 KiB)" in text
+    assert "l1_global lies above the default's curve of test top-1 against int8 bytes" in text
+    assert "10% (70.00% at 8.0 KiB; default has no point that cheap)" in text
+    tfmot_bytes = [l for l in lines if l.startswith("tfmot lies above") and "int8 bytes" in l]
+    assert len(tfmot_bytes) == 1 and "50% (86.00% at 30.0 KiB; default 84.77% there)" in tfmot_bytes[0]
+    assert "10%" not in tfmot_bytes[0] and not any(l.startswith("tfmot lies above") and "latency" in l for l in lines)
+    assert sweep.where_default_loses({"rows": rows[2:]}) == []   # no default, nothing to compare
+
+
 def test_the_baseline_ramps_follow_our_steps_between_budgets():
     cpu = sweep.method_config(sweep.preset("cpu"), "default")
     assert sweep.steps_to_budgets(cpu, 691_674, 101_106_944) == [1, 2, 3, 4, 5]
