@@ -362,6 +362,19 @@ def where_default_loses(summary: dict) -> list[str]:
     return lines
 
 
+def method_times(rows: list[dict]) -> dict[str, dict]:
+    """Seconds per method: its trajectory through all budgets (each row holds the trajectory up
+    to its budget) and the sum of the budgets' final fine-tunings."""
+    times = {}
+    for r in rows:
+        t = times.setdefault(r["method"], {"trajectory": 0.0, "finals": 0.0})
+        t["trajectory"] = max(t["trajectory"], r["trajectory_seconds"])
+        t["finals"] += r["final_seconds"]
+    for t in times.values():
+        t["total"] = t["trajectory"] + t["finals"]
+    return times
+
+
 def _caveats(summary: dict) -> list[str]:
     """What the columns do not show: how the methods' training and choices differ."""
     config = summary.get("config") or {}
@@ -378,6 +391,13 @@ def _caveats(summary: dict) -> list[str]:
                      "weight decay) for our epochs; ours distil from the teacher"
                      + (" (default_labels_only: ours on labels only, the like-for-like row)"
                         if "default_labels_only" in methods else "") + ".")
+    times = method_times(summary["rows"])
+    if times:
+        total = sum(t["total"] for t in times.values())
+        lines.append("time (steps + every budget's final fine-tuning, as recorded by completed work; exports, "
+                     "evaluation and the work of killed runs not counted): " + ", ".join(
+                         f"{m} {t['total']:.0f} s ({t['trajectory']:.0f} + {t['finals']:.0f})"
+                         for m, t in times.items()) + f"; all methods {total:.0f} s ({total / 3600:.1f} h).")
     lat = summary.get("latency")
     if lat:
         lines.append(f"int8 latency: batch 1, 1 thread, all files timed in one pass ({lat['rounds']} rounds of "

@@ -102,6 +102,12 @@ def test_where_the_default_loses_names_every_column_and_the_points_above_its_cur
     assert sweep.where_default_loses({"rows": rows[2:]}) == []   # no default, nothing to compare
 
 
+def test_method_times_count_the_trajectory_once_and_every_final():
+    rows = [{"method": "l1_global", "budget": b, "trajectory_seconds": t, "final_seconds": f}
+            for b, t, f in ((0.5, 100.0, 40.0), (0.25, 180.0, 30.0), (0.1, 230.0, 20.0))]
+    assert sweep.method_times(rows) == {"l1_global": {"trajectory": 230.0, "finals": 90.0, "total": 320.0}}
+
+
 def test_the_baseline_ramps_follow_our_steps_between_budgets():
     cpu = sweep.method_config(sweep.preset("cpu"), "default")
     assert sweep.steps_to_budgets(cpu, 691_674, 101_106_944) == [1, 2, 3, 4, 5]
