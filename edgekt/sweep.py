@@ -53,10 +53,10 @@ class SweepConfig:
       methods: names in `METHODS`, run in this order.
       prune_preset: the pruning preset every method starts from (its fine-tuning epochs, KD).
       prune_overrides: PruneConfig fields over the preset for every method, e.g.
-        (("final_epochs", 20),); the baseline gets the resulting epochs too.
+        (("final_epochs", 20),); the baseline gets the resulting epochs, batch size and
+        optimizer (learning rates, weight decay) too.
       representative_size: training images that calibrate the int8 files.
       latency_repeats: timed runs per latency figure.
-      tfmot_learning_rate, tfmot_batch_size: the baseline's SGD (its epochs are ours).
     """
 
     budgets: tuple = (0.5, 0.25, 0.1, 0.05, 0.02)
@@ -65,8 +65,6 @@ class SweepConfig:
     prune_overrides: tuple = ()
     representative_size: int = 256
     latency_repeats: int = 50
-    tfmot_learning_rate: float = 0.01
-    tfmot_batch_size: int = 128
 
     def __post_init__(self):
         presets.check_fields(self, [
@@ -80,8 +78,7 @@ class SweepConfig:
 
 PRESETS: dict[str, SweepConfig] = {
     # Minutes: two budgets of a small teacher with the smoke pruning preset.
-    "smoke": SweepConfig(budgets=(0.5, 0.25), prune_preset="smoke", latency_repeats=5, representative_size=32,
-                         tfmot_batch_size=64),
+    "smoke": SweepConfig(budgets=(0.5, 0.25), prune_preset="smoke", latency_repeats=5, representative_size=32),
     # The cpu teacher (WRN-16-2) to 50, 25, 10, 5 and 2% of its parameters by every method.
     "cpu": SweepConfig(methods=("default", "l1_global", "tfmot", "attention_global", "attention_cost", "l1_cost",
                                 "attention_uniform", "l1_uniform", "default_labels_only")),
@@ -145,13 +142,18 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
         if METHODS[method] is None:
             pcfg = method_config(config, "default")
             steps = steps_to_budgets(pcfg, teacher_params, teacher_cost.flops)
+            done = sorted((r for r in rows if r["method"] == "default"), key=lambda r: -r["budget"])
+            if done and [r["budget"] for r in done] == sorted(config.budgets, reverse=True):
+                # The steps the default really took (an accuracy floor may have discarded some).
+                steps = [r["steps"] for r in done]
             ratios = sorted(config.budgets, reverse=True)[:len(steps)]
             budgets = [(b, int(b * teacher_params), (n - prev) * pcfg.step_epochs)
                        for b, n, prev in zip(ratios, steps, [0] + steps[:-1])]
             results = tfmot_magnitude.run_trajectory(
                 teacher, budgets, prepared, method_dir,
-                tfmot_magnitude.MagnitudeConfig(learning_rate=config.tfmot_learning_rate,
-                                                batch_size=config.tfmot_batch_size, precision=pcfg.precision),
+                tfmot_magnitude.MagnitudeConfig(batch_size=pcfg.batch_size, learning_rate=pcfg.learning_rate,
+                                                final_learning_rate=pcfg.final_learning_rate,
+                                                weight_decay=pcfg.weight_decay, precision=pcfg.precision),
                 final_epochs=pcfg.final_epochs, representative=representative,
                 latency_repeats=config.latency_repeats)
             for r, n in zip(results, steps):
@@ -185,7 +187,7 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
                              "compute_epochs": (r["steps_taken"] * (pcfg.step_epochs + ways * probe_epochs)
                                                 + pcfg.final_epochs),
                              "trajectory_seconds": r["trajectory_seconds"], "final_seconds": r["final_seconds"],
-                             "channels": r.get("channels")})
+                             "steps": r["steps_taken"], "channels": r.get("channels")})
         seconds[method] = time.perf_counter() - t0
         summary = _write(out_dir, config, rows, seconds, teacher_info, time.perf_counter() - start)
         logging.info("sweep: %s done in %.0f s", method, seconds[method])
@@ -249,7 +251,7 @@ def steps_to_budgets(config, teacher_params: int, teacher_flops: int) -> list[in
 
 def _int8_figures(model_path: str, representative, prepared, repeats: int) -> dict:
     """The int8 file of a pruned model and its figures (kept beside it, redone when the model
-    changed)."""
+    or the calibration images changed)."""
     import hashlib
 
     from edgekt.export import measure
@@ -257,17 +259,18 @@ def _int8_figures(model_path: str, representative, prepared, repeats: int) -> di
 
     with open(model_path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
+    calibration = hashlib.sha256(np.ascontiguousarray(representative).tobytes()).hexdigest()
     figures_path = os.path.join(os.path.dirname(model_path), "int8.json")
     if os.path.exists(figures_path):
         with open(figures_path) as f:
             figures = json.load(f)
-        if figures.get("model_sha256") == digest:
+        if figures.get("model_sha256") == digest and figures.get("calibration_sha256") == calibration:
             return figures
     blob = measure.inference_file(saving.load_model(model_path), "int8", representative)
     atomic.write_bytes(os.path.join(os.path.dirname(model_path), "model_int8.tflite"), blob)
     figures = {**measure.file_figures(blob, prepared.test.images if prepared.test else None,
                                       prepared.test.labels if prepared.test else None, repeats=repeats),
-               "model_sha256": digest}
+               "model_sha256": digest, "calibration_sha256": calibration}
     atomic.write_json(figures_path, figures)
     return figures
 
@@ -292,17 +295,18 @@ def table(summary: dict) -> str:
     t = summary.get("teacher") or {}
     n_test = f" ({t['test_images']:,} images)" if t.get("test_images") else ""
     lines = [f"| method | budget | params (non-zero) | MFLOPs (executed) | val top-1 | test top-1{n_test} | "
-             "int8 test top-1 | int8 KiB | int8 latency ms | epochs | compute epochs | pruning s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "int8 test top-1 | int8 KiB | int8 gzip KiB | int8 latency ms | epochs | compute epochs | pruning s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if t:
         lines.append(f"| teacher | 100% | {t['params']:,} | {t['flops'] / 1e6:.1f} | {pct(t.get('val_accuracy'))} | "
-                     f"{pct(t.get('test_accuracy'))} | – | – | – | – | – | – |")
+                     f"{pct(t.get('test_accuracy'))} | – | – | – | – | – | – | – |")
     for r in sorted(summary["rows"], key=lambda r: (-r["budget"], r["method"])):
         lines.append(f"| {r['method']} | {100 * r['budget']:g}% | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
                      f"{pct(r['val_accuracy'])} | {pct(r['test_accuracy'])} | {pct(r.get('int8_test_accuracy'))} | "
-                     f"{r['int8_bytes'] / 1024:.1f} | {r['int8_latency_ms']:.3f} | {r.get('epochs', 0):.1f} | "
+                     f"{r['int8_bytes'] / 1024:.1f} | {_kib(r.get('int8_gzip_bytes'))} | {r['int8_latency_ms']:.3f} | "
+                     f"{r.get('epochs', 0):.1f} | "
                      f"{r.get('compute_epochs', r.get('epochs', 0)):.1f} | "
-                     f"{r['trajectory_seconds'] + r['final_seconds']:.0f} |")
+                     f"{_pruning_seconds(r):.0f} |")
     text = "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in _caveats(summary)) + "\n"
     losses = where_default_loses(summary)
     if losses:
@@ -310,16 +314,34 @@ def table(summary: dict) -> str:
     return text
 
 
-_COMPARED = (("test_accuracy", "test top-1", 1, pct), ("val_accuracy", "val top-1", 1, pct),
-             ("int8_test_accuracy", "int8 test top-1", 1, pct), ("flops", "fewer FLOPs", -1, lambda v: f"{v / 1e6:.1f}M"),
-             ("int8_bytes", "a smaller int8 file", -1, lambda v: f"{v / 1024:.1f} KiB"),
-             ("int8_latency_ms", "a lower int8 latency", -1, lambda v: f"{v:.3f} ms"))
+def _kib(v) -> str:
+    return "–" if v is None else f"{v / 1024:.1f}"
+
+
+def _pruning_seconds(r: dict) -> float | None:
+    if r.get("trajectory_seconds") is None or r.get("final_seconds") is None:
+        return None
+    return r["trajectory_seconds"] + r["final_seconds"]
+
+
+# (what is compared, its name, +1: higher is better / -1: lower is better, how it is printed)
+_COMPARED = ((lambda r: r.get("test_accuracy"), "test top-1", 1, pct),
+             (lambda r: r.get("val_accuracy"), "val top-1", 1, pct),
+             (lambda r: r.get("int8_test_accuracy"), "int8 test top-1", 1, pct),
+             (lambda r: r.get("params"), "fewer parameters", -1, lambda v: f"{v:,}"),
+             (lambda r: r.get("flops"), "fewer FLOPs", -1, lambda v: f"{v / 1e6:.1f}M"),
+             (lambda r: r.get("int8_bytes"), "a smaller int8 file", -1, lambda v: f"{v / 1024:.1f} KiB"),
+             (lambda r: r.get("int8_gzip_bytes"), "a smaller gzipped int8 file", -1, lambda v: f"{v / 1024:.1f} KiB"),
+             (lambda r: r.get("int8_latency_ms"), "a lower int8 latency", -1, lambda v: f"{v:.3f} ms"),
+             (lambda r: r.get("compute_epochs"), "fewer compute epochs", -1, lambda v: f"{v:.1f}"),
+             (_pruning_seconds, "less pruning time", -1, lambda v: f"{v:.0f} s"))
 
 
 def _curve_at(points: list[dict], key: str, cost) -> float | None:
-    """The best test top-1 the default reaches at `cost` of `key`: its points' upper envelope,
-    log-linear between neighbours; None below its cheapest point."""
-    pts = sorted((p[key], p["test_accuracy"]) for p in points if p.get(key) is not None and p.get("test_accuracy") is not None)
+    """The best int8 test top-1 the default reaches at `cost` of `key`: its points' upper
+    envelope, log-linear between neighbours; None below its cheapest point."""
+    pts = sorted((p[key], p["int8_test_accuracy"]) for p in points
+                 if p.get(key) is not None and p.get("int8_test_accuracy") is not None)
     if cost is None or not pts or cost < pts[0][0]:
         return None
     best = max(a for c, a in pts if c <= cost)
@@ -330,8 +352,9 @@ def _curve_at(points: list[dict], key: str, cost) -> float | None:
 
 
 def where_default_loses(summary: dict) -> list[str]:
-    """Every budget where another method beats the default on a column, and every point of
-    another method above the default's curve of test top-1 against int8 bytes or latency."""
+    """Every budget where another method beats the default on a column of the table (pruning
+    time included), and every point of another method above the default's curve of int8 test
+    top-1 against int8 bytes or latency (the int8 file's accuracy against the int8 file's costs)."""
     rows = summary["rows"]
     ours = {r["budget"]: r for r in rows if r["method"] == "default"}
     if not ours:
@@ -340,10 +363,10 @@ def where_default_loses(summary: dict) -> list[str]:
     others = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "default"))
     for method in others:
         theirs = sorted((r for r in rows if r["method"] == method and r["budget"] in ours), key=lambda r: -r["budget"])
-        for key, what, sign, fmt in _COMPARED:
-            wins = [(r["budget"], r[key], ours[r["budget"]][key]) for r in theirs
-                    if r.get(key) is not None and ours[r["budget"]].get(key) is not None
-                    and sign * (r[key] - ours[r["budget"]][key]) > 0]
+        for get, what, sign, fmt in _COMPARED:
+            wins = [(r["budget"], get(r), get(ours[r["budget"]])) for r in theirs
+                    if get(r) is not None and get(ours[r["budget"]]) is not None
+                    and sign * (get(r) - get(ours[r["budget"]])) > 0]
             if wins:
                 verb = f"has {what}" if sign < 0 else f"beats it on {what}"
                 lines.append(f"{method} {verb} at " + ", ".join(
@@ -353,11 +376,11 @@ def where_default_loses(summary: dict) -> list[str]:
             above = []
             for r in theirs:
                 level = _curve_at(list(ours.values()), key, r.get(key))
-                if r.get("test_accuracy") is not None and (level is None or r["test_accuracy"] > level):
-                    above.append(f"{100 * r['budget']:g}% ({pct(r['test_accuracy'])} at {fmt(r[key])}; default "
+                if r.get("int8_test_accuracy") is not None and (level is None or r["int8_test_accuracy"] > level):
+                    above.append(f"{100 * r['budget']:g}% ({pct(r['int8_test_accuracy'])} at {fmt(r[key])}; default "
                                  + ("has no point that cheap" if level is None else f"{pct(level)} there") + ")")
             if above:
-                lines.append(f"{method} lies above the default's curve of test top-1 against {what} (log-linear "
+                lines.append(f"{method} lies above the default's curve of int8 test top-1 against {what} (log-linear "
                              f"between the default's budgets) at " + ", ".join(above) + ".")
     return lines
 
@@ -386,20 +409,26 @@ def _caveats(summary: dict) -> list[str]:
         lines.append("default: each step keeps, of several ways, the one best on the validation split after a short "
                      "probe, so its val top-1 is that of a choice made on the same images (compare methods on test).")
     if "tfmot" in methods:
-        lines.append(f"tfmot: magnitude pruning of the dense model (non-zero parameters counted; its file and latency "
-                     f"stay dense), fine-tuned on labels only (SGD, lr {config.get('tfmot_learning_rate', '?')}, no "
-                     "weight decay) for our epochs; ours distil from the teacher"
-                     + (" (default_labels_only: ours on labels only, the like-for-like row)"
-                        if "default_labels_only" in methods else "") + ".")
+        lines.append("tfmot: magnitude pruning of the dense model (non-zero parameters counted; its file and latency "
+                     "stay dense), fine-tuned on labels only with our data, epochs, batch size and optimizer (SGD, "
+                     "Nesterov 0.9, cosine decay per phase, L2 on kernels: the pruning preset's); ours distil from "
+                     "the teacher" + (" (default_labels_only: ours on labels only, the like-for-like row)"
+                                      if "default_labels_only" in methods else "")
+                     + ". Neither side's learning rate was tuned.")
     times = method_times(summary["rows"])
     if times:
         total = sum(t["total"] for t in times.values())
-        lines.append("time (steps + every budget's final fine-tuning, as recorded by completed work; exports, "
-                     "evaluation and the work of killed runs not counted): " + ", ".join(
+        lines.append("time (wall seconds of the steps, with ours' validation passes and probes, and of every "
+                     "budget's final fine-tuning, as recorded by completed work; int8 exports, test evaluation and "
+                     "the work of killed runs not counted; other jobs may have shared the CPU, unevenly between "
+                     "methods): " + ", ".join(
                          f"{m} {t['total']:.0f} s ({t['trajectory']:.0f} + {t['finals']:.0f})"
                          for m, t in times.items()) + f"; all methods {total:.0f} s ({total / 3600:.1f} h).")
     lat = summary.get("latency")
-    if lat:
+    if not lat:
+        lines.append("int8 latency: each file timed when it was made, under whatever load there was; the pass at "
+                     "the end of the sweep times them all alike.")
+    else:
         lines.append(f"int8 latency: batch 1, 1 thread, all files timed in one pass ({lat['rounds']} rounds of "
                      f"{lat['repeats']} runs, median), load average {lat['loadavg_before'][0]:.1f} before and "
                      f"{lat['loadavg_after'][0]:.1f} after on {lat['cpu_count']} CPUs.")
@@ -407,7 +436,8 @@ def _caveats(summary: dict) -> list[str]:
 
 
 def plot(summary: dict, path: str) -> str:
-    """Test top-1 against parameters, FLOPs, int8 bytes and latency: one curve per method."""
+    """Test top-1 against parameters and FLOPs, and the int8 file's test top-1 against its bytes
+    and latency: one curve per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -415,8 +445,10 @@ def plot(summary: dict, path: str) -> str:
 
     from matplotlib import ticker
 
-    axes_spec = (("params", "parameters (non-zero)"), ("flops", "FLOPs as executed (multiply-accumulates)"),
-                 ("int8_bytes", "int8 .tflite bytes"), ("int8_latency_ms", "TFLite latency, batch 1, 1 thread (ms)"))
+    axes_spec = (("params", "parameters (non-zero)", "test_accuracy"),
+                 ("flops", "FLOPs as executed (multiply-accumulates)", "test_accuracy"),
+                 ("int8_bytes", "int8 .tflite bytes", "int8_test_accuracy"),
+                 ("int8_latency_ms", "int8 TFLite latency, batch 1, 1 thread (ms)", "int8_test_accuracy"))
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.8), dpi=110)
     methods = list(dict.fromkeys(r["method"] for r in summary["rows"]))
     colors = plt.get_cmap("tab10")
@@ -427,9 +459,9 @@ def plot(summary: dict, path: str) -> str:
         style = dict(marker=markers[i % len(markers)], color=colors(i % 10), label=method,
                      linestyle="--" if method == "tfmot" else "-", linewidth=2.4 if method == "default" else 1.3,
                      markersize=6 if method == "default" else 4.5, zorder=3 if method == "default" else 2)
-        for ax, (key, _) in zip(axes, axes_spec):
-            kept = [r for r in pts if r.get(key) is not None]
-            ax.plot([r[key] for r in kept], [100 * r["test_accuracy"] for r in kept], **style)
+        for ax, (key, _, accuracy) in zip(axes, axes_spec):
+            kept = [r for r in pts if r.get(key) is not None and r.get(accuracy) is not None]
+            ax.plot([r[key] for r in kept], [100 * r[accuracy] for r in kept], **style)
 
     def short(value, _pos=None):
         for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -437,13 +469,13 @@ def plot(summary: dict, path: str) -> str:
                 return f"{value / size:g}{unit}"
         return f"{value:g}"
 
-    for ax, (key, label) in zip(axes, axes_spec):
+    for ax, (key, label, accuracy) in zip(axes, axes_spec):
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(short))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(label)
-        ax.set_ylabel("test top-1 (%)")
+        ax.set_ylabel("int8 test top-1 (%)" if accuracy.startswith("int8") else "test top-1 (%)")
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 9), fontsize=9, frameon=False)

@@ -199,7 +199,8 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
         bcfg = tfmot_magnitude.MagnitudeConfig(epochs=pcfg.steps * pcfg.step_epochs + pcfg.final_epochs,
                                                batch_size=preset.baseline_batch_size,
                                                train_size=preset.baseline_train_size,
-                                               precision=pcfg.precision)
+                                               learning_rate=pcfg.final_learning_rate,
+                                               weight_decay=pcfg.weight_decay, precision=pcfg.precision)
 
         def do_baseline():
             pruned = saving.load_model(pruned_path)

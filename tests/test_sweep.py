@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import keras
 import pytest
 
 from edgekt import report, sweep
@@ -19,7 +20,7 @@ def small_sweep(three_classes, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "sweep")
     config = sweep.SweepConfig(budgets=(0.5, 0.25), methods=("default", "l1_global", "tfmot"), prune_preset="smoke",
                                prune_overrides=(("train_size", None), ("batch_size", 32), ("calibration_size", 32)),
-                               representative_size=8, latency_repeats=2, tfmot_batch_size=32)
+                               representative_size=8, latency_repeats=2)
     summary = sweep.run(teacher, three_classes, out, config, val_size=150)
     return teacher, out, config, summary
 
@@ -81,24 +82,28 @@ def test_report_includes_the_sweep(small_sweep):
 
 
 def test_where_the_default_loses_names_every_column_and_the_points_above_its_curve():
-    def row(method, budget, test, kib, ms, flops):
+    def row(method, budget, test, kib, ms, flops, seconds=100.0, int8=None):
         return {"method": method, "budget": budget, "test_accuracy": test, "val_accuracy": test,
-                "int8_test_accuracy": test, "int8_bytes": kib * 1024, "int8_latency_ms": ms, "flops": flops}
+                "int8_test_accuracy": test if int8 is None else int8, "int8_bytes": kib * 1024, "int8_latency_ms": ms,
+                "flops": flops, "trajectory_seconds": seconds / 2, "final_seconds": seconds / 2}
     rows = [row("default", 0.5, 0.90, 100, 0.20, 50e6), row("default", 0.1, 0.80, 10, 0.10, 10e6),
-            row("l1_global", 0.5, 0.91, 120, 0.25, 40e6),        # better test, fewer FLOPs, bigger, slower
+            row("l1_global", 0.5, 0.91, 120, 0.25, 40e6, 80.0),  # better test, fewer FLOPs, faster pruning
             row("l1_global", 0.1, 0.70, 8, 0.12, 12e6),          # cheaper file than any default point
             row("tfmot", 0.5, 0.86, 30, 0.30, 90e6),             # 30 KiB: the default's curve gives 84.77%
-            row("tfmot", 0.1, 0.79, 100, 0.30, 90e6)]            # below the curve everywhere
+            row("tfmot", 0.1, 0.79, 100, 0.30, 90e6),            # below the curve everywhere
+            row("attention_global", 0.5, 0.86, 30, 0.30, 90e6, int8=0.84)]  # above it in float, not in int8
     lines = sweep.where_default_loses({"rows": rows})
     text = "\n".join(lines)
     assert "l1_global beats it on test top-1 at 50% (91.00% vs 90.00%)" in text
     assert "l1_global has fewer FLOPs at 50% (40.0M vs 50.0M)." in text
+    assert "l1_global has less pruning time at 50% (80 s vs 100 s)." in text
     assert "l1_global has a smaller int8 file at 10% (8.0 KiB vs 10.0 KiB)" in text
-    assert "l1_global lies above the default's curve of test top-1 against int8 bytes" in text
+    assert "l1_global lies above the default's curve of int8 test top-1 against int8 bytes" in text
     assert "10% (70.00% at 8.0 KiB; default has no point that cheap)" in text
     tfmot_bytes = [l for l in lines if l.startswith("tfmot lies above") and "int8 bytes" in l]
     assert len(tfmot_bytes) == 1 and "50% (86.00% at 30.0 KiB; default 84.77% there)" in tfmot_bytes[0]
     assert "10%" not in tfmot_bytes[0] and not any(l.startswith("tfmot lies above") and "latency" in l for l in lines)
+    assert not any(l.startswith("attention_global lies above") for l in lines)
     assert sweep.where_default_loses({"rows": rows[2:]}) == []   # no default, nothing to compare
 
 
@@ -169,3 +174,38 @@ def test_run_all_sweep_stage_runs_the_preset_on_the_cloud_model_once(three_class
     config, kwargs, n_train = calls[0]
     assert config == sweep.preset("cpu") and n_train == 600
     assert kwargs["val_size"] == 150 and kwargs["split_seed"] == 3 and kwargs["teacher_path"] == teacher_path
+
+
+def test_the_baselines_optimizer_steps_as_ours():
+    """tfmot fine-tunes with the update of our L2SGD (L2 inside the gradient, Nesterov)."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+    from edgekt.baselines import tfmot_magnitude
+    from edgekt.train.optimizers import L2SGD
+
+    config = tfmot_magnitude.MagnitudeConfig(weight_decay=0.1, momentum=0.9)
+    w0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
+    b0 = np.array([1.0, -1.0], np.float32)
+    grads = [np.array([[0.3, 0.1], [-0.2, 0.4]], np.float32), np.array([0.5, 0.5], np.float32)]
+    theirs = [tf.Variable(w0), tf.Variable(b0)]
+    opt = tfmot_magnitude._l2_sgd(tf_keras, 0.05, config)
+    ours = [keras.Variable(w0), keras.Variable(b0)]
+    ref = L2SGD(learning_rate=0.05, momentum=0.9, nesterov=True, l2=0.1)
+    for _ in range(3):
+        opt.apply_gradients(zip([tf.constant(g) for g in grads], theirs))
+        ref.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in grads], ours))
+    for t, o in zip(theirs, ours):
+        np.testing.assert_allclose(t.numpy(), keras.ops.convert_to_numpy(o), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(theirs[0].numpy(), w0 - 3 * 0.05 * grads[0])  # the decay acted
+
+
+def test_the_single_budget_baseline_prunes_to_the_budget(small_sweep, three_classes, tmp_path):
+    from edgekt.baselines import tfmot_magnitude
+
+    teacher = small_sweep[0]
+    budget = count_params(teacher) // 3
+    m = tfmot_magnitude.run(teacher, budget, three_classes, str(tmp_path),
+                            tfmot_magnitude.MagnitudeConfig(epochs=1, batch_size=32, train_size=300), val_size=150)
+    assert m["nonzero_params"] <= budget * 1.01 and 0 <= m["test_accuracy"] <= 1
+    assert os.path.exists(tmp_path / "metrics.json") and os.path.exists(tmp_path / "model_magnitude_int8.tflite")

@@ -30,9 +30,16 @@ from edgekt.models import graph as graph_walk
 class MagnitudeConfig:
     """Fine-tuning of the magnitude-pruned model.
 
+    The optimizer is ours (`edgekt.train.optimizers.L2SGD`, cosine decay over each phase):
+    callers pass the filter pruning's settings, so the two differ in the pruning and the loss
+    only.
+
     Attributes:
       epochs: fine-tuning epochs (the same budget as the filter pruning's fine-tuning).
-      batch_size, learning_rate, momentum: SGD.
+      batch_size, learning_rate, momentum, nesterov: SGD; `learning_rate` is the peak of each
+        phase's cosine decay (`run`, and the ramps of `run_trajectory`).
+      final_learning_rate: the peak of `run_trajectory`'s final fine-tunings (None: learning_rate).
+      weight_decay: L2 added to the gradient of every kernel (rank >= 2), as `L2SGD` does.
       ramp_fraction: sparsity grows polynomially from 0 to the target over this fraction of
         the steps (tfmot's recommended schedule), then stays.
       train_size: a class-balanced subset of the training split (None: all).
@@ -43,8 +50,11 @@ class MagnitudeConfig:
 
     epochs: int = 4
     batch_size: int = 128
-    learning_rate: float = 0.01
+    learning_rate: float = 0.05
+    final_learning_rate: float | None = None
+    weight_decay: float = 5e-4
     momentum: float = 0.9
+    nesterov: bool = True
     ramp_fraction: float = 0.6
     train_size: int | None = None
     precision: str = "float32"
@@ -187,10 +197,24 @@ def _base(teacher: keras.Model, precision: str):
         tf_keras.mixed_precision.set_global_policy("float32")
 
 
+def _l2_sgd(tf_keras, learning_rate, config: MagnitudeConfig):
+    """tf_keras SGD with `config.weight_decay * w` added to every kernel's gradient: the
+    update of `edgekt.train.optimizers.L2SGD`, which tf_keras models cannot use."""
+
+    class L2SGD(tf_keras.optimizers.SGD):
+        def update_step(self, gradient, variable):
+            if config.weight_decay and len(variable.shape) >= 2:
+                gradient = gradient + tf.cast(config.weight_decay, variable.dtype) * variable
+            return super().update_step(gradient, variable)
+
+    return L2SGD(learning_rate, momentum=config.momentum, nesterov=config.nesterov)
+
+
 def _fine_tune(base, weights, schedule, epochs: int, prepared: data.PreparedData, config: MagnitudeConfig,
-               seed: int) -> tuple[list, float]:
-    """Trains `base` (from `weights`) with its kernels magnitude-pruned by `schedule`; returns
-    the stripped weights and the seconds it took."""
+               seed: int, learning_rate: float | None = None) -> tuple[list, float]:
+    """Trains `base` (from `weights`) with its kernels magnitude-pruned by `schedule`, with a
+    cosine decay from `learning_rate` (default `config.learning_rate`); returns the stripped
+    weights and the seconds it took."""
     tfmot, tf_keras = _imports()
     start = time.perf_counter()   # wrapping and compiling count, as our steps' scoring and surgery do
     base.set_weights(weights)
@@ -203,11 +227,13 @@ def _fine_tune(base, weights, schedule, epochs: int, prepared: data.PreparedData
             return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
         return layer
 
+    def loss(y_true, logits):  # in float32 under a bfloat16 policy, as our distiller computes it
+        return tf_keras.losses.categorical_crossentropy(y_true, tf.cast(logits, tf.float32), from_logits=True)
+
     pruned = tf_keras.models.clone_model(base, clone_function=wrap)
     steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
-    lr = tf_keras.optimizers.schedules.CosineDecay(config.learning_rate, max(steps * epochs, 1))
-    pruned.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=config.momentum, nesterov=True),
-                   loss=tf_keras.losses.CategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    lr = tf_keras.optimizers.schedules.CosineDecay(learning_rate or config.learning_rate, max(steps * epochs, 1))
+    pruned.compile(optimizer=_l2_sgd(tf_keras, lr, config), loss=loss, metrics=["accuracy"])
     ds = pipeline.train_dataset(prepared.train.images, prepared.train.labels, batch_size=config.batch_size,
                                 num_classes=len(prepared.class_names), epochs=epochs, seed=seed)
     pruned.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=2, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
@@ -357,7 +383,7 @@ def run_trajectory(teacher: keras.Model, budgets: list[tuple[float, int, int]], 
             schedule = tfmot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0,
                                                              frequency=max(1, min(10, steps // 10)))
             final, final_seconds = _fine_tune(base, weights, schedule, final_epochs, prepared, config,
-                                              config.seed + 100 + i)
+                                              config.seed + 100 + i, config.final_learning_rate)
             metrics = {"method": "tfmot", "budget_ratio": ratio, "budget_params": int(budget),
                        "target_sparsity": sparsity, "trajectory_seconds": ramp_seconds, "final_seconds": final_seconds,
                        "step_epochs": step_epochs, "final_epochs": final_epochs,
