@@ -105,6 +105,7 @@ def markdown(summary: dict, preset: str | None) -> str:
         "",
         *(device_learning_report.ablation_table(dl) if dl.get("ablations") else []),
         "Where ours loses:",
+        *_baseline_losses(p, tm),
         *(device_learning_report.losses_of_ours(dl) if dl.get("methods") else []),
         "",
         "The device model of each class split is pruned from the cloud model with old-class images only; the "
@@ -116,6 +117,25 @@ def markdown(summary: dict, preset: str | None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _baseline_losses(p: dict, tm: dict) -> list[str]:
+    """The headline table's columns where the tfmot baseline beats the pruned model."""
+    lines = []
+    if tm.get("test_accuracy") is not None and p.get("test_accuracy") is not None \
+            and tm["test_accuracy"] > p["test_accuracy"]:
+        extra = ""
+        if tm.get("tflite_bytes") and p.get("tflite_float32_bytes") and tm.get("tflite_latency_ms") \
+                and p.get("tflite_float32_latency_ms"):
+            extra = (f" (it keeps every filter: a {tm['tflite_bytes'] / p['tflite_float32_bytes']:.1f}x larger float32 "
+                     f"file, {tm['tflite_latency_ms'] / p['tflite_float32_latency_ms']:.1f}x the latency)")
+        lines.append(f"- the tfmot baseline at the same budget beats ours on test top-1: {_pct(tm['test_accuracy'])} "
+                     f"vs {_pct(p['test_accuracy'])}{extra}.")
+    for key, ours_key, what, fmt in (("tflite_bytes", "tflite_float32_bytes", "a smaller float32 file", _kib),
+                                     ("tflite_latency_ms", "tflite_float32_latency_ms", "a lower latency", _ms)):
+        if tm.get(key) is not None and p.get(ours_key) is not None and tm[key] < p[ours_key]:
+            lines.append(f"- the tfmot baseline has {what}: {fmt(tm[key])} vs {fmt(p[ours_key])}.")
+    return lines
 
 
 def _teacher_name(sweep_summary: dict) -> str:
