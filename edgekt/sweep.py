@@ -318,6 +318,14 @@ def _kib(v) -> str:
     return "–" if v is None else f"{v / 1024:.1f}"
 
 
+def _in_kib(v) -> str:
+    return f"{v / 1024:.1f} KiB"
+
+
+def _in_ms(v) -> str:
+    return f"{v:.3f} ms"
+
+
 def _pruning_seconds(r: dict) -> float | None:
     if r.get("trajectory_seconds") is None or r.get("final_seconds") is None:
         return None
@@ -330,9 +338,9 @@ _COMPARED = ((lambda r: r.get("test_accuracy"), "test top-1", 1, pct),
              (lambda r: r.get("int8_test_accuracy"), "int8 test top-1", 1, pct),
              (lambda r: r.get("params"), "fewer parameters", -1, lambda v: f"{v:,}"),
              (lambda r: r.get("flops"), "fewer FLOPs", -1, lambda v: f"{v / 1e6:.1f}M"),
-             (lambda r: r.get("int8_bytes"), "a smaller int8 file", -1, lambda v: f"{v / 1024:.1f} KiB"),
-             (lambda r: r.get("int8_gzip_bytes"), "a smaller gzipped int8 file", -1, lambda v: f"{v / 1024:.1f} KiB"),
-             (lambda r: r.get("int8_latency_ms"), "a lower int8 latency", -1, lambda v: f"{v:.3f} ms"),
+             (lambda r: r.get("int8_bytes"), "a smaller int8 file", -1, _in_kib),
+             (lambda r: r.get("int8_gzip_bytes"), "a smaller gzipped int8 file", -1, _in_kib),
+             (lambda r: r.get("int8_latency_ms"), "a lower int8 latency", -1, _in_ms),
              (lambda r: r.get("compute_epochs"), "fewer compute epochs", -1, lambda v: f"{v:.1f}"),
              (_pruning_seconds, "less pruning time", -1, lambda v: f"{v:.0f} s"))
 
@@ -371,8 +379,7 @@ def where_default_loses(summary: dict) -> list[str]:
                 verb = f"has {what}" if sign < 0 else f"beats it on {what}"
                 lines.append(f"{method} {verb} at " + ", ".join(
                     f"{100 * b:g}% ({fmt(a)} vs {fmt(o)})" for b, a, o in wins) + ".")
-        for key, what, fmt in (("int8_bytes", "int8 bytes", lambda v: f"{v / 1024:.1f} KiB"),
-                               ("int8_latency_ms", "int8 latency", lambda v: f"{v:.3f} ms")):
+        for key, what, fmt in (("int8_bytes", "int8 bytes", _in_kib), ("int8_latency_ms", "int8 latency", _in_ms)):
             above = []
             for r in theirs:
                 level = _curve_at(list(ours.values()), key, r.get(key))
