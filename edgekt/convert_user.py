@@ -10,13 +10,14 @@ import keras
 from absl import logging
 
 from edgekt import atomic, compatibility, data
+from edgekt.errors import UserError
 from edgekt.export import pipeline as export_pipeline
 from edgekt.models import saving
 from edgekt.prune import config as prune_config
 from edgekt.prune import pruner
 
 
-class UnsupportedUserModelError(ValueError):
+class UnsupportedUserModelError(UserError):
     """The model cannot be converted; `problems` lists every reason."""
 
     def __init__(self, path: str, problems: list[str]):

@@ -26,7 +26,6 @@ _CHECK_ONLY = flags.DEFINE_bool("check_only", False, "Only list what in the mode
 
 
 def main(argv):
-    flag_utils.reject_extra_args(argv)
     from edgekt import convert_user
 
     problems = convert_user.check(_MODEL.value)
@@ -48,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_utils.run(main)

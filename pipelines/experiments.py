@@ -27,7 +27,6 @@ _THREADS = flags.DEFINE_integer("threads", None, "Interpreter threads on the dev
 
 
 def main(argv):
-    flag_utils.reject_extra_args(argv)
     from edgekt import data, device_learning
 
     overrides = {"threads": _THREADS.value} if _THREADS.value is not None else {}
@@ -50,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_utils.run(main)

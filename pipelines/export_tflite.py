@@ -32,7 +32,6 @@ _REPLAY = flags.DEFINE_integer("replay_per_class", 20, "Training images per clas
 
 
 def main(argv):
-    flag_utils.reject_extra_args(argv)
     from edgekt.export import pipeline
 
     options = dict(batch_size=_BATCH.value, trainable=_TRAINABLE.value, bn_mode=_BN_MODE.value,
@@ -48,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_utils.run(main)

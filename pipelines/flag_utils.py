@@ -1,18 +1,105 @@
-"""What every pipeline binary shares: stray-argument check, preset overrides, config log."""
+"""What every pipeline binary shares: the error convention (`run`), flag checks, preset
+overrides, config log."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Sequence
+import math
+import sys
+from typing import Callable, Mapping, Sequence
 
 from absl import app, flags, logging
 
+from edgekt.errors import UserError, fail, from_os_error
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+    """`app.run(main)` under the error convention: a bad flag, file or data prints one line
+    `error: <what>: <why>; <what to do>` and exits with code 2, before any data is loaded
+    where the flags alone show it; only bugs show a traceback."""
+    app.run(_guarded(main), flags_parser=parse_flags)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """Parses the command line into FLAGS; a flag error exits 2 with one line."""
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(fail(_flag_error_text(e)))
+    try:
+        reject_extra_args(rest)
+        _check_finite_floats()
+    except UserError as e:
+        sys.exit(fail(e))
+    return rest
+
+
+def _flag_error_text(error: flags.Error) -> str:
+    text = " ".join(str(error).split())
+    if isinstance(error, flags.UnrecognizedFlagError):
+        return f"--{error.flagname}: unknown flag; see --helpshort for this binary's flags"
+    if text.startswith("flag --") and ": " in text:
+        what, why = text[len("flag "):].split(": ", 1)
+        name = what.split("=", 1)[0]
+        if "must have a value other than None" in why:
+            return f"{name}: required flag is missing; pass {name}=..."
+        return f"{what}: {why.rstrip('.')}; see --helpshort for what {name} accepts"
+    if text.startswith("Missing value for flag "):
+        name = text.rsplit(" ", 1)[-1]
+        return f"{name}: no value given; pass {name}=VALUE"
+    return f"command line: {text}; see --helpshort"
+
+
+def _check_finite_floats() -> None:
+    for name in flags.FLAGS:
+        flag = flags.FLAGS[name]
+        values = flag.value if isinstance(flag.value, list) else [flag.value]
+        if flag.present and any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise UserError(f"--{name}={flag.value}: must be a finite number; pass a number")
+
+
+def _guarded(main):
+    def wrapped(argv):
+        try:
+            main(argv)
+        except (UserError, app.UsageError) as e:
+            sys.exit(fail(e))
+        except OSError as e:
+            error = from_os_error(e)
+            if error is None:
+                raise
+            sys.exit(fail(error))
+    return wrapped
+
+
+def check(condition: bool, flag: str, expected: str) -> None:
+    """Raises a UserError naming `--flag=value` when `condition` is false (`expected` says what
+    the flag must be, e.g. ">= 1")."""
+    if not condition:
+        raise UserError(f"--{flag}={flags.FLAGS[flag].value}: must be {expected}; pass a value {expected}")
+
+
+def config_from_flags(make: Callable[..., object], flag_to_field: Mapping[str, str], *args, **overrides):
+    """`make(*args, **overrides, **fields set by flags)`, with a field that is out of range
+    reported under the flag that set it (`--lr=-0.1: must be > 0; ...`)."""
+    from edgekt.presets import ConfigError
+
+    fields = overrides_from_flags(flag_to_field)
+    try:
+        return make(*args, **{**overrides, **fields})
+    except ConfigError as e:
+        flag = next((f for f, field in flag_to_field.items() if field == e.field and flags.FLAGS[f].present), None)
+        if flag is None:
+            raise
+        raise UserError(f"--{flag}={flags.FLAGS[flag].value}: must be {e.expected}; pass a value {e.expected}") from e
+
 
 def reject_extra_args(argv: Sequence[str]) -> None:
-    """Raises a usage error for positional arguments (usually a mistyped flag)."""
+    """Raises a user error for positional arguments (usually a mistyped flag)."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
+        raise UserError(f"{' '.join(argv[1:])}: unexpected arguments (flags are --name=value); "
+                        "check the command line for a missing '--' or '='")
 
 
 def overrides_from_flags(flag_to_field: dict[str, str]) -> dict:

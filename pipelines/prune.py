@@ -44,7 +44,6 @@ _FIELDS = {n: n for n in ("target_params_ratio", "target_flops_ratio", "max_accu
 
 
 def main(argv):
-    flag_utils.reject_extra_args(argv)
     from edgekt.prune import config as config_lib
     from edgekt.prune import pruner
 
@@ -65,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_utils.run(main)

@@ -34,7 +34,6 @@ _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads on the device
 
 
 def main(argv):
-    flag_utils.reject_extra_args(argv)
     from edgekt import workflow
 
     stages = (("cloud", "prune", "export", "device_learning") + (() if _SKIP_BASELINE.value else ("baseline",))
@@ -52,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_utils.run(main)

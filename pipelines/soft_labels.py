@@ -28,7 +28,6 @@ _RESIZE = flags.DEFINE_bool("resize", False, "Resize images of another size to t
 
 
 def main(argv):
-    flag_utils.reject_extra_args(argv)
     from edgekt.models import saving
     from edgekt.transfer import soft_labels
     from tflite_runtime_app import data as app_data
@@ -59,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_utils.run(main)

@@ -27,7 +27,6 @@ _PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Fin
 
 
 def main(argv):
-    flag_utils.reject_extra_args(argv)
     from edgekt import sweep
 
     overrides = {k: tuple(v) for k, v in flag_utils.overrides_from_flags({"budgets": "budgets",
@@ -48,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_utils.run(main)

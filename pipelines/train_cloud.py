@@ -46,7 +46,6 @@ _FIELDS = {name: name for name in ("depth", "width", "dropout", "epochs", "batch
 
 
 def main(argv):
-    flag_utils.reject_extra_args(argv)
     if _CPU_DEVICES.value:
         from edgekt.train import distribution
 
@@ -65,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_utils.run(main)

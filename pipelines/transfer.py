@@ -45,7 +45,6 @@ _FIELDS = {n: n for n in ("ce_weight", "kd_weight", "temperature", "at_weight", 
 
 
 def main(argv):
-    flag_utils.reject_extra_args(argv)
     from edgekt import data
     from edgekt.transfer import config as config_lib
     from edgekt.transfer import stage
@@ -68,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_utils.run(main)

@@ -66,9 +66,9 @@ def test_finished_run_is_not_repeated_and_other_config_is_refused(tiny_data, tmp
 
 
 def test_config_ranges_are_checked():
-    with pytest.raises(ValueError, match=r"CloudTrainConfig.depth must be 6n\+4 >= 10. Received: depth=12"):
+    with pytest.raises(ValueError, match=r"CloudTrainConfig.depth=12: must be 6n\+4 >= 10"):
         train.CloudTrainConfig(depth=12)
-    with pytest.raises(ValueError, match=r"unknown preset; expected one of \['cpu', 'paper', 'smoke'\]"):
+    with pytest.raises(ValueError, match=r"unknown preset; choose one of \['cpu', 'paper', 'smoke'\]"):
         train.preset("fast")
     with pytest.raises(ValueError, match=r"unknown CloudTrainConfig fields \['lr'\]"):
         train.preset("smoke", lr=0.1)

@@ -15,6 +15,7 @@ import zipfile
 import numpy as np
 
 from tflite_runtime_app.atomic_file import atomic_path
+from tflite_runtime_app.errors import UserError
 
 STATE_KEY = "__state__"
 WEIGHT_PREFIX = "w/"
@@ -23,7 +24,7 @@ BEST_PREFIX = "best/"
 DELAY_ENV = "EDGEKT_APP_CHECKPOINT_WRITE_DELAY"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is unreadable or does not belong to this model; nothing was changed."""
 
 

@@ -18,6 +18,8 @@ import logging
 
 import numpy as np
 
+from tflite_runtime_app.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "test", "val", "validation")
@@ -27,7 +29,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
 _JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data source is missing, malformed or inconsistent; the message names the file."""
 
 

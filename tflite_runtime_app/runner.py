@@ -11,8 +11,10 @@ import os
 
 import numpy as np
 
+from tflite_runtime_app.errors import UserError
 
-class ModelError(ValueError):
+
+class ModelError(UserError):
     """The model or its metadata is missing, unreadable or inconsistent."""
 
 

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgekt.errors import UserError
 from edgekt.export import ops
 from edgekt.models import graph as graph_walk
 from edgekt.models import layers
@@ -47,7 +48,7 @@ def _sum(tensors):
     return out
 
 
-class UnsupportedOnDeviceError(ValueError):
+class UnsupportedOnDeviceError(UserError):
     """The model has a layer the on-device trainer cannot express with builtin ops."""
 
 

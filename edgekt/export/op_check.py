@@ -6,10 +6,12 @@ import collections
 
 from tensorflow.lite.python import schema_py_generated as schema
 
+from edgekt.errors import UserError
+
 _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
-class NonBuiltinOpsError(ValueError):
+class NonBuiltinOpsError(UserError):
     """The model uses custom or Flex ops that board runtimes (no Flex delegate) cannot run."""
 
 

@@ -12,8 +12,10 @@ from typing import Optional
 
 import keras
 
+from edgekt.errors import UserError
 
-class UnsupportedModelError(ValueError):
+
+class UnsupportedModelError(UserError):
     """The model has a layer or structure edgekt cannot handle; names the layer and why."""
 
 
