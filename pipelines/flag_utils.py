@@ -18,7 +18,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     """`app.run(main)` under the error convention: a bad flag, file or data prints one line
     `error: <what>: <why>; <what to do>` and exits with code 2, before any data is loaded
     where the flags alone show it; only bugs show a traceback."""
-    app.run(_guarded(main), flags_parser=parse_flags)
+    app.run(guarded(main), flags_parser=parse_flags)
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
@@ -59,7 +59,9 @@ def _check_finite_floats() -> None:
             raise UserError(f"--{name}={flag.value}: must be a finite number; pass a number")
 
 
-def _guarded(main):
+def guarded(main):
+    """`main` with user errors (and OSErrors about files or the disk) turned into one line and
+    exit code 2."""
     def wrapped(argv):
         try:
             main(argv)

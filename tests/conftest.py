@@ -97,3 +97,19 @@ def three_classes(cifar):
     """Real images of 3 classes: 600 for training (and validation), 150 for test."""
     return _three_class_subset(cifar, 200, 50, "three_classes")
 
+
+@pytest.fixture(scope="session")
+def device_export(tmp_path_factory, cifar):
+    """An untrained WRN-10-1 for the 10 CIFAR-10 classes exported for the device (batch 8,
+    float16 inference model), for the bad-input suite: (export folder, Keras model)."""
+    import keras
+
+    from edgekt import models
+    from edgekt.export import TrainerOptions, export
+
+    keras.utils.set_random_seed(0)
+    model = models.wrn(10, 1, num_classes=10)
+    out = tmp_path_factory.mktemp("bad_input_device")
+    export(model, str(out), class_names=cifar.class_names, options=TrainerOptions(batch_size=8),
+           quantization="float16")
+    return str(out), model

@@ -1,0 +1,95 @@
+"""The bad-input suite's harness (`from harness import ...`): run the device app or a pipeline binary on a bad input and
+check the convention: exit code 2, one line `error: <what>: <why>; <what to do>` naming the
+input, no traceback, and nothing already saved changed.
+
+Files are `test_<input class>_<side>.py`; the input classes are model_files, checkpoints,
+metadata, images (folders, archives, .npz), labels (labels and soft labels), flags, http.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+ERROR_LINE = re.compile(r"^error: (?P<what>.+?): (?P<why>.+); (?P<todo>.+)$")
+
+
+@dataclasses.dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error: ")]
+
+
+def assert_user_error(result: Result, *names: str) -> str:
+    """Exit code 2, exactly one `error:` line in the convention's form that names every one of
+    `names`, and no traceback. Returns the line."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.code == 2, (result.code, result.stderr[-3000:])
+    assert len(result.error_lines) == 1, result.stderr[-3000:]
+    line = result.error_lines[0]
+    assert ERROR_LINE.match(line), f"not `error: <what>: <why>; <what to do>`: {line}"
+    for name in names:
+        assert name in line, f"{name!r} not named in: {line}"
+    return line
+
+
+def run_app(*args: str) -> Result:
+    """The device app in this process (`python -m tflite_runtime_app ARGS`)."""
+    from tflite_runtime_app.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return Result(int(code or 0), out.getvalue(), err.getvalue())
+
+
+def run_app_process(*args: str, timeout: float = 300) -> Result:
+    """The device app as its own process, as a user runs it."""
+    proc = subprocess.run([sys.executable, "-m", "tflite_runtime_app", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": REPO_ROOT})
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_pipelines(module: str, cases: list[list[str]], timeout: float = 900) -> list[Result]:
+    """Many command lines of one binary (`python -m MODULE ARGS`) in one process."""
+    runner = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_runner.py")
+    proc = subprocess.run([sys.executable, runner, module], input=json.dumps(cases), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return [Result(r["code"], r["stdout"], r["stderr"]) for r in json.loads(proc.stdout)]
+
+
+def run_pipeline_process(module: str, *args: str, timeout: float = 900) -> Result:
+    """One binary as its own process, as a user runs it."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def snapshot(*paths) -> dict[str, str]:
+    """sha256 of every file under `paths` (files or folders), to show nothing saved changed."""
+    out = {}
+    for path in map(str, paths):
+        files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+        for f in sorted(files):
+            with open(f, "rb") as fh:
+                out[f] = hashlib.sha256(fh.read()).hexdigest()
+    return out

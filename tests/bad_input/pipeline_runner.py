@@ -1,0 +1,45 @@
+"""Runs many command lines of one pipeline binary in one process (one TensorFlow import), the
+way `python -m pipelines.NAME ...` runs them: `python pipeline_runner.py pipelines.NAME < cases.json`
+where cases.json is a list of argument lists. Prints one JSON list of {code, stdout, stderr}."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import os
+import sys
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def main() -> None:
+    from absl import flags
+
+    from pipelines import flag_utils
+
+    module_name = sys.argv[1]
+    cases = json.load(sys.stdin)
+    module = importlib.import_module(module_name)
+    results = []
+    for argv in cases:
+        flags.FLAGS.unparse_flags()
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rest = flag_utils.parse_flags([module_name] + list(argv))
+                flag_utils.guarded(module.main)(rest)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:  # a bug: the traceback is what the test shows
+                traceback.print_exc()
+                code = 1
+        results.append({"argv": argv, "code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+    json.dump(results, sys.__stdout__)
+
+
+if __name__ == "__main__":
+    main()
