@@ -4,34 +4,77 @@ from __future__ import annotations
 
 import keras
 
+from edgekt.errors import UserError
+
 from edgekt.export.device_trainer import DeviceTrainer, TrainerOptions, UnsupportedOnDeviceError
+from edgekt.models import layers, saving
 from edgekt.prune.graph import UnsupportedModelError, as_functional, build_graph, refusal
 
+_CONTAINERS = ("Functional", "Sequential", "Model")
 
-def problems(model: keras.Model) -> list[str]:
-    """Every reason the model cannot go through pruning and on-device training (empty: it can).
+
+def problems(model: keras.Model, prune: bool = True) -> list[str]:
+    """Every reason the model cannot go through pruning (if `prune`) and on-device training
+    (empty: it can).
 
     Each entry names the layer and why; all layers are checked, not just the first bad one.
     """
     try:
         functional = as_functional(model)
     except UnsupportedModelError as e:
-        return [str(e)]
+        return e.problems
     found = []
-    for layer in functional.layers:
-        message = refusal(layer)
-        if message:
-            found.append(message)
-    if found:
-        return found
-    try:
-        build_graph(functional)
-    except UnsupportedModelError as e:
-        return [str(e)]
+    if prune:
+        found = [m for m in (refusal(layer) for layer in functional.layers) if m]
+        if not found:
+            try:
+                build_graph(functional)
+            except UnsupportedModelError as e:
+                found += e.problems
     if len(functional.input_shape) != 4:
-        return [f"the model's input must be images [batch, H, W, C]. Received: {functional.input_shape}"]
+        return found + [f"the model's input must be images [batch, H, W, C]; it is {functional.input_shape}"]
     try:
         DeviceTrainer(functional, TrainerOptions(batch_size=1))
-    except (UnsupportedOnDeviceError, ValueError) as e:
-        return [str(e)]
-    return []
+    except (UnsupportedOnDeviceError, UnsupportedModelError) as e:
+        found += [p for p in e.problems if p not in found]
+    return found
+
+
+def file_problems(path: str, prune: bool = True) -> list[str]:
+    """`problems` of a `.keras` file. Layer types outside edgekt's layer table (a Lambda, a
+    custom layer) are listed from the file's config first, without loading the model, so a
+    file Keras would refuse to load (or that would run code) is still described in full.
+
+    Raises:
+      UserError: the file is missing or not a `.keras` archive.
+    """
+    unknown = []
+    for name, cls in saving.layer_classes(path):
+        if cls in _CONTAINERS:
+            unknown.append(f"layer {name!r} ({cls}) is a nested model (build the model flat)")
+        elif cls == "Lambda":
+            unknown.append(f"layer {name!r} (Lambda) holds Python code, which cannot be pruned, exported or loaded "
+                           "safely (replace it with built-in layers)")
+        elif cls not in layers.KNOWN:
+            unknown.append(f"layer {name!r} ({cls}) is not in edgekt's layer table")
+    if unknown:
+        return unknown
+    return problems(saving.load_model(path), prune=prune)
+
+
+def check_file(path: str, prune: bool = True) -> None:
+    """Raises UnsupportedUserModelError listing every problem of the model file, if any."""
+    found = file_problems(path, prune=prune)
+    if found:
+        raise UnsupportedUserModelError(path, found, prune=prune)
+
+
+class UnsupportedUserModelError(UnsupportedModelError):
+    """A user's model file cannot be converted (or exported); `problems` lists every reason."""
+
+    def __init__(self, path: str, problems: list[str], prune: bool = True):
+        self.path = path
+        UserError.__init__(self, f"{path}: {len(problems)} problem(s) for "
+                                 f"{'pruning and ' if prune else ''}on-device training: {' | '.join(problems)}; "
+                                 f"use the supported layer types ({', '.join(layers.KNOWN)}) and structures")
+        self.problems = list(problems)

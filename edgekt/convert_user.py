@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import keras
 from absl import logging
 
 from edgekt import atomic, compatibility, data
@@ -17,33 +16,27 @@ from edgekt.prune import config as prune_config
 from edgekt.prune import pruner
 
 
-class UnsupportedUserModelError(UserError):
-    """The model cannot be converted; `problems` lists every reason."""
-
-    def __init__(self, path: str, problems: list[str]):
-        self.problems = problems
-        super().__init__(f"{path} cannot be converted:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
 def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, preset: str = "smoke",
-            val_size: int = 1000, seed: int = 0, batch_size: int = 32, **prune_overrides) -> dict:
+            val_size: int = 1000, seed: int = 0, batch_size: int = 32, resize: bool = False,
+            **prune_overrides) -> dict:
     """Checks, prunes (teacher = the user's model) and exports a user's model.
 
     The model must take raw pixels (0-255) and output logits (or softmax probabilities from
     its last layer). Writes OUT/prune/pruned.keras and OUT/export/{model_trainable.tflite,
     model_int8.tflite, model_meta.json, metrics.json}, plus OUT/convert.json.
 
+    Images of another size than the model's input are refused, or resized with `resize`.
+
     Raises:
       UnsupportedUserModelError: lists every unsupported layer or structure, before any work.
     """
+    compatibility.check_file(model_path)
     model = saving.load_model(model_path)
-    found = compatibility.problems(model)
-    if found:
-        raise UnsupportedUserModelError(model_path, found)
-    splits = source if isinstance(source, data.DataSplits) else data.load(source)
+    splits = data.load_for(source, model.input_shape[1:], resize=resize)
     if int(model.output_shape[-1]) != len(splits.class_names):
-        raise ValueError(f"{model_path} has {model.output_shape[-1]} outputs but the data has "
-                         f"{len(splits.class_names)} classes {list(splits.class_names)}")
+        raise UserError(f"{model_path}: has {model.output_shape[-1]} outputs but the data has "
+                        f"{len(splits.class_names)} classes {list(splits.class_names)}; pass data with one class "
+                        "folder per model output")
     cfg = prune_config.preset(preset, **prune_overrides)
     prune_dir = os.path.join(out_dir, "prune")
     metrics = pruner.prune_and_finetune(model, splits, prune_dir, cfg, val_size=val_size, split_seed=seed,
@@ -66,4 +59,4 @@ def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, pre
 
 def check(model_path: str) -> list[str]:
     """The problems of a model file (empty if it converts)."""
-    return compatibility.problems(keras.models.load_model(model_path, compile=False))
+    return compatibility.file_problems(model_path)

@@ -14,10 +14,17 @@ class ConfigError(UserError):
     """A config field has a value outside what it accepts (names the field, the value and
     what it must be, so a binary can name its flag instead)."""
 
-    def __init__(self, config_name: str, field: str, value, expected: str):
+    def __init__(self, config_name: str, field: str, value, expected: str, todo: str | None = None):
         self.config_name, self.field, self.value, self.expected = config_name, field, value, expected
-        super().__init__(f"{config_name}.{field}={value!r}: must be {expected}; "
-                         f"set {field} to a value {expected}")
+        self.todo = todo or advice(expected)
+        super().__init__(f"{config_name}.{field}={value!r}: must be {expected}; {self.todo}")
+
+
+def advice(expected: str) -> str:
+    """What to do about a value that is not `expected` (e.g. "> 0", "in (0, 1]", "one of ...")."""
+    if expected[:1] in "<>=!" or expected.startswith("in "):
+        return f"pass a value {expected}"
+    return f"pass {expected}"
 
 
 def choose(presets: Mapping[str, T], name: str, overrides: Mapping[str, object]) -> T:
@@ -36,9 +43,9 @@ def choose(presets: Mapping[str, T], name: str, overrides: Mapping[str, object])
     return dataclasses.replace(base, **overrides)
 
 
-def check_fields(config, checks: Iterable[tuple[bool, str, str]]) -> None:
-    """Raises ConfigError for the first failed (ok, field, expected) check of a config
-    dataclass, naming the config, the field, what it must be and the value received."""
-    for ok, field, expected in checks:
+def check_fields(config, checks: Iterable[tuple]) -> None:
+    """Raises ConfigError for the first failed (ok, field, expected[, what to do]) check of a
+    config dataclass, naming the config, the field, what it must be and the value received."""
+    for ok, field, expected, *todo in checks:
         if not ok:
-            raise ConfigError(type(config).__name__, field, getattr(config, field), expected)
+            raise ConfigError(type(config).__name__, field, getattr(config, field), expected, *todo)

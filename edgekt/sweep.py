@@ -123,7 +123,7 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
     prune_cfg = method_config(config, config.methods[0] if config.methods[0] != "tfmot" else "default")
     prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=prune_cfg.train_size,
-                                   device_pool_size=device_pool_size)
+                                   device_pool_size=device_pool_size, batch_size=prune_cfg.batch_size)
     holdout = {"val_size": val_size, "split_seed": split_seed}
     if device_pool_size:
         holdout["device_pool_size"] = device_pool_size

@@ -20,6 +20,7 @@ from absl import logging
 
 from edgekt import atomic, data
 from edgekt.data import cache as data_cache
+from edgekt.errors import UserError
 
 MANIFEST = "manifest.json"
 
@@ -104,7 +105,7 @@ def _load_json(path: str) -> dict:
 
 def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None = None,
         pruned_path: str | None = None, stages: tuple[str, ...] = ("cloud", "prune", "export", "device_learning"),
-        device_python: str = sys.executable, threads: int = 1) -> dict:
+        device_python: str = sys.executable, threads: int = 1, resize: bool = False) -> dict:
     """Runs the workflow's stages for a preset; returns each stage's result by name.
 
     Args:
@@ -117,6 +118,7 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
       stages: which stages to run, in order.
       device_python: the Python that runs the device app (e.g. a tflite-runtime venv).
       threads: interpreter threads on the device.
+      resize: resize images of another size to the first image's size instead of refusing them.
     """
     from edgekt import train
     from edgekt.models import saving
@@ -125,18 +127,18 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
     from edgekt import device_learning
 
     if preset_name not in PRESETS:
-        raise ValueError(f"unknown preset; expected one of {sorted(PRESETS)}. Received: {preset_name!r}")
+        raise UserError(f"preset {preset_name!r}: unknown preset; choose one of {sorted(PRESETS)}")
     preset = PRESETS[preset_name]
     dl_config = dataclasses.replace(device_learning.PRESETS[preset.device_learning], threads=threads)
     os.makedirs(out_dir, exist_ok=True)
     manifest = Manifest(out_dir)
-    data_id = data_identity(source)
+    data_id = data_identity(source) + (":resized" if resize else "")
     results: dict = {}
     splits_cache: dict = {}
 
     def splits():
         if "s" not in splits_cache:
-            splits_cache["s"] = data.load(source)
+            splits_cache["s"] = data.load(source, resize=resize)
         return splits_cache["s"]
 
     cloud_dir = os.path.join(out_dir, "cloud")
@@ -149,8 +151,7 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
             "cloud", {"config": dataclasses.asdict(cfg), "data": data_id},
             [teacher_path, os.path.join(cloud_dir, "metrics.json")],
             lambda: train.train_and_evaluate(cfg, splits(), cloud_dir, preset_name=preset.cloud, verbose=2))
-    teacher_metrics = os.path.join(os.path.dirname(os.path.abspath(teacher_path)), "metrics.json")
-    teacher_info = _load_json(teacher_metrics) if os.path.exists(teacher_metrics) else {}
+    teacher_info = saving.read_sidecar(teacher_path)
     val_size = teacher_info.get("config", {}).get("val_size", 5000)
     split_seed = teacher_info.get("config", {}).get("seed", 0)
     pool_size = (teacher_info.get("device_pool") or {}).get("size", 0)

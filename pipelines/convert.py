@@ -8,10 +8,9 @@ int8 .tflite, model_meta.json for the device app), or lists every unsupported la
 
 from __future__ import annotations
 
-import sys
+from absl import flags, logging
 
-from absl import app, flags, logging
-
+from edgekt.errors import UserError
 from pipelines import flag_utils
 
 _MODEL = flags.DEFINE_string("model", None, "Your .keras model.", required=True)
@@ -23,26 +22,34 @@ flags.DEFINE_float("max_accuracy_drop", None, "Accuracy floor in points below th
 _VAL_SIZE = flags.DEFINE_integer("val_size", 1000, "Validation images held out of train.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Fixed batch size on the device.")
 _CHECK_ONLY = flags.DEFINE_bool("check_only", False, "Only list what in the model is unsupported.")
+_RESIZE = flag_utils.define_resize()
+_FIELDS = {"target_params_ratio": "target_params_ratio", "max_accuracy_drop": "max_accuracy_drop"}
+flags.register_validator("val_size", lambda v: v >= 1, "must be >= 1 (pruning chooses models on validation images)")
+flags.register_validator("batch_size", lambda v: v >= 1, "must be >= 1")
 
 
 def main(argv):
+    del argv
+    if not _CHECK_ONLY.value and (not _DATA.value or not _OUT_DIR.value):
+        missing = " and ".join(f"--{n}" for n, v in (("data", _DATA.value), ("out_dir", _OUT_DIR.value)) if not v)
+        raise UserError(f"{missing}: required to convert; pass them, or --check_only to only check the model")
+    from edgekt import compatibility
     from edgekt import convert_user
+    from edgekt.prune import config as config_lib
 
-    problems = convert_user.check(_MODEL.value)
-    if problems:
-        print(f"{_MODEL.value} cannot be converted:", file=sys.stderr)
-        for p in problems:
-            print(f"  - {p}", file=sys.stderr)
-        sys.exit(2)
+    if not _CHECK_ONLY.value:
+        flag_utils.config_from_flags(config_lib.preset, _FIELDS, _PRESET.value)
+    found = compatibility.file_problems(_MODEL.value)
+    if found:
+        for p in found:
+            print(f"  - {p}")
+        raise compatibility.UnsupportedUserModelError(_MODEL.value, found)
     if _CHECK_ONLY.value:
         print(f"{_MODEL.value}: every layer is supported by pruning and on-device training")
         return
-    if not _DATA.value or not _OUT_DIR.value:
-        raise app.UsageError("--data and --out_dir are required to convert")
-    overrides = flag_utils.overrides_from_flags({"target_params_ratio": "target_params_ratio",
-                                                 "max_accuracy_drop": "max_accuracy_drop"})
     summary = convert_user.convert(_MODEL.value, _DATA.value, _OUT_DIR.value, preset=_PRESET.value,
-                                   val_size=_VAL_SIZE.value, batch_size=_BATCH.value, **overrides)
+                                   val_size=_VAL_SIZE.value, batch_size=_BATCH.value, resize=_RESIZE.value,
+                                   **flag_utils.overrides_from_flags(_FIELDS))
     logging.info("done: %s", summary["export"])
 
 

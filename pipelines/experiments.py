@@ -10,10 +10,12 @@ X/results.json, X/results.md and plots. A killed run resumes where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from edgekt.errors import UserError
 from pipelines import flag_utils
 
 _PRESET = flags.DEFINE_enum("preset", "smoke", ["smoke", "cpu", "paper"], "Benchmark preset.")
@@ -24,24 +26,24 @@ _TEACHER = flags.DEFINE_string("teacher", None, "An existing cloud model trained
 _DEVICE_PYTHON = flags.DEFINE_string("device_python", sys.executable,
                                      "Python that runs the device app (e.g. a tflite-runtime venv).")
 _THREADS = flags.DEFINE_integer("threads", None, "Interpreter threads on the device; overrides the preset.")
+flag_utils.define_resize()
 
 
 def main(argv):
-    from edgekt import data, device_learning
+    del argv
+    from edgekt import device_learning
 
-    overrides = {"threads": _THREADS.value} if _THREADS.value is not None else {}
-    try:
-        config = device_learning.preset(_PRESET.value, **overrides)
-    except ValueError as e:
-        raise app.UsageError(str(e))
+    if _TEACHER.value is not None and not os.path.isfile(_TEACHER.value):
+        raise UserError(f"--teacher={_TEACHER.value}: no such model file; pass the cloud model's .keras file")
+    if not os.path.isfile(_DEVICE_PYTHON.value) or not os.access(_DEVICE_PYTHON.value, os.X_OK):
+        raise UserError(f"--device_python={_DEVICE_PYTHON.value}: not an executable file; pass the Python of a venv "
+                        "with ai-edge-litert or tflite-runtime")
+    config = flag_utils.config_from_flags(device_learning.preset, {"threads": "threads"}, _PRESET.value)
     flag_utils.log_config("experiments", config, preset=_PRESET.value, data=_DATA.value, out_dir=_OUT_DIR.value,
                           teacher=_TEACHER.value, device_python=_DEVICE_PYTHON.value)
-    try:
-        results = device_learning.run(config, _DATA.value, _OUT_DIR.value, teacher_path=_TEACHER.value,
-                                      device_python=_DEVICE_PYTHON.value, preset_name=_PRESET.value)
-    except data.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    results = device_learning.run(config, flag_utils.load_data(_DATA.value), _OUT_DIR.value,
+                                  teacher_path=_TEACHER.value, device_python=_DEVICE_PYTHON.value,
+                                  preset_name=_PRESET.value)
     logging.info("results (means over splits and seeds): %s", json.dumps(
         {name: {k: m[k] for k in ("old_recall", "new_recall", "unseen_recall", "accuracy", "total_device_seconds")}
          for name, m in results["methods"].items()}))

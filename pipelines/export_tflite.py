@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from edgekt.errors import UserError
 from pipelines import flag_utils
 
 _MODEL = flags.DEFINE_string("model", None, "The .keras model (raw-pixel input, logits output).", required=True)
@@ -26,22 +27,41 @@ _TRAINABLE = flags.DEFINE_string("trainable", "all", "all | bn_classifier | clas
 _BN_MODE = flags.DEFINE_enum("bn_mode", "batch", ["batch", "frozen"], "BN statistics while training on the device.")
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum on the device.")
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on the device.")
-_QUANT = flags.DEFINE_enum("quantization", "int8", ["int8", "float16"], "The inference-only model's format.")
+_QUANT = flags.DEFINE_enum("quantization", "int8", ["int8", "float16"], "The inference-only model's format (int8 "
+                           "needs --data to calibrate; without it the float16 model is written).")
 _CALIBRATION = flags.DEFINE_integer("calibration_size", 300, "Images for int8 calibration.")
 _REPLAY = flags.DEFINE_integer("replay_per_class", 20, "Training images per class kept in replay.npz for the device.")
+_RESIZE = flag_utils.define_resize()
+_OPTION_FLAGS = {"batch_size": "batch_size", "trainable": "trainable", "bn_mode": "bn_mode", "momentum": "momentum",
+                 "weight_decay": "weight_decay"}
 
 
 def main(argv):
+    del argv
     from edgekt.export import pipeline
+    from edgekt.export.device_trainer import TrainerOptions
 
-    options = dict(batch_size=_BATCH.value, trainable=_TRAINABLE.value, bn_mode=_BN_MODE.value,
-                   momentum=_MOMENTUM.value, weight_decay=_WEIGHT_DECAY.value)
+    flag_utils.check(_CALIBRATION.value >= 1, "calibration_size", ">= 1")
+    flag_utils.check(_REPLAY.value >= 0, "replay_per_class", ">= 0")
+    for flag in ("class_names", "new_classes"):
+        names = flags.FLAGS[flag].value or []
+        flag_utils.check(all(n.strip() for n in names) and len(set(names)) == len(names), flag,
+                         "distinct, non-empty names")
+    clash = sorted(set(_NEW_CLASSES.value) & set(_CLASS_NAMES.value or []))
+    if clash:
+        raise UserError(f"--new_classes={','.join(_NEW_CLASSES.value)}: {clash} are already among --class_names; "
+                        "list only categories the model does not have")
+    options = flag_utils.config_from_flags(TrainerOptions, _OPTION_FLAGS)
     flag_utils.log_config("export_tflite", options, model=_MODEL.value, out_dir=_OUT_DIR.value, data=_DATA.value,
                           quantization=_QUANT.value, new_classes=_NEW_CLASSES.value)
     metrics = pipeline.export_model(_MODEL.value, _OUT_DIR.value, data_source=_DATA.value,
                                     class_names=_CLASS_NAMES.value, new_class_names=_NEW_CLASSES.value,
                                     quantization=_QUANT.value, calibration_size=_CALIBRATION.value,
-                                    replay_per_class=_REPLAY.value, **options)
+                                    replay_per_class=_REPLAY.value, resize=_RESIZE.value,
+                                    **{field: getattr(options, field) for field in _OPTION_FLAGS.values()})
+    if metrics["inference_quantization"] != _QUANT.value:
+        logging.warning("wrote the %s inference model (no --data to calibrate %s)", metrics["inference_quantization"],
+                        _QUANT.value)
     logging.info("wrote %s: %s", _OUT_DIR.value, json.dumps({k: metrics[k] for k in sorted(metrics)
                                                                if k.endswith("accuracy") or k.endswith("bytes")}))
 

@@ -75,26 +75,50 @@ def guarded(main):
     return wrapped
 
 
+def _shown(flag: str) -> str:
+    value = flags.FLAGS[flag].value
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def check(condition: bool, flag: str, expected: str) -> None:
     """Raises a UserError naming `--flag=value` when `condition` is false (`expected` says what
     the flag must be, e.g. ">= 1")."""
     if not condition:
-        raise UserError(f"--{flag}={flags.FLAGS[flag].value}: must be {expected}; pass a value {expected}")
+        from edgekt.presets import advice
+
+        raise UserError(f"--{flag}={_shown(flag)}: must be {expected}; {advice(expected)}")
 
 
 def config_from_flags(make: Callable[..., object], flag_to_field: Mapping[str, str], *args, **overrides):
-    """`make(*args, **overrides, **fields set by flags)`, with a field that is out of range
+    """`make(*args, **fields set by flags, **overrides)` (overrides win), with a field out of range
     reported under the flag that set it (`--lr=-0.1: must be > 0; ...`)."""
     from edgekt.presets import ConfigError
 
     fields = overrides_from_flags(flag_to_field)
     try:
-        return make(*args, **{**overrides, **fields})
+        return make(*args, **{**fields, **overrides})
     except ConfigError as e:
         flag = next((f for f, field in flag_to_field.items() if field == e.field and flags.FLAGS[f].present), None)
         if flag is None:
             raise
-        raise UserError(f"--{flag}={flags.FLAGS[flag].value}: must be {e.expected}; pass a value {e.expected}") from e
+        raise UserError(f"--{flag}={_shown(flag)}: must be {e.expected}; {e.todo}") from e
+
+
+def define_resize() -> flags.FlagHolder:
+    """The --resize flag of a binary that reads images."""
+    return flags.DEFINE_bool("resize", False, "Resize images of another size (bilinear) to the model's input size "
+                             "(without a model: to the first image's size) instead of refusing them.")
+
+
+def load_data(source: str, input_shape=None):
+    """The --data source as loaded splits, under the binary's --resize flag: checked against
+    (and with --resize, resized to) a model's input shape (H, W, C) when one is given."""
+    from edgekt import data
+
+    resize = bool(flags.FLAGS["resize"].value) if "resize" in flags.FLAGS else False
+    if input_shape is None:
+        return data.load(source, resize=resize)
+    return data.load_for(source, tuple(input_shape), resize=resize)
 
 
 def reject_extra_args(argv: Sequence[str]) -> None:
@@ -137,14 +161,16 @@ def load_teacher_and_split(path: str, val_size: int | None) -> tuple[object, int
     """
     from edgekt.prune.pruner import load_teacher
 
+    if val_size is not None and val_size < 0:
+        raise UserError(f"--val_size={val_size}: must be >= 0; leave it unset to use the teacher's")
     teacher, info = load_teacher(path)
     teacher_config = info.get("config", {})
     if val_size is None:
         val_size = teacher_config.get("val_size", 5000)
     elif "val_size" in teacher_config and val_size != teacher_config["val_size"]:
-        raise app.UsageError(f"--val_size={val_size}: the teacher {path} held out {teacher_config['val_size']} "
-                             "validation images; another size would mix images it trained on into validation or "
-                             "the device pool; leave --val_size unset")
+        raise UserError(f"--val_size={val_size}: the teacher {path} held out {teacher_config['val_size']} "
+                        "validation images, and another size would mix images it trained on into validation or "
+                        "the device pool; leave --val_size unset")
     split_seed = teacher_config.get("seed", 0)
     if not info:
         logging.warning("no metrics.json beside %s: using val_size=%d, seed=%d; the validation images may overlap "

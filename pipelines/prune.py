@@ -8,7 +8,7 @@ one model per step in OUT/steps/ (a rerun resumes after the last completed step)
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from pipelines import flag_utils
 
@@ -37,6 +37,7 @@ flags.DEFINE_integer("calibration_size", None, "Images used to score filters.")
 flags.DEFINE_integer("seed", None, "Random seed.")
 _VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default: the teacher's, from its metrics.json).")
 _PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Fine-tuning progress display.")
+flag_utils.define_resize()
 
 _FIELDS = {n: n for n in ("target_params_ratio", "target_flops_ratio", "max_accuracy_drop", "criterion", "attention_p",
                           "allocation", "cost_exponent", "normalization", "stream_floor", "layer_floor", "min_step",
@@ -54,7 +55,8 @@ def main(argv):
     flag_utils.log_config("prune", config, preset=_PRESET.value, teacher=_TEACHER.value, data=_DATA.value,
                           out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed,
                           device_pool_size=pool_size)
-    metrics = pruner.prune_and_finetune(teacher, _DATA.value, _OUT_DIR.value, config, val_size=val_size,
+    splits = flag_utils.load_data(_DATA.value, teacher.input_shape[1:])
+    metrics = pruner.prune_and_finetune(teacher, splits, _OUT_DIR.value, config, val_size=val_size,
                                         split_seed=split_seed, device_pool_size=pool_size, preset_name=_PRESET.value, teacher_path=_TEACHER.value,
                                         verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
     logging.info("wrote %s/pruned.keras: %.2f%% of parameters removed, test top-1 %s", _OUT_DIR.value,

@@ -12,10 +12,12 @@ reused (X/manifest.json); a killed run resumes.
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from edgekt.errors import UserError
 from pipelines import flag_utils
 
 _PRESET = flags.DEFINE_enum("preset", "smoke", ["smoke", "cpu", "paper"], "Workflow preset.")
@@ -30,11 +32,20 @@ _SWEEP = flags.DEFINE_bool("sweep", False, "Also prune the cloud model to severa
                            "Pareto figure.")
 _DEVICE_PYTHON = flags.DEFINE_string("device_python", sys.executable,
                                      "Python that runs the device app (e.g. a tflite-runtime venv).")
-_THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads on the device.")
+_THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads on the device.", lower_bound=1)
+_RESIZE = flag_utils.define_resize()
 
 
 def main(argv):
     from edgekt import workflow
+
+    for flag in ("teacher", "pruned"):
+        path = flags.FLAGS[flag].value
+        if path is not None and not os.path.isfile(path):
+            raise UserError(f"--{flag}={path}: no such model file; pass the path of a .keras file")
+    if not os.path.isfile(_DEVICE_PYTHON.value) or not os.access(_DEVICE_PYTHON.value, os.X_OK):
+        raise UserError(f"--device_python={_DEVICE_PYTHON.value}: not an executable file; pass the Python of a venv "
+                        "with ai-edge-litert or tflite-runtime")
 
     stages = (("cloud", "prune", "export", "device_learning") + (() if _SKIP_BASELINE.value else ("baseline",))
               + (("sweep",) if _SWEEP.value else ()) + ("report",))
@@ -42,7 +53,7 @@ def main(argv):
                                       "teacher": _TEACHER.value, "pruned": _PRUNED.value, "stages": stages})
     results = workflow.run(_PRESET.value, _DATA.value, _OUT_DIR.value, teacher_path=_TEACHER.value,
                            pruned_path=_PRUNED.value, stages=stages, device_python=_DEVICE_PYTHON.value,
-                           threads=_THREADS.value)
+                           threads=_THREADS.value, resize=_RESIZE.value)
     summary = results["report"]
     p, t = summary["pruned"], summary["teacher"]
     logging.info("params %s -> %s (%.2f%% removed), test top-1 %.4f -> %.4f; report: %s/report.html",

@@ -8,8 +8,9 @@ run resumes. The end-to-end report shows the sweep when it lies in its folder as
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from edgekt.errors import UserError
 from pipelines import flag_utils
 
 _TEACHER = flags.DEFINE_string("teacher", None, "The unpruned .keras model.", required=True)
@@ -24,23 +25,28 @@ _VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default
 _REMEASURE = flags.DEFINE_bool("remeasure_latency", False, "Time every int8 file again in one pass (e.g. once the "
                                 "machine is idle); training already done is reused.")
 _PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Fine-tuning progress display.")
+flag_utils.define_resize()
 
 
 def main(argv):
     from edgekt import sweep
 
-    overrides = {k: tuple(v) for k, v in flag_utils.overrides_from_flags({"budgets": "budgets",
-                                                                          "methods": "methods"}).items()}
-    try:
-        if "budgets" in overrides:
-            overrides["budgets"] = tuple(float(b) for b in overrides["budgets"])
-        config = sweep.preset(_PRESET.value, **overrides)
-    except ValueError as e:
-        raise app.UsageError(f"--budgets/--methods: {e}")
+    overrides = {}
+    if flags.FLAGS["budgets"].present:
+        try:
+            overrides["budgets"] = tuple(float(b) for b in flags.FLAGS.budgets)
+        except ValueError:
+            raise UserError(f"--budgets={','.join(flags.FLAGS.budgets)}: not a list of numbers; pass fractions of "
+                            "the parameters kept, e.g. --budgets=0.5,0.1") from None
+    if flags.FLAGS["methods"].present:
+        overrides["methods"] = tuple(flags.FLAGS.methods)
+    config = flag_utils.config_from_flags(sweep.preset, {"budgets": "budgets", "methods": "methods"}, _PRESET.value,
+                                          **overrides)
     teacher, val_size, split_seed, pool_size = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
     flag_utils.log_config("sweep", config, preset=_PRESET.value, teacher=_TEACHER.value, data=_DATA.value,
                           out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed, device_pool_size=pool_size)
-    summary = sweep.run(teacher, _DATA.value, _OUT_DIR.value, config, val_size=val_size, split_seed=split_seed,
+    splits = flag_utils.load_data(_DATA.value, teacher.input_shape[1:])
+    summary = sweep.run(teacher, splits, _OUT_DIR.value, config, val_size=val_size, split_seed=split_seed,
                         device_pool_size=pool_size, teacher_path=_TEACHER.value,
                         remeasure_latency=_REMEASURE.value, verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
     logging.info("sweep: %d models in %s/sweep.md", len(summary["rows"]), _OUT_DIR.value)

@@ -8,7 +8,7 @@ Multi-device: --distribution=mirrored (TensorFlow) or data_parallel (KERAS_BACKE
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from pipelines import flag_utils
 
@@ -39,6 +39,8 @@ _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None,
 _PROGRESS = flags.DEFINE_enum("progress", "auto", ["auto", "bar", "epoch", "none"],
                               "Progress display: a bar per step, a line per epoch, or none (auto: bar on a terminal).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an existing checkpoint instead of resuming.")
+flag_utils.define_resize()
+flags.register_validator("cpu_devices", lambda v: v is None or v >= 1, "must be >= 1")
 
 _FIELDS = {name: name for name in ("depth", "width", "dropout", "epochs", "batch_size", "learning_rate", "schedule",
                                    "weight_decay", "label_smoothing", "train_size", "val_size", "device_pool_size", "precision",
@@ -53,10 +55,10 @@ def main(argv):
     from edgekt.train import config as config_lib
     from edgekt.train import train_and_evaluate
 
-    config = config_lib.preset(_PRESET.value, **flag_utils.overrides_from_flags(_FIELDS))
+    config = flag_utils.config_from_flags(config_lib.preset, _FIELDS, _PRESET.value)
     flag_utils.log_config("train_cloud", config, preset=_PRESET.value, data=_DATA.value, out_dir=_OUT_DIR.value,
                           distribution=_DISTRIBUTION.value)
-    metrics = train_and_evaluate(config, _DATA.value, _OUT_DIR.value, distribution=_DISTRIBUTION.value,
+    metrics = train_and_evaluate(config, flag_utils.load_data(_DATA.value), _OUT_DIR.value, distribution=_DISTRIBUTION.value,
                                  preset_name=_PRESET.value, overwrite=_OVERWRITE.value,
                                  verbose={"auto": "auto", "bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
     logging.info("wrote %s/model.keras and %s/metrics.json (test accuracy %s)", _OUT_DIR.value, _OUT_DIR.value,

@@ -10,8 +10,9 @@ T/history.csv.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from edgekt.errors import UserError
 from pipelines import flag_utils
 
 _TEACHER = flags.DEFINE_string("teacher", None, "The cloud .keras model.", required=True)
@@ -38,6 +39,7 @@ flags.DEFINE_integer("test_size", None, "Class-balanced subset of the test split
 flags.DEFINE_integer("seed", None, "Random seed.")
 _VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default: the teacher's, from its metrics.json).")
 _PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Training progress display.")
+flag_utils.define_resize()
 
 _FIELDS = {n: n for n in ("ce_weight", "kd_weight", "temperature", "at_weight", "at_p", "label_smoothing", "epochs",
                           "batch_size", "learning_rate", "warmup_epochs", "weight_decay", "precision", "train_size",
@@ -45,19 +47,19 @@ _FIELDS = {n: n for n in ("ce_weight", "kd_weight", "temperature", "at_weight", 
 
 
 def main(argv):
-    from edgekt import data
     from edgekt.transfer import config as config_lib
     from edgekt.transfer import stage
 
-    config = config_lib.preset(_PRESET.value, **flag_utils.overrides_from_flags(_FIELDS))
+    config = flag_utils.config_from_flags(config_lib.preset, _FIELDS, _PRESET.value)
     teacher, val_size, split_seed, pool_size = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
     flag_utils.log_config("transfer", config, preset=_PRESET.value, teacher=_TEACHER.value, student=_STUDENT.value,
                           data=_DATA.value, out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed,
                           device_pool_size=pool_size)
-    splits = data.load(_DATA.value)
+    splits = flag_utils.load_data(_DATA.value, teacher.input_shape[1:])
     train_images = splits["train"].images if "train" in splits else None
     if train_images is None:
-        raise app.UsageError(f"{_DATA.value}: no 'train' split; found {sorted(splits)}")
+        raise UserError(f"{_DATA.value}: no 'train' split (splits: {sorted(splits)}); put the training images under "
+                        "train/<class>/")
     student = stage.make_student(_STUDENT.value, num_classes=len(splits.class_names), train_images=train_images,
                                  input_shape=train_images.shape[1:], seed=config.optimization.seed)
     stage.distill(teacher, student, splits, _OUT_DIR.value, config, val_size=val_size, split_seed=split_seed,

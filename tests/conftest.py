@@ -113,3 +113,58 @@ def device_export(tmp_path_factory, cifar):
     export(model, str(out), class_names=cifar.class_names, options=TrainerOptions(batch_size=8),
            quantization="float16")
     return str(out), model
+
+
+@pytest.fixture(scope="session")
+def pipeline_inputs(tmp_path_factory, cifar):
+    """Inputs for the pipelines' bad-input cases (tests/bad_input), as a dict of paths: an
+    untrained WRN-10-1 teacher with its metrics.json ("teacher"); real-image trees: 10 classes
+    ("tree", 6 train / 2 test images per class), the same with one image 40x40 ("mixed"), all
+    40x40 ("big"), 3 classes ("three"); model files that are not models or not supported."""
+    import json
+
+    import keras
+    from PIL import Image
+
+    from edgekt import data, models
+    from edgekt.models import saving
+
+    root = tmp_path_factory.mktemp("pipeline_inputs")
+    out = {}
+    keras.utils.set_random_seed(0)
+    teacher = models.wrn(10, 1, num_classes=10)
+    out["teacher"] = saving.save_model(teacher, str(root / "teacher" / "model.keras"))
+    (root / "teacher" / "metrics.json").write_text(json.dumps({"class_names": list(cifar.class_names),
+                                                               "config": {"val_size": 20, "seed": 0}}))
+    small = {name: data.stratified_subset(cifar[name], per * 10, seed=0) for name, per in (("train", 6), ("test", 2))}
+    out["tree"] = write_tree(str(root / "tree"), small, cifar.class_names, per_class=6, wrapper=None)
+    big = {k: data.Split(np.stack([np.asarray(Image.fromarray(im).resize((40, 40))) for im in s.images]), s.labels,
+                         s.class_names) for k, s in small.items()}
+    out["big"] = write_tree(str(root / "big"), big, cifar.class_names, per_class=6, wrapper=None)
+    out["mixed"] = write_tree(str(root / "mixed"), small, cifar.class_names, per_class=6, wrapper=None)
+    first = sorted(os.listdir(os.path.join(out["mixed"], "train", "cat")))[0]
+    with open(os.path.join(out["mixed"], "train", "cat", first), "wb") as f:
+        f.write(encode_png(big["train"].images[np.flatnonzero(big["train"].labels == 3)[0]]))
+    three = {k: data.select_classes(s, ["airplane", "cat", "ship"], relabel=True) for k, s in small.items()}
+    out["three"] = write_tree(str(root / "three"), three, ("airplane", "cat", "ship"), per_class=6, wrapper=None)
+
+    def user_model(path, *middle):
+        inp = keras.Input((32, 32, 3))
+        x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(keras.layers.Rescaling(1 / 255.0)(inp))
+        for layer in middle:
+            x = layer(x)
+        x = keras.layers.Dense(10, name="logits")(keras.layers.GlobalAveragePooling2D()(x))
+        keras.Model(inp, x).save(path)
+        return path
+
+    out["lambda"] = user_model(str(root / "lambda.keras"), keras.layers.Lambda(lambda t: t * 2.0, name="double"))
+    out["off_device"] = user_model(str(root / "off_device.keras"), keras.layers.LayerNormalization(name="norm"),
+                                   keras.layers.ELU(name="elu"))
+    out["not_zip"] = str(root / "not_zip.keras")
+    (root / "not_zip.keras").write_bytes(b"this is not a model")
+    out["empty_model"] = str(root / "empty.keras")
+    (root / "empty.keras").write_bytes(b"")
+    (root / "bad_meta").mkdir()
+    out["bad_meta"] = saving.save_model(teacher, str(root / "bad_meta" / "model.keras"))
+    (root / "bad_meta" / "metrics.json").write_text("{not json")
+    return out

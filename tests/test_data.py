@@ -193,7 +193,7 @@ def test_class_helpers(small_cifar):
     assert np.bincount(lab.labels).tolist() == [3, 3, 3] and np.bincount(unl.labels).tolist() == [5, 5, 5]
     lab2, _ = data.labelled_unlabelled(train, 3, seed=1)
     np.testing.assert_array_equal(lab.images, lab2.images)
-    with pytest.raises(data.DataError, match=r"unknown class 'dog'"):
+    with pytest.raises(data.DataError, match=r"class 'dog': not a class of the data"):
         data.select_classes(train, ["dog"])
     with pytest.raises(data.DataError, match=r"cannot keep 9 labelled"):
         data.labelled_unlabelled(train, 9)

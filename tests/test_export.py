@@ -193,7 +193,7 @@ def test_unsupported_layers_are_named():
     with pytest.raises(UnsupportedOnDeviceError, match=r"layer 'dilated' \(Conv2D\) cannot be trained on the device: "
                                                        r"dilated convolutions"):
         DeviceTrainer(keras.Model(inp, out))
-    with pytest.raises(ValueError, match=r"trainable must be 'all', 'bn_classifier', 'classifier' or 'last:N'"):
+    with pytest.raises(ValueError, match=r"trainable='last': must be 'all', 'bn_classifier', 'classifier' or 'last:N'"):
         TrainerOptions(trainable="last")
 
 

@@ -136,7 +136,7 @@ def test_unsupported_layer_is_named_before_any_work():
     out = keras.layers.Concatenate(name="joined")([a, b])
     with pytest.raises(UnsupportedModelError,
                        match=r"layer 'joined' \(Concatenate\) cannot be pruned: layer type Concatenate has no pruning "
-                             r"rule. Supported layer types: Activation, .*BatchNormalization, Conv2D"):
+                             r"rule; build the model from supported layers"):
         build_graph(keras.Model(inp, out))
 
 

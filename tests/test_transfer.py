@@ -124,11 +124,11 @@ def test_transfer_stage_preset_routes_overrides():
     assert (cfg.loss.temperature, cfg.loss.at_weight, cfg.loss.kd_weight) == (2.0, 0.0, 0.9)
     assert (cfg.optimization.epochs, cfg.optimization.seed, cfg.train_size) == (3, 4, 500)
     assert stage_config.preset("cpu").optimization.epochs == 10  # the preset itself is unchanged
-    with pytest.raises(ValueError, match="unknown transfer setting 'bogus'"):
+    with pytest.raises(ValueError, match="transfer setting 'bogus': unknown"):
         stage_config.preset("cpu", bogus=1)
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="precision=.fp8.: must be one of"):
         stage_config.preset("cpu", precision="fp8")
-    with pytest.raises(ValueError, match="needs at least one loss term"):
+    with pytest.raises(ValueError, match="at least one loss term needs a positive weight"):
         stage_config.preset("cpu", ce_weight=0.0, kd_weight=0.0, at_weight=0.0)
-    with pytest.raises(ValueError, match="train_size must be >= batch_size"):
+    with pytest.raises(ValueError, match="train_size=10: must be >= batch_size"):
         stage_config.preset("cpu", train_size=10)

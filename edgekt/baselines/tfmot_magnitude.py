@@ -24,6 +24,7 @@ from absl import logging
 from edgekt import atomic, data, evaluation
 from edgekt.data import pipeline
 from edgekt.models import graph as graph_walk
+from edgekt.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +155,8 @@ def sparsity_for_budget(tk_model, budget_params: int) -> float:
     kernels, total = _prunable_counts(tk_model)
     fixed = total - kernels
     if budget_params <= fixed:
-        raise ValueError(f"a budget of {budget_params:,} parameters is below the {fixed:,} values tfmot does not prune")
+        raise UserError(f"budget of {budget_params:,} parameters: below the {fixed:,} values tfmot does not prune; "
+                        "choose a larger budget for the baseline")
     return float(min(max(1.0 - (budget_params - fixed) / kernels, 0.0), 0.999))
 
 
@@ -277,7 +279,7 @@ def run(teacher: keras.Model, budget_params: int, splits: data.DataSplits, out_d
     tfmot, _ = _imports()
     os.makedirs(out_dir, exist_ok=True)
     prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size,
-                                   device_pool_size=device_pool_size)
+                                   device_pool_size=device_pool_size, batch_size=config.batch_size)
     base = _base(teacher, config.precision)
     sparsity = sparsity_for_budget(base, budget_params)
     steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
@@ -349,7 +351,7 @@ def run_trajectory(teacher: keras.Model, budgets: list[tuple[float, int, int]], 
     if os.path.exists(identity_path):
         with open(identity_path) as f:
             if json.load(f) != json.loads(json.dumps(identity)):
-                raise ValueError(f"{out_dir}: holds a tfmot run of another setup; use another folder or delete it")
+                raise UserError(f"{out_dir}: holds a tfmot run of another setup; use another folder or delete it")
     else:
         atomic.write_json(identity_path, identity)
     base = _base(teacher, config.precision)

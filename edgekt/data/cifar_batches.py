@@ -22,26 +22,31 @@ def _unpickle(path: str) -> dict:
         with open(path, "rb") as f:
             obj = pickle.load(f, encoding="bytes")
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as e:
-        raise DataError(f"{path}: not a readable CIFAR batch pickle ({type(e).__name__}: {e})") from e
+        raise DataError(f"{path}: not a readable CIFAR batch pickle ({type(e).__name__}: {e}); restore the file from "
+                        "the original cifar-10-batches-py archive") from e
     if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a pickled dict. Received: {type(obj).__name__}")
+        raise DataError(f"{path}: holds a pickled {type(obj).__name__}, not a dict; restore the file from the original "
+                        "cifar-10-batches-py archive")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _batch_arrays(path: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     batch = _unpickle(path)
     if "data" not in batch or label_key not in batch:
-        raise DataError(f"{path}: missing 'data' or {label_key!r}; keys are {sorted(batch)}")
+        raise DataError(f"{path}: missing 'data' or {label_key!r} (keys: {sorted(batch)}); restore the file from the "
+                        "original archive")
     data = np.asarray(batch["data"])
     labels = np.asarray(batch[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
-        raise DataError(f"{path}: 'data' must be uint8 [N, 3072] (32x32 RGB, channels first). "
-                        f"Received: shape={data.shape}, dtype={data.dtype}")
+        raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}, not uint8 [N, 3072] (32x32 RGB, channels "
+                        "first); restore the file from the original archive")
     if labels.shape != (data.shape[0],):
-        raise DataError(f"{path}: {data.shape[0]} images but {labels.shape} labels")
+        raise DataError(f"{path}: {data.shape[0]} images but {labels.shape} labels; restore the file from the original "
+                        "archive")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{path}: label {int(labels.max() if labels.max() >= num_classes else labels.min())} "
-                        f"outside the {num_classes} classes named in the meta file")
+                        f"outside the {num_classes} classes named in the meta file; restore the files from the original "
+                        "archive")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
 
 
@@ -63,10 +68,12 @@ def read_cifar_batches(path: str) -> DataSplits:
         train_files = ["train"] if os.path.exists(os.path.join(path, "train")) else []
         test_files = ["test"] if os.path.exists(os.path.join(path, "test")) else []
     if names_key not in meta:
-        raise DataError(f"{path}: meta file has no {names_key!r}; keys are {sorted(meta)}")
+        raise DataError(f"{path}: meta file has no {names_key!r} (keys: {sorted(meta)}); restore it from the original "
+                        "archive")
     class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key])
     if not train_files and not test_files:
-        raise DataError(f"{path}: no batch files (data_batch_1..5, test_batch, or train/test)")
+        raise DataError(f"{path}: no batch files (data_batch_1..5, test_batch, or train/test); pass the extracted "
+                        "cifar-10-batches-py folder")
     out = {}
     for split, names in (("train", train_files), ("test", test_files)):
         if not names:

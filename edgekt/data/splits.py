@@ -21,16 +21,16 @@ def class_indices(split_or_names, classes: Iterable[int | str]) -> list[int]:
     for c in classes:
         if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
             if not 0 <= int(c) < len(names):
-                raise DataError(f"class index {c} is outside 0..{len(names) - 1} ({list(names)})")
+                raise DataError(f"class index {c}: outside 0..{len(names) - 1}; use an index or a name of {list(names)}")
             out.append(int(c))
         elif isinstance(c, str):
             if c not in names:
-                raise DataError(f"unknown class {c!r}; classes are {list(names)}")
+                raise DataError(f"class {c!r}: not a class of the data; use one of {list(names)}")
             out.append(names.index(c))
         else:
-            raise DataError(f"a class must be a name or an index. Received: {c!r}")
+            raise DataError(f"class {c!r}: neither a name nor an index; use one of {list(names)}")
     if len(set(out)) != len(out):
-        raise DataError(f"classes listed twice. Received: {list(classes)}")
+        raise DataError(f"classes {list(classes)}: some are listed twice; list each class once")
     return out
 
 
@@ -42,7 +42,7 @@ def _stratified_pick(labels: np.ndarray, count: int | float, seed: int) -> np.nd
             raise DataError(f"fraction must be in [0, 1]. Received: {count}")
         count = int(round(count * n))
     if not 0 <= count <= n:
-        raise DataError(f"cannot pick {count} of {n} examples")
+        raise DataError(f"{count} of {n} examples: cannot pick more than there are; ask for at most {n}")
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
@@ -117,7 +117,8 @@ def labelled_unlabelled(split: Split, labelled: int | float, seed: int = 0,
         members = rng.permutation(np.flatnonzero(split.labels == c))
         k = int(round(labelled * len(members))) if isinstance(labelled, float) else int(labelled)
         if not 0 <= k <= len(members):
-            raise DataError(f"class {split.class_names[c]!r} has {len(members)} images; cannot keep {k} labelled")
+            raise DataError(f"class {split.class_names[c]!r}: has {len(members)} images, cannot keep {k} labelled; ask for "
+                            "fewer or add images")
         lab.append(members[:k])
         unl.append(members[k:])
     return (_take(split, np.sort(np.concatenate(lab)) if lab else np.array([], int)),
@@ -159,7 +160,7 @@ DEVICE_POOL_SEED_OFFSET = 7919
 
 
 def prepare_splits(splits: DataSplits, *, val_size: int, seed: int, train_size: int | None = None,
-                   test_size: int | None = None, device_pool_size: int = 0) -> PreparedData:
+                   test_size: int | None = None, device_pool_size: int = 0, batch_size: int = 1) -> PreparedData:
     """Holds out a class-balanced validation split and a class-balanced device pool of `train`,
     and takes optional subsets of what is left.
 
@@ -167,20 +168,32 @@ def prepare_splits(splits: DataSplits, *, val_size: int, seed: int, train_size: 
     they all see the same validation images and the same device pool, none of which the
     teacher trained on. Validation, device pool and train are disjoint.
 
+    `batch_size`: the stage's batch; fewer training images than one batch are refused.
+
     Raises:
-      DataError: the source has no training split, or the hold-outs leave no training images.
+      DataError: the source has no training split, or the hold-outs leave fewer training
+        images than one batch.
     """
     if "train" not in splits:
-        raise DataError(f"{splits.source}: no 'train' split; found {sorted(splits)}")
+        raise DataError(f"{splits.source}: no 'train' split (splits: {sorted(splits)}); put the training images "
+                        "under train/<class>/")
     if device_pool_size < 0:
-        raise DataError(f"device_pool_size must be >= 0. Received: {device_pool_size}")
+        raise DataError(f"device_pool_size={device_pool_size}: must be >= 0; pass a count >= 0")
+    n = len(splits["train"].labels)
+    left = n - (val_size or 0) - device_pool_size
+    if left < max(batch_size, 1):
+        held = f"val_size={val_size or 0}" + (f" + device_pool_size={device_pool_size}" if device_pool_size else "")
+        raise DataError(f"{splits.source}: the train split has {n} images; holding out {held} leaves {max(left, 0)}, "
+                        f"fewer than one batch of {batch_size}; pass a smaller --val_size"
+                        f"{' or --device_pool_size' if device_pool_size else ''} or --batch_size, or more training "
+                        "images")
     train, val, pool = splits["train"], None, None
     if val_size:
         train, val = train_val_split(train, val_size, seed=seed)
     if device_pool_size:
         if device_pool_size >= len(train.labels):
             raise DataError(f"{splits.source}: a device pool of {device_pool_size} images leaves no training images "
-                            f"({len(train.labels)} after the validation hold-out); use a smaller device_pool_size")
+                            f"({len(train.labels)} after the validation hold-out); use a smaller --device_pool_size")
         train, pool = train_val_split(train, device_pool_size, seed=seed + DEVICE_POOL_SEED_OFFSET)
     if train_size is not None and train_size < len(train.labels):
         train = stratified_subset(train, train_size, seed=seed)

@@ -17,7 +17,7 @@ def tfds_name(source: str) -> str | None:
     if source.startswith(TFDS_PREFIX):
         name = source[len(TFDS_PREFIX):]
         if not name:
-            raise DataError(f"empty tfds name. Received: data={source!r}; use e.g. 'tfds:cifar10'")
+            raise DataError(f"--data={source!r}: empty tfds name; use e.g. 'tfds:cifar10'")
         return name
     return None
 
@@ -37,12 +37,13 @@ def read_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
-        raise DataError("tensorflow-datasets is not installed; `pip install tensorflow-datasets` "
-                        f"or use a local archive/folder. Received: data=tfds:{name}") from e
+        raise DataError(f"--data=tfds:{name}: tensorflow-datasets is not installed; `pip install "
+                        "tensorflow-datasets` or use a local archive/folder") from e
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises its own DatasetNotFoundError and friends.
-        raise DataError(f"tfds:{name}: unknown data set ({type(e).__name__}: {e})") from e
+        raise DataError(f"tfds:{name}: unknown data set ({type(e).__name__}: {e}); check the name "
+                        "(e.g. tfds:cifar10)") from e
     if download:
         try:
             builder.download_and_prepare()
@@ -53,7 +54,8 @@ def read_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
     features = builder.info.features
     image_key, label_key = builder.info.supervised_keys or ("image", "label")
     if image_key not in features or label_key not in features:
-        raise DataError(f"tfds:{name}: needs image and label features; has {list(features)}")
+        raise DataError(f"tfds:{name}: has no image and label features ({list(features)}); use an image "
+                        "classification data set")
     class_names = tuple(features[label_key].names)
     out = {}
     for split in ("train", "test"):
@@ -62,11 +64,12 @@ def read_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
         try:
             batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
         except Exception as e:
-            raise DataError(f"tfds:{name}: split {split!r} could not be read ({type(e).__name__}: {e})") from e
+            raise DataError(f"tfds:{name}: split {split!r} could not be read ({type(e).__name__}: {e}); prepare the "
+                            "data set again or use a local copy") from e
         images = np.asarray(batch[image_key])
         if images.ndim == 4 and images.shape[-1] == 1:
             images = np.repeat(images, 3, axis=-1)
         out[split] = make_split(images.astype(np.uint8), np.asarray(batch[label_key]), class_names)
     if not out:
-        raise DataError(f"tfds:{name}: has neither a 'train' nor a 'test' split")
+        raise DataError(f"tfds:{name}: has neither a 'train' nor a 'test' split; use a data set with them")
     return DataSplits(out, class_names, f"{TFDS_PREFIX}{name}")

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Optional
 
 from edgekt import presets
+from edgekt.errors import UserError
 
 STUDENTS = ("pruned", "wrn-16-1", "pruned_cloud_weights", "pruned_cloud_weights_bn")
 NEVER_SEEN_LOSSES = ("kd", "paper")
@@ -29,12 +30,12 @@ class ClassSplit:
     def __post_init__(self):
         groups = (self.old, self.new, self.unseen)
         if not self.old or not self.new or not self.unseen:
-            raise ValueError(f"a class split needs old, new and unseen classes. Received: old={self.old}, "
-                             f"new={self.new}, unseen={self.unseen}")
+            raise UserError(f"class split old={self.old}, new={self.new}, unseen={self.unseen}: a split needs old, "
+                            "new and unseen classes; name at least one class in each")
         every = [c for g in groups for c in g]
         if len(set(every)) != len(every):
-            raise ValueError(f"old, new and unseen classes must be disjoint. Received: old={self.old}, "
-                             f"new={self.new}, unseen={self.unseen}")
+            raise UserError(f"class split old={self.old}, new={self.new}, unseen={self.unseen}: the groups must be "
+                            "disjoint; name each class in one group only")
 
     @property
     def device_classes(self) -> tuple[str, ...]:
@@ -62,7 +63,8 @@ def rotated_splits(classes: tuple[str, ...], count: int, n_new: int, n_unseen: i
     n = len(classes)
     block = n_new + n_unseen
     if block >= n or count < 1:
-        raise ValueError(f"{n_new} new + {n_unseen} unseen classes leave no old class among {n} (count={count})")
+        raise UserError(f"{n_new} new + {n_unseen} unseen classes: leave no old class among {n}; choose fewer new or "
+                        "unseen classes")
     out = []
     for k in range(count):
         start = k * -(-n // count)

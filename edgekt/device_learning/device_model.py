@@ -17,6 +17,7 @@ from edgekt.prune.criteria import l1_importance
 from edgekt.prune.graph import build_graph
 from edgekt.prune.surgery import prune_model
 from edgekt.flops import model_cost
+from edgekt.errors import UserError
 
 
 def build_device_model(teacher: keras.Model, pools: Pools, split: ClassSplit, config: prune_config.PruneConfig,
@@ -35,7 +36,7 @@ def build_device_model(teacher: keras.Model, pools: Pools, split: ClassSplit, co
     """
     if not config.step_epochs and not config.final_epochs:
         # Without fine-tuning the BN statistics would stay the cloud's, estimated on all classes.
-        raise ValueError("the device model must be fine-tuned on old-class images at least once (step_epochs or "
+        raise UserError("step_epochs/final_epochs: the device model must be fine-tuned on old-class images at least once (step_epochs or "
                          f"final_epochs > 0). Received: step_epochs={config.step_epochs}, "
                          f"final_epochs={config.final_epochs}")
     before = {p.name: set(p.read) for p in pools.all()}

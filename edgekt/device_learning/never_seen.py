@@ -19,6 +19,7 @@ from edgekt.export import TrainerOptions, export
 from edgekt.models import saving
 from edgekt.transfer.distiller import TransferConfig
 from edgekt.transfer.training import FinetuneConfig, fit_student
+from edgekt.errors import UserError
 
 # KD on logits alone, or the seed paper's loss: RMSE between L2-normalised teacher and student
 # activation maps at the matching stages, plus RMSE between logits (equal weights).
@@ -41,7 +42,8 @@ def student_model(kind: str, teacher: keras.Model, images: np.ndarray, target_pa
         return data_free_pruned_architecture(teacher, target_params_ratio, num_classes, seed=seed)
     if kind in ("pruned_cloud_weights", "pruned_cloud_weights_bn"):
         if int(teacher.output_shape[-1]) != num_classes:
-            raise ValueError(f"the cloud model has {teacher.output_shape[-1]} outputs, the student needs {num_classes}")
+            raise UserError(f"cloud model: has {teacher.output_shape[-1]} outputs, the student needs {num_classes}; "
+                            "pass the cloud model trained on these classes")
         student = data_free_pruned(teacher, target_params_ratio)
         if kind == "pruned_cloud_weights_bn":
             set_trainable(student, lambda layer: isinstance(layer, keras.layers.BatchNormalization))
@@ -67,8 +69,8 @@ def training_images(pools: Pools, split: NeverSeenSplit, config: DeviceLearningC
     for c in split.train:
         images = pools.device.images(c)
         if len(images) < config.never_seen_per_class:
-            raise data.DataError(f"class {c!r} has {len(images)} device-pool images; the never-seen transfer needs "
-                                 f"{config.never_seen_per_class}")
+            raise data.DataError(f"class {c!r}: has {len(images)} device-pool images, the never-seen transfer needs "
+                                 f"{config.never_seen_per_class}; raise the cloud's --device_pool_size")
         pick = np.random.default_rng([len(names), names.index(c)]).permutation(len(images))
         per_class.append(images[np.sort(pick[:config.never_seen_per_class])])
     return np.concatenate(per_class)

@@ -56,7 +56,8 @@ class ClassPool:
     def images(self, class_name: str) -> np.ndarray:
         """The images of one class (recorded as read)."""
         if class_name not in self._by_class:
-            raise DataError(f"the {self.name} pool has no class {class_name!r}; it has {list(self._by_class)}")
+            raise DataError(f"the {self.name} pool: has no class {class_name!r} ({list(self._by_class)}); use the "
+                            "data the cloud model was trained on")
         self.read.add(class_name)
         value = self._by_class[class_name]
         if isinstance(value, Trap):
@@ -100,8 +101,8 @@ class Pools:
         missing = [n for n, s in (("device pool", prepared.device_pool), ("validation split", prepared.val),
                                   ("test split", prepared.test)) if s is None]
         if missing:
-            raise DataError(f"{prepared.source}: the on-device benchmark needs a {', a '.join(missing)}; the cloud "
-                            "model must be trained with device_pool_size > 0 and val_size > 0")
+            raise DataError(f"{prepared.source}: the on-device benchmark needs a {', a '.join(missing)}; train the "
+                            "cloud model with --device_pool_size > 0 and --val_size > 0")
         return cls(ClassPool.from_split("cloud-train", prepared.train), ClassPool.from_split("cloud-val", prepared.val),
                    ClassPool.from_split("device", prepared.device_pool), ClassPool.from_split("test", prepared.test),
                    tuple(prepared.class_names), prepared.source)
@@ -164,7 +165,7 @@ def draw_device_data(pool: ClassPool, device_classes: Sequence[str], old: Sequen
         images = pool.images(c)
         need = sum(sizes)
         if len(images) < need:
-            raise DataError(f"class {c!r} has {len(images)} device-pool images; this protocol needs {need} "
+            raise DataError(f"class {c!r}: has {len(images)} device-pool images, this protocol needs {need}; "
                             "(raise the cloud's device_pool_size or lower the per-class counts)")
         perm = np.random.default_rng([seed, order.index(c), 17]).permutation(len(images))
         out, start = [], 0

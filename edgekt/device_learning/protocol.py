@@ -51,24 +51,22 @@ def load_pools(splits: data.DataSplits, teacher_metrics: dict) -> Pools:
     cfg = teacher_metrics.get("config", {})
     record = teacher_metrics.get("device_pool") or {}
     if not record.get("size"):
-        raise data.DataError("the cloud model was trained without a device pool (metrics.json has no device_pool); "
+        raise data.DataError("the cloud model: trained without a device pool (metrics.json has no device_pool); "
                              "train it with device_pool_size > 0 so that the device's images are not its training "
                              "images")
     prepared = data.prepare_splits(splits, val_size=cfg["val_size"], seed=cfg["seed"],
                                    device_pool_size=record["size"])
     if data.images_sha256(prepared.device_pool.images) != record["sha256"]:
-        raise data.DataError("the device pool drawn from this data differs from the one the cloud model was trained "
-                             "without (other data or another version of it)")
+        raise data.DataError("device pool: the one drawn from this data differs from the one the cloud model was "
+                             "trained without (other data or another version of it); pass the data the cloud model "
+                             "was trained on")
     return Pools.from_prepared(prepared)
 
 
 def _cloud_metrics(teacher_path: str) -> dict:
-    path = os.path.join(os.path.dirname(os.path.abspath(teacher_path)), "metrics.json")
-    if not os.path.exists(path):
-        raise data.DataError(f"{path}: missing; the benchmark needs the cloud run's metrics.json (its validation "
-                             "split and device pool)")
-    with open(path) as f:
-        return json.load(f)
+    from edgekt.models import saving
+
+    return saving.read_sidecar(teacher_path, required=True)
 
 
 def _write_test(path: str, split: data.Split) -> str:

@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from edgekt import atomic
+from edgekt.errors import UserError
 from edgekt.export import op_check
 from edgekt.export.device_trainer import SIGNATURE_VERSION, DeviceTrainer, TrainerOptions
 
@@ -116,10 +117,11 @@ def export(model: keras.Model, out_dir: str, *, class_names, options: TrainerOpt
     """
     class_names = list(class_names) + list(new_class_names)
     if len(set(class_names)) != len(class_names):
-        raise ValueError(f"class names must be unique. Received: {class_names}")
+        raise UserError(f"class names {class_names}: some are given twice; name each class once")
     if int(model.output_shape[-1]) + len(new_class_names) != len(class_names):
-        raise ValueError(f"the model has {model.output_shape[-1]} outputs but {len(class_names) - len(new_class_names)} "
-                         "class names were given")
+        raise UserError(f"{len(class_names) - len(new_class_names)} class names: the model has "
+                        f"{model.output_shape[-1]} outputs; give one class name per output (new categories go in "
+                        "--new_classes)")
     options = dataclasses.replace(options, num_classes=len(class_names))
     trainer = DeviceTrainer(model, options)
     trainable = convert_trainer(trainer)

@@ -17,12 +17,14 @@ an input so the app owns the schedule. The app saves weights itself through get_
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from edgekt import presets
 from edgekt.errors import UserError
 from edgekt.export import ops
 from edgekt.models import graph as graph_walk
@@ -37,6 +39,7 @@ _IDENTITY = ("InputLayer", "Dropout", "SpatialDropout2D", "GaussianNoise", "Gaus
 # Which classes the trainer expresses is the layer table's `device` flag; `forward` has a
 # case for each of them (a test holds the two together).
 DEVICE_LAYERS = layers.ON_DEVICE
+DEVICE_ACTIVATIONS = ("linear", "relu", "relu6")
 
 
 def _sum(tensors):
@@ -49,7 +52,18 @@ def _sum(tensors):
 
 
 class UnsupportedOnDeviceError(UserError):
-    """The model has a layer the on-device trainer cannot express with builtin ops."""
+    """Layers or settings the on-device trainer cannot express with builtin ops; `problems`
+    lists every one (layer name, type and why)."""
+
+    def __init__(self, what: str, problems: list[str]):
+        self.what, self.problems = what, list(problems)
+        super().__init__(f"{what}: {len(self.problems)} part(s) cannot be trained on the device: "
+                         f"{' | '.join(self.problems)}; use layer types and settings the device trainer supports "
+                         f"({', '.join(DEVICE_LAYERS)}; activations {', '.join(DEVICE_ACTIVATIONS)})")
+
+    @classmethod
+    def one(cls, problem: str) -> "UnsupportedOnDeviceError":
+        return cls("model", [problem])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,17 +91,16 @@ class TrainerOptions:
     seed: int = 0
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f"TrainerOptions.batch_size must be >= 1. Received: {self.batch_size}")
-        if self.bn_mode not in BN_MODES:
-            raise ValueError(f"TrainerOptions.bn_mode must be one of {BN_MODES}. Received: {self.bn_mode!r}")
-        if not (self.trainable in ("all", "bn_classifier", "classifier") or re.fullmatch(r"last:[1-9]\d*",
-                                                                                          self.trainable)):
-            raise ValueError("TrainerOptions.trainable must be 'all', 'bn_classifier', 'classifier' or 'last:N'. "
-                             f"Received: {self.trainable!r}")
-        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0. Received: {self.momentum}, "
-                             f"{self.weight_decay}")
+        presets.check_fields(self, [
+            (self.batch_size >= 1, "batch_size", ">= 1"),
+            (self.trainable in ("all", "bn_classifier", "classifier")
+             or re.fullmatch(r"last:[1-9]\d*", str(self.trainable)) is not None, "trainable",
+             "'all', 'bn_classifier', 'classifier' or 'last:N' (N >= 1)"),
+            (self.bn_mode in BN_MODES, "bn_mode", f"one of {BN_MODES}"),
+            (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
+            (self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay", ">= 0"),
+            (self.num_classes is None or self.num_classes >= 1, "num_classes", ">= 1"),
+        ])
 
 
 def variable_key(layer: str, weight: str) -> str:
@@ -104,7 +117,8 @@ def _activation(name: str | None):
         return lambda x: ops.relu(x, 6.0)
     if name == "softmax":
         return tf.nn.softmax
-    raise UnsupportedOnDeviceError(f"activation {name!r} is not supported on the device (relu, relu6, linear)")
+    raise UnsupportedOnDeviceError.one(f"activation {name!r} is not supported on the device "
+                                       f"({', '.join(DEVICE_ACTIVATIONS)})")
 
 
 @dataclasses.dataclass
@@ -132,7 +146,7 @@ class DeviceTrainer(tf.Module):
         self.output_layer = graph.output_layer
         dense = graph.layers_of("Dense")
         if not dense:
-            raise UnsupportedOnDeviceError("the model has no Dense classifier layer")
+            raise UnsupportedOnDeviceError(f"model {model.name!r}", ["it has no Dense classifier layer"])
         self.classifier = dense[-1]
         self.nodes: list[_Node] = []
         self.variables_by_key: dict[str, tf.Variable] = {}
@@ -140,18 +154,26 @@ class DeviceTrainer(tf.Module):
         model_classes = int(graph.model.output_shape[-1])
         self.num_classes = options.num_classes or model_classes
         if self.num_classes < model_classes:
-            raise ValueError(f"num_classes={self.num_classes} is fewer than the model's {model_classes} outputs")
+            raise UserError(f"num_classes={self.num_classes}: fewer than the model's {model_classes} outputs; "
+                            "give at least one class name per output")
         self.softmax_output = False
         trainable_layers = self._trainable_layers(graph, options.trainable)
         rng = np.random.default_rng(options.seed)
+        problems = []
         for name in graph.order:
             layer = graph.model.get_layer(name)
             cls = graph.layer_class[name]
             if cls not in DEVICE_LAYERS:
-                raise UnsupportedOnDeviceError(f"layer {name!r} ({cls}) cannot be trained on the device; supported: "
-                                               f"{', '.join(DEVICE_LAYERS)}")
+                problems.append(f"layer {name!r} ({cls}) has no on-device rule")
+                continue
             config = layer.get_config()
-            self._check_node(name, cls, layer, config, name == self.output_layer)
+            try:
+                self._check_node(name, cls, layer, config, name == self.output_layer)
+            except UnsupportedOnDeviceError as e:
+                problems.extend(e.problems)
+                continue
+            if problems:
+                continue
             if cls == "Normalization":
                 # Constants given at construction live in the config; adapted ones in the layer.
                 mean = config.get("mean") if config.get("mean") is not None else keras.ops.convert_to_numpy(layer.mean)
@@ -174,11 +196,14 @@ class DeviceTrainer(tf.Module):
                     trainable.add(v.name)
                     self.momenta[key] = tf.Variable(np.zeros_like(value), name=f"{key}__momentum", trainable=False)
             self.nodes.append(_Node(name, cls, graph.inputs[name], config, weights, trainable))
+        if problems:
+            raise UnsupportedOnDeviceError(f"model {model.name!r}", problems)
         self._classifier_node = next(n for n in self.nodes if n.name == self.classifier)
         self.classifier_keys = dict(self._classifier_node.weights)
         self.trainable_keys = [k for n in self.nodes for w, k in n.weights.items() if w in n.trainable]
         if not self.trainable_keys:
-            raise ValueError(f"trainable={options.trainable!r} selects no weights of this model")
+            raise UserError(f"trainable={options.trainable!r}: selects no weights of this model; choose 'all' or "
+                            "'last:N' with N at most the model's weighted layers")
         self.weight_keys = sorted(self.variables_by_key) + sorted(f"{k}__momentum" for k in self.momenta)
         self._build_signatures()
 
@@ -192,7 +217,7 @@ class DeviceTrainer(tf.Module):
             return np.concatenate([value, new], axis=1)
         if weight == "bias":
             return np.concatenate([value, np.full((extra,), value.mean() if value.size else 0.0, np.float32)])
-        raise UnsupportedOnDeviceError(f"cannot grow classifier weight {weight!r}")
+        raise UnsupportedOnDeviceError.one(f"classifier weight {weight!r} cannot be grown for new classes")
 
     @staticmethod
     def _trainable_layers(graph, spec: str) -> set[str]:
@@ -212,7 +237,7 @@ class DeviceTrainer(tf.Module):
 
     def _check_node(self, name, cls, layer, config, is_output):
         def refuse(why):
-            raise UnsupportedOnDeviceError(f"layer {name!r} ({cls}) cannot be trained on the device: {why}")
+            raise UnsupportedOnDeviceError.one(f"layer {name!r} ({cls}) cannot be trained on the device: {why}")
 
         kind = layers.LAYERS[cls]
         if kind.check is not None and kind.check(layer):  # the table's limits (groups, multipliers, axes)
@@ -229,8 +254,8 @@ class DeviceTrainer(tf.Module):
             act = config.get("activation")
             if act == "softmax" and name == self.classifier:
                 self.softmax_output = True
-            else:
-                _activation(act)
+            elif act not in (None,) + DEVICE_ACTIVATIONS:
+                refuse(f"activation {act!r} (supported: {', '.join(DEVICE_ACTIVATIONS)})")
         if cls in ("MaxPooling2D", "AveragePooling2D"):
             if tuple(config["pool_size"]) != tuple(config["strides"]) or config["pool_size"][0] != config["pool_size"][1]:
                 refuse("pooling windows must be square and equal to the strides")
@@ -239,8 +264,8 @@ class DeviceTrainer(tf.Module):
         if cls == "Activation":
             if is_output and config["activation"] == "softmax":
                 self.softmax_output = True
-            else:
-                _activation(config["activation"])
+            elif config["activation"] not in (None,) + DEVICE_ACTIVATIONS:
+                refuse(f"activation {config['activation']!r} (supported: {', '.join(DEVICE_ACTIVATIONS)})")
         if cls == "Softmax" and not is_output:
             refuse("softmax inside the network")
         if cls == "Softmax":
@@ -351,7 +376,7 @@ class DeviceTrainer(tf.Module):
                 (t, b), (l, r) = cfg["padding"]
                 out = tf.pad(h, [[0, 0], [t, b], [l, r], [0, 0]])
             else:  # pragma: no cover - guarded by DEVICE_LAYERS
-                raise UnsupportedOnDeviceError(f"layer {node.name!r} ({c})")
+                raise UnsupportedOnDeviceError.one(f"layer {node.name!r} ({c}) has no on-device rule")
             values[node.name] = out
         if not features:
             return values[self.output_layer], updates

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 from absl import logging
 
-from edgekt import atomic, data, evaluation, flops
+from edgekt import atomic, compatibility, data, evaluation, flops
+from edgekt.errors import UserError
 from edgekt.export import convert
 from edgekt.export import evaluate as export_eval
 from edgekt.export.device_trainer import TrainerOptions
@@ -18,11 +18,7 @@ METRICS_FILE = "metrics.json"
 
 
 def _sidecar_class_names(model_path: str):
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "metrics.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f).get("class_names")
-    return None
+    return saving.read_sidecar(model_path).get("class_names")
 
 
 def device_step_times(trainable_path: str, repeats: int = 10, threads: int = 1) -> dict:
@@ -54,33 +50,44 @@ def device_step_times(trainable_path: str, repeats: int = 10, threads: int = 1) 
 
 def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataSplits | None = None,
                  class_names=None, new_class_names=(), quantization: str = "int8", calibration_size: int = 300,
-                 replay_per_class: int = 20, **trainer_options) -> dict:
+                 replay_per_class: int = 20, resize: bool = False, **trainer_options) -> dict:
     """Exports `model_path` and measures what was exported.
 
     Class names come from `class_names`, else the data, else the `metrics.json` beside the
     model. With data, int8 calibration uses training images, accuracy is measured on the
     test split (in TFLite), and `replay.npz` keeps `replay_per_class` training images of each
-    class for the device's replay buffer.
+    class for the device's replay buffer. Data of another image size is refused, or resized
+    with `resize`. Without training images, int8 falls back to the float16 inference model
+    (`inference_quantization` in the metrics says which was written).
+
+    Raises:
+      UserError: an unsupported model (every problem listed), no class names, or bad data.
 
     Returns:
       The metrics written to `out_dir/metrics.json`.
     """
+    options = TrainerOptions(**trainer_options)
+    compatibility.check_file(model_path, prune=False)
     model = saving.load_model(model_path)
+    if class_names is None and data_source is None and _sidecar_class_names(model_path) is None:
+        raise UserError(f"{model_path}: no class names (no --class_names, no --data, no metrics.json beside the "
+                        "model); pass --class_names or --data")
     splits = None
     if data_source is not None:
-        splits = data_source if isinstance(data_source, data.DataSplits) else data.load(data_source)
+        splits = data.load_for(data_source, model.input_shape[1:], resize=resize)
     if class_names is None:
         class_names = splits.class_names if splits is not None else _sidecar_class_names(model_path)
-    if class_names is None:
-        raise ValueError(f"no class names for {model_path}: pass class names or data, or keep the stage's metrics.json "
-                         "beside the model")
     representative = None
     if splits is not None and "train" in splits:
         representative = data.stratified_subset(splits["train"], min(calibration_size, len(splits["train"].labels)),
                                                 seed=0).images
     if quantization == "int8" and representative is None:
-        raise ValueError("int8 calibration needs training images: pass data, or use quantization='float16'")
-    options = TrainerOptions(**trainer_options)
+        if splits is not None:
+            raise UserError(f"{splits.source}: no 'train' split to calibrate the int8 model (splits: "
+                            f"{sorted(splits)}); pass data with train/ images, or --quantization=float16")
+        logging.warning("no --data to calibrate int8: writing the float16 inference model instead "
+                        "(pass --data=... for model_int8.tflite)")
+        quantization = "float16"
     meta = convert.export(model, out_dir, class_names=class_names, options=options, new_class_names=new_class_names,
                           representative=representative, quantization=quantization)
     trainable_path = os.path.join(out_dir, meta["trainable_model"])

@@ -16,7 +16,13 @@ from edgekt.errors import UserError
 
 
 class UnsupportedModelError(UserError):
-    """The model has a layer or structure edgekt cannot handle; names the layer and why."""
+    """The model has layers or a structure edgekt cannot handle; `problems` names each layer
+    and why."""
+
+    def __init__(self, problem: str | list[str]):
+        self.problems = [problem] if isinstance(problem, str) else list(problem)
+        super().__init__(" | ".join(self.problems) + "; build the model from supported layers and structures "
+                         "(`python -m pipelines.convert --model=MODEL --check_only` lists every problem)")
 
 
 @dataclasses.dataclass

@@ -25,6 +25,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from edgekt.errors import UserError
+
 ROLES = ("input", "create", "follow", "follow_params", "merge", "flatten", None)
 
 
@@ -278,8 +280,8 @@ def macs(layer) -> int:
     """
     kind = kind_of(layer)
     if kind is None:
-        raise ValueError(f"cannot count FLOPs of layer {layer.name!r} of type {type(layer).__name__}: it is not in "
-                         f"edgekt's layer table; known layer types: {', '.join(KNOWN)}")
+        raise UserError(f"layer {layer.name!r} ({type(layer).__name__}): cannot count its FLOPs, it is not in "
+                        f"edgekt's layer table; use the known layer types ({', '.join(KNOWN)})")
     if kind.cost is None:
         return 0
     cin = int(layer.input.shape[-1])

@@ -7,6 +7,7 @@ import os
 import keras
 
 from edgekt import atomic
+from edgekt.errors import UserError
 
 
 def _policy_config(config, policy: str):
@@ -42,7 +43,7 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> str:
     """Saves a float32, optimizer-free copy of `model` atomically to `path` (.keras)."""
     path = os.fspath(path)
     if not path.endswith(".keras"):
-        raise ValueError(f"model files must end with .keras. Received: {path}")
+        raise UserError(f"{path}: model files must end with .keras; name the output file *.keras")
     atomic.write_with(path, float32_copy(model).save, suffix=".keras")
     return path
 
@@ -51,16 +52,94 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     """Loads a `.keras` model without compiling it.
 
     Raises:
-      FileNotFoundError: the file does not exist.
-      ValueError: the file is not a readable `.keras` model.
+      UserError: the file does not exist or is not a readable `.keras` model.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such model file")
+        raise UserError(f"{path}: no such model file{' (it is a folder)' if os.path.isdir(path) else ''}; "
+                        "pass the path of a .keras file")
+    if not path.endswith(".keras"):
+        raise UserError(f"{path}: not a .keras file; pass a model saved by Keras 3 as .keras "
+                        "(convert .h5/SavedModel models with keras.models.load_model(...).save('model.keras'))")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a .keras archive (not a zip file); pass a model saved by Keras 3 as .keras")
+    lambdas = [name for name, cls in layer_classes(path) if cls == "Lambda"]
+    if lambdas:
+        raise UserError(f"{path}: holds Lambda layer(s) {lambdas}, whose Python code is not loaded from a file (it "
+                        "could run anything); replace them with built-in layers")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a bad archive.
-        raise ValueError(f"{path}: not a readable .keras model ({type(e).__name__}: {e})") from e
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise UserError(f"{path}: not a readable .keras model ({why}); pass a model saved by Keras 3 as .keras, "
+                        "with any custom layers registered") from e
+
+
+SIDECAR = "metrics.json"
+
+
+def read_sidecar(model_path: str | os.PathLike, required: bool = False) -> dict:
+    """The `metrics.json` a stage writes beside its model (class names, the validation split and
+    device pool the model was trained without); {} when there is none and it is not required.
+
+    Raises:
+      UserError: it is required and missing, or it is not a JSON object.
+    """
+    import json
+
+    path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))), SIDECAR)
+    if not os.path.exists(path):
+        if required:
+            raise UserError(f"{path}: missing; keep the metrics.json the stage wrote beside {model_path} (it holds the "
+                            "validation split and device pool the model was trained without)")
+        return {}
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({type(e).__name__}: {e}); restore the metrics.json the stage wrote, "
+                        "or remove it and pass what it held by flags") from e
+    if not isinstance(info, dict):
+        raise UserError(f"{path}: not a JSON object; restore the metrics.json the stage wrote")
+    return info
+
+
+def layer_classes(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(name, class name) of every layer in a `.keras` file, read from its config without
+    running any code the file holds (a Lambda's Python code is never loaded). Layers of nested
+    models are listed after their model.
+
+    Raises:
+      UserError: the file is missing or not a `.keras` archive.
+    """
+    import json
+    import zipfile
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such model file; pass the path of a .keras file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+        raise UserError(f"{path}: not a .keras archive ({type(e).__name__}); pass a model saved by Keras 3 as "
+                        ".keras") from e
+    found = []
+
+    def visit(entry):
+        if not isinstance(entry, dict):
+            return
+        body = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+        found.append((str(body.get("name", "?")), str(entry.get("class_name", "?"))))
+        for layer in body.get("layers", []) or []:
+            visit(layer)
+
+    body = config.get("config") if isinstance(config, dict) else None
+    for layer in (body or {}).get("layers", []) or []:
+        visit(layer)
+    return found
 
 
 def fingerprint(model: keras.Model) -> str:

@@ -87,7 +87,8 @@ class PruneConfig:
             (self.max_accuracy_drop is None or self.max_accuracy_drop >= 0, "max_accuracy_drop", ">= 0 (points)"),
             (self.target_params_ratio is not None or self.target_flops_ratio is not None
              or self.max_accuracy_drop is not None, "target_params_ratio",
-             "set, or target_flops_ratio or max_accuracy_drop set (no policy given)"),
+             "set when target_flops_ratio and max_accuracy_drop are not (no pruning policy is given)",
+             "pass --target_params_ratio in (0, 1], --target_flops_ratio or --max_accuracy_drop"),
             (self.criterion in CRITERIA, "criterion", f"one of {CRITERIA}"),
             (self.attention_p > 0, "attention_p", "> 0"),
             (self.normalization in NORMALIZATIONS, "normalization", f"one of {NORMALIZATIONS}"),

@@ -103,8 +103,7 @@ def refusal(layer) -> str | None:
     why = layer_problem(layer)
     if not why:
         return None
-    return (f"layer {layer.name!r} ({type(layer).__name__}) cannot be pruned: {why}. "
-            f"Supported layer types: {', '.join(layers.PRUNABLE)}")
+    return f"layer {layer.name!r} ({type(layer).__name__}) cannot be pruned: {why}"
 
 
 def build_graph(model: keras.Model) -> DependencyGraph:
@@ -116,10 +115,9 @@ def build_graph(model: keras.Model) -> DependencyGraph:
     """
     walked = graph_walk.walk(model)
     model = walked.model
-    for name in walked.order:
-        message = refusal(model.get_layer(name))
-        if message:
-            raise UnsupportedModelError(message)
+    refused = [m for m in (refusal(model.get_layer(name)) for name in walked.order) if m]
+    if refused:
+        raise UnsupportedModelError(refused)
     order, classes = walked.order, walked.layer_class
     inbound = walked.inputs
     layer_objs = {layer.name: layer for layer in model.layers}

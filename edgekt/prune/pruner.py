@@ -24,6 +24,7 @@ from edgekt.prune.report import write_log, write_plot
 from edgekt.prune.surgery import prune_model
 from edgekt.transfer.distiller import TransferConfig
 from edgekt.transfer.training import FinetuneConfig, fit_student
+from edgekt.errors import UserError
 
 PRUNED_FILE = "pruned.keras"
 METRICS_FILE = "metrics.json"
@@ -45,13 +46,7 @@ def transfer_config(config: PruneConfig) -> TransferConfig:
 
 def load_teacher(path: str) -> tuple[keras.Model, dict]:
     """Loads a teacher `.keras` and the metrics.json written beside it (if any)."""
-    model = saving.load_model(path)
-    metrics_path = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
-    info = {}
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            info = json.load(f)
-    return model, info
+    return saving.load_model(path), saving.read_sidecar(path)
 
 
 def _config_dict(config) -> dict:
@@ -88,12 +83,14 @@ def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_
     Raises:
       UnsupportedModelError: the teacher has a layer filter pruning cannot handle (before any
         work is done).
-      ValueError: no validation split, or a checkpoint of another setup in `out_dir`.
+      UserError: no validation split, a teacher whose outputs are not the data's classes, too
+        few images, or a checkpoint of another setup in `out_dir`.
     """
     build_graph(teacher)  # fails fast on unsupported layers, before any work
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
+    _check_fit(teacher, splits.class_names, val_size)
     prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size,
-                                   device_pool_size=device_pool_size)
+                                   device_pool_size=device_pool_size, batch_size=config.batch_size)
     holdout = {"val_size": val_size, "split_seed": split_seed}
     if device_pool_size:
         holdout["device_pool_size"] = device_pool_size
@@ -122,8 +119,8 @@ def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: s
     state, policy = _trajectory(run, prepared, out_dir, config, holdout, verbose)
     chosen = _choose(state["log"])
     if chosen["step"] == 0:
-        raise ValueError(f"no pruned model satisfies the policy ({policy.stopped or 'no step was taken'}); allow a "
-                         "larger --max_accuracy_drop or lower the floors")
+        raise UserError(f"pruning policy: no pruned model satisfies it ({policy.stopped or 'no step was taken'}); allow "
+                        "a larger --max_accuracy_drop or lower the floors")
     metrics = _finish(run, prepared, out_dir, out_dir, chosen, config, verbose, teacher_path, preset_name)
     metrics["stopped"] = policy.stopped or "targets met"
     metrics["steps_discarded"] = sum(1 for e in state["log"][1:] if not e.get("accepted", True))
@@ -184,13 +181,17 @@ class _Run:
     fingerprint: str       # the teacher's weights, which a resumed run must match
 
 
+def _check_fit(teacher: keras.Model, class_names, val_size: int) -> None:
+    if not val_size:
+        raise UserError("--val_size=0: pruning chooses models on a validation split; pass --val_size > 0")
+    if int(teacher.output_shape[-1]) != len(class_names):
+        raise UserError(f"the teacher: has {teacher.output_shape[-1]} outputs but the data has {len(class_names)} "
+                        f"classes ({list(class_names)}); pass the teacher trained on this data")
+
+
 def _setup(teacher: keras.Model, prepared: data.PreparedData, config: PruneConfig) -> _Run:
     build_graph(teacher)
-    if prepared.val is None:
-        raise ValueError("pruning chooses models on a validation split; val_size must be > 0")
-    if int(teacher.output_shape[-1]) != len(prepared.class_names):
-        raise ValueError(f"the teacher has {teacher.output_shape[-1]} outputs but the data has "
-                         f"{len(prepared.class_names)} classes ({list(prepared.class_names)})")
+    _check_fit(teacher, prepared.class_names, 0 if prepared.val is None else len(prepared.val.labels))
     batch = max(config.batch_size, 256)
     teacher32 = saving.float32_copy(teacher)
     base = _summary(teacher32, prepared, batch)
@@ -228,7 +229,7 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
         with open(state_path) as f:
             saved = json.load(f)
         if saved.get("identity") != identity:
-            raise ValueError(f"{state_path}: made with a different setup; use another --out_dir or delete it")
+            raise UserError(f"{state_path}: made with a different setup; use another --out_dir or delete it")
         state = saved
         policy = schedule.PolicyState(**state["policy"])
         if state["current"] > 0:

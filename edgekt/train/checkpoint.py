@@ -11,6 +11,7 @@ import keras
 from absl import logging
 
 from edgekt import atomic
+from edgekt.errors import UserError
 
 STATE_FILE = "checkpoint.json"
 
@@ -40,12 +41,15 @@ class CheckpointManager:
         try:
             with open(self.state_path) as f:
                 state = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{self.state_path}: unreadable checkpoint state ({e}); remove the checkpoint "
-                             "folder to start over") from e
+            if not isinstance(state, dict):
+                raise ValueError(f"a JSON {type(state).__name__}, not an object")
+        except (OSError, ValueError) as e:
+            raise UserError(f"{self.state_path}: unreadable checkpoint state ({e}); pass --overwrite (or remove the "
+                            "checkpoint folder) to start over") from e
         model_path = os.path.join(self.directory, state.get("model_file", ""))
         if not os.path.isfile(model_path):
-            raise ValueError(f"{self.state_path}: names model file {state.get('model_file')!r}, which is missing")
+            raise UserError(f"{self.state_path}: names model file {state.get('model_file')!r}, which is missing; remove "
+                            "the checkpoint folder (or pass --overwrite) to start over")
         return state
 
     def load_model(self, state: dict) -> keras.Model:

@@ -19,6 +19,7 @@ from edgekt.train import distribution as dist_lib
 from edgekt.train.checkpoint import CheckpointManager
 from edgekt.train.config import CloudTrainConfig
 from edgekt.train.optimizers import L2SGD, learning_rate_schedule
+from edgekt.errors import UserError
 
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
@@ -125,7 +126,7 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
     prepared = data.prepare_splits(splits, val_size=config.val_size, seed=config.seed,
                                    train_size=config.train_size, test_size=config.test_size,
-                                   device_pool_size=config.device_pool_size)
+                                   device_pool_size=config.device_pool_size, batch_size=config.batch_size)
     num_classes = len(prepared.class_names)
     steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
     identity = {"config": _config_dict(config), "data": prepared.source,
@@ -138,7 +139,7 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
     state = None if overwrite else manager.read_state()
     if state is not None and state.get("identity") != identity:
         diff = _describe_difference(state.get("identity", {}), identity)
-        raise ValueError(f"{manager.state_path}: checkpoint was made with a different setup ({diff}); "
+        raise UserError(f"{manager.state_path}: checkpoint was made with a different setup ({diff}); "
                          "use another --out_dir or --overwrite to start over")
     if (state is not None and state["epoch"] >= config.epochs and os.path.exists(metrics_path)
             and os.path.exists(model_path)):

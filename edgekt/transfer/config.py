@@ -7,6 +7,7 @@ import dataclasses
 from typing import Optional
 
 from edgekt import presets
+from edgekt.errors import UserError
 from edgekt.transfer.distiller import TransferConfig
 from edgekt.transfer.training import FinetuneConfig
 
@@ -27,11 +28,11 @@ class TransferStageConfig:
     test_size: Optional[int] = None
 
     def __post_init__(self):
-        if self.train_size is not None and self.train_size < self.optimization.batch_size:
-            raise ValueError(f"TransferStageConfig.train_size must be >= batch_size ({self.optimization.batch_size}). "
-                             f"Received: train_size={self.train_size}")
-        if self.test_size is not None and self.test_size < 1:
-            raise ValueError(f"TransferStageConfig.test_size must be >= 1. Received: test_size={self.test_size}")
+        presets.check_fields(self, [
+            (self.train_size is None or self.train_size >= self.optimization.batch_size, "train_size",
+             f">= batch_size ({self.optimization.batch_size})"),
+            (self.test_size is None or self.test_size >= 1, "test_size", ">= 1"),
+        ])
 
 
 PRESETS: dict[str, TransferStageConfig] = {
@@ -66,6 +67,6 @@ def preset(name: str, **overrides) -> TransferStageConfig:
             own[key] = value
         else:
             known = sorted(own_fields.union(*({f.name for f in dataclasses.fields(c)} for c in parts.values())))
-            raise ValueError(f"unknown transfer setting {key!r}; settings are {known}")
+            raise UserError(f"transfer setting {key!r}: unknown; use settings among {known}")
     return dataclasses.replace(base, loss=dataclasses.replace(base.loss, **routed["loss"]),
                                optimization=dataclasses.replace(base.optimization, **routed["optimization"]), **own)

@@ -4,11 +4,13 @@ logits and attention transfer, composable by weights, on every Keras backend."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import keras
 from keras import ops
 
+from edgekt import presets
 from edgekt.transfer import losses
 
 
@@ -41,14 +43,15 @@ class TransferConfig:
     logit_rmse_weight: float = 0.0
 
     def __post_init__(self):
-        for field in ("ce_weight", "kd_weight", "at_weight", "label_smoothing", "feature_rmse_weight",
-                      "logit_rmse_weight"):
-            if getattr(self, field) < 0:
-                raise ValueError(f"TransferConfig.{field} must be >= 0. Received: {getattr(self, field)}")
-        if self.temperature <= 0:
-            raise ValueError(f"TransferConfig.temperature must be > 0. Received: {self.temperature}")
-        if self.ce_weight == self.kd_weight == self.at_weight == self.feature_rmse_weight == self.logit_rmse_weight == 0:
-            raise ValueError("TransferConfig needs at least one loss term with a positive weight")
+        weights = ("ce_weight", "kd_weight", "at_weight", "feature_rmse_weight", "logit_rmse_weight")
+        presets.check_fields(self, [(getattr(self, f) >= 0 and math.isfinite(getattr(self, f)), f, ">= 0")
+                                    for f in weights + ("label_smoothing",)] + [
+            (self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+            (self.temperature > 0 and math.isfinite(self.temperature), "temperature", "> 0"),
+            (self.at_p > 0, "at_p", "> 0"),
+            (any(getattr(self, f) > 0 for f in weights), "ce_weight",
+             "> 0 when every other loss weight is 0 (at least one loss term needs a positive weight)"),
+        ])
 
     @property
     def uses_teacher(self) -> bool:

@@ -19,6 +19,7 @@ from edgekt.models import saving
 from edgekt.transfer.config import TransferStageConfig
 from edgekt.transfer.distiller import matching_feature_layers
 from edgekt.transfer.training import fit_student
+from edgekt.errors import UserError
 
 STUDENT_FILE = "student.keras"
 METRICS_FILE = "metrics.json"
@@ -41,8 +42,8 @@ def make_student(student: str, *, num_classes: int, train_images, input_shape=(3
         return models.wrn(int(match.group(1)), int(match.group(2)), num_classes=num_classes,
                           input_shape=tuple(input_shape), mean=mean, std=std)
     if not student.endswith(".keras"):
-        raise ValueError(f"--student must be a .keras model file or wrn-DEPTH-WIDTH (e.g. wrn-16-1). "
-                         f"Received: {student!r}")
+        raise UserError(f"--student={student}: neither a .keras model file nor wrn-DEPTH-WIDTH; pass a .keras path "
+                        "or e.g. wrn-16-1")
     return saving.load_model(student)
 
 
@@ -71,15 +72,16 @@ def distill(teacher: keras.Model, student: keras.Model, source: str | data.DataS
     start = time.perf_counter()
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
     prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size,
-                                   test_size=config.test_size, device_pool_size=device_pool_size)
+                                   test_size=config.test_size, device_pool_size=device_pool_size,
+                                   batch_size=config.optimization.batch_size)
     classes = len(prepared.class_names)
     for role, model in (("teacher", teacher), ("student", student)):
         if int(model.output_shape[-1]) != classes:
-            raise ValueError(f"the {role} has {model.output_shape[-1]} outputs but the data has {classes} classes "
-                             f"({list(prepared.class_names)})")
+            raise UserError(f"the {role}: has {model.output_shape[-1]} outputs but the data has {classes} classes "
+                            f"({list(prepared.class_names)}); pass a {role} trained on the data's classes")
         if tuple(model.input_shape[1:]) != tuple(prepared.train.images.shape[1:]):
-            raise ValueError(f"the {role} takes images of shape {tuple(model.input_shape[1:])} but the data's are "
-                             f"{tuple(prepared.train.images.shape[1:])}")
+            raise UserError(f"the {role}: takes images of shape {tuple(model.input_shape[1:])} but the data's are "
+                            f"{tuple(prepared.train.images.shape[1:])}; pass --resize to resize the images")
     transfer = config.loss
     if transfer.at_weight > 0 and transfer.uses_teacher and not matching_feature_layers(student, teacher):
         logging.warning("attention transfer: the student and the teacher share no layer name at equal resolution; "

@@ -4,9 +4,11 @@ transfer stage)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 
+from edgekt import presets
 from edgekt.data import Split, pipeline
 from edgekt.models import saving
 from edgekt.train.config import PRECISIONS
@@ -45,16 +47,16 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"FinetuneConfig.epochs must be >= 1. Received: {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"FinetuneConfig.batch_size must be >= 1. Received: {self.batch_size}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"FinetuneConfig.learning_rate must be > 0. Received: {self.learning_rate}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"FinetuneConfig.precision must be one of {PRECISIONS}. Received: {self.precision!r}")
-        if self.mix not in ("none", "mixup", "cutmix"):
-            raise ValueError(f"FinetuneConfig.mix must be 'none', 'mixup' or 'cutmix'. Received: {self.mix!r}")
+        presets.check_fields(self, [
+            (self.epochs >= 1, "epochs", ">= 1"),
+            (self.batch_size >= 1, "batch_size", ">= 1"),
+            (self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate", "> 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs", ">= 0"),
+            (self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay", ">= 0"),
+            (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
+            (self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}"),
+            (self.mix in ("none", "mixup", "cutmix"), "mix", "'none', 'mixup' or 'cutmix'"),
+        ])
 
 
 def fit_student(student: keras.Model, train: Split, *, teacher: keras.Model | None = None,

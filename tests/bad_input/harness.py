@@ -93,3 +93,47 @@ def snapshot(*paths) -> dict[str, str]:
             with open(f, "rb") as fh:
                 out[f] = hashlib.sha256(fh.read()).hexdigest()
     return out
+
+
+@dataclasses.dataclass
+class Case:
+    """One bad command line of a pipeline binary: `argv` and `names` are templates filled from
+    the inputs (`{tree}`, `{teacher}`, ...), `{out}` (the case's own output folder, which holds
+    a file saved earlier) and `{missing}` (a path that does not exist). `prepare(out)` may put
+    more saved files into the output folder first."""
+
+    id: str
+    module: str
+    argv: list
+    names: list
+    prepare: object = None
+
+
+def run_cases(cases: list[Case], inputs: dict, root) -> dict:
+    """Runs every case (one process per binary) and returns {id: (Result, output folder,
+    snapshot of the output folder before the run)}."""
+    filled, before = {}, {}
+    for case in cases:
+        out = os.path.join(str(root), case.id)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "saved_earlier.json"), "w") as f:
+            json.dump({"case": case.id}, f)
+        if case.prepare is not None:
+            case.prepare(out)
+        values = {**inputs, "out": out, "missing": os.path.join(str(root), "no_such_path")}
+        filled[case.id] = ([a.format(**values) for a in case.argv], [n.format(**values) for n in case.names], out)
+        before[case.id] = snapshot(out)
+    results = {}
+    for module in sorted({c.module for c in cases}):
+        ids = [c.id for c in cases if c.module == module]
+        for case_id, result in zip(ids, run_pipelines(module, [filled[i][0] for i in ids])):
+            results[case_id] = (result, filled[case_id][1], filled[case_id][2], before[case_id])
+    return results
+
+
+def check_case(results: dict, case_id: str) -> str:
+    """The case's convention (exit 2, one named line) and that its output folder is unchanged."""
+    result, names, out, before = results[case_id]
+    line = assert_user_error(result, *names)
+    assert snapshot(out) == before, f"{out} changed"
+    return line

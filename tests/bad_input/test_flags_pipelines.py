@@ -1,35 +1,81 @@
-"""Bad flags of the pipeline binaries: one line, exit 2, before any data is read."""
+"""Bad flags of the pipeline binaries: one line naming the flag and its value, exit 2, before
+any model or data is read (the data paths here do not exist, so reading them would fail
+differently), and nothing in the output folder changes."""
 
 from __future__ import annotations
 
 import pytest
 
-from harness import assert_user_error, run_pipeline_process, run_pipelines
+from harness import Case, assert_user_error, check_case, run_cases, run_pipeline_process
 
-PRUNE = ["--teacher=missing/model.keras", "--data=missing_data", "--out_dir=OUT"]
-FLAG_CASES = [
-    # (argv, names the error must contain)
-    (PRUNE + ["--target_params_ratio=1.5"], ["--target_params_ratio=1.5"]),
-    (PRUNE + ["--target_params_ratio=-0.2"], ["--target_params_ratio=-0.2"]),
-    (PRUNE + ["--target_params_ratio=nan"], ["--target_params_ratio=nan"]),
-    (PRUNE + ["--steps=abc"], ["--steps=abc"]),
-    (PRUNE + ["--criterion=magic"], ["--criterion=magic"]),
-    (PRUNE + ["--no_such_flag=1"], ["--no_such_flag"]),
-    (PRUNE + ["stray"], ["stray"]),
-    (PRUNE[1:], ["--teacher"]),
+P = ["--teacher={missing}.keras", "--data={missing}", "--out_dir={out}"]
+E = ["--model={missing}.keras", "--out_dir={out}"]
+T = ["--data={missing}", "--out_dir={out}"]
+CASES = [
+    Case("prune-ratio-above-1", "pipelines.prune", [*P, "--target_params_ratio=1.5"], ["--target_params_ratio=1.5"]),
+    Case("prune-ratio-negative", "pipelines.prune", [*P, "--target_params_ratio=-0.2"], ["--target_params_ratio=-0.2"]),
+    Case("prune-ratio-nan", "pipelines.prune", [*P, "--target_params_ratio=nan"], ["--target_params_ratio=nan"]),
+    Case("prune-ratio-zero-and-no-policy", "pipelines.prune", [*P, "--target_params_ratio=0"],
+         ["target_params_ratio", "--max_accuracy_drop"]),
+    Case("prune-flops-ratio-inf", "pipelines.prune", [*P, "--target_flops_ratio=inf"], ["--target_flops_ratio=inf"]),
+    Case("prune-steps-not-int", "pipelines.prune", [*P, "--steps=abc"], ["--steps=abc"]),
+    Case("prune-steps-zero", "pipelines.prune", [*P, "--steps=0"], ["--steps=0"]),
+    Case("prune-floor-one", "pipelines.prune", [*P, "--stream_floor=1"], ["--stream_floor=1.0"]),
+    Case("prune-criterion-unknown", "pipelines.prune", [*P, "--criterion=magic"], ["--criterion=magic"]),
+    Case("prune-negative-val-size", "pipelines.prune", [*P, "--val_size=-5"], ["--val_size=-5"]),
+    Case("prune-unknown-flag", "pipelines.prune", [*P, "--no_such_flag=1"], ["--no_such_flag"]),
+    Case("prune-stray-argument", "pipelines.prune", [*P, "stray"], ["stray"]),
+    Case("prune-required-missing", "pipelines.prune", P[1:], ["--teacher"]),
+    Case("train-cloud-epochs-zero", "pipelines.train_cloud", [*T, "--epochs=0"], ["--epochs=0"]),
+    Case("train-cloud-lr-negative", "pipelines.train_cloud", [*T, "--learning_rate=-0.1"], ["--learning_rate=-0.1"]),
+    Case("train-cloud-depth", "pipelines.train_cloud", [*T, "--depth=12"], ["--depth=12", "6n+4"]),
+    Case("train-cloud-dropout", "pipelines.train_cloud", [*T, "--dropout=1.0"], ["--dropout=1.0"]),
+    Case("train-cloud-cpu-devices", "pipelines.train_cloud", [*T, "--cpu_devices=0"], ["--cpu_devices=0"]),
+    Case("export-batch-zero", "pipelines.export_tflite", [*E, "--batch_size=0"], ["--batch_size=0"]),
+    Case("export-momentum", "pipelines.export_tflite", [*E, "--momentum=1.5"], ["--momentum=1.5"]),
+    Case("export-trainable", "pipelines.export_tflite", [*E, "--trainable=last:0"], ["--trainable=last:0"]),
+    Case("export-weight-decay-nan", "pipelines.export_tflite", [*E, "--weight_decay=nan"], ["--weight_decay=nan"]),
+    Case("export-calibration-zero", "pipelines.export_tflite", [*E, "--calibration_size=0"], ["--calibration_size=0"]),
+    Case("export-duplicate-class-names", "pipelines.export_tflite", [*E, "--class_names=a,b,a"], ["--class_names=a,b,a"]),
+    Case("export-new-class-clash", "pipelines.export_tflite", [*E, "--class_names=a,b", "--new_classes=b,c"],
+         ["--new_classes=b,c", "'b'"]),
+    Case("convert-needs-data", "pipelines.convert", ["--model={missing}.keras"], ["--data", "--check_only"]),
+    Case("convert-ratio", "pipelines.convert", ["--model={missing}.keras", "--data={missing}", "--out_dir={out}",
+                                                 "--target_params_ratio=1.5"], ["--target_params_ratio=1.5"]),
+    Case("convert-val-size", "pipelines.convert", ["--model={missing}.keras", "--data={missing}", "--out_dir={out}",
+                                                   "--val_size=0"], ["--val_size=0"]),
+    Case("transfer-temperature", "pipelines.transfer",
+         ["--teacher={missing}.keras", "--student=wrn-10-1", *T, "--temperature=0"], ["--temperature=0.0"]),
+    Case("transfer-all-weights-zero", "pipelines.transfer",
+         ["--teacher={missing}.keras", "--student=wrn-10-1", *T, "--ce_weight=0", "--kd_weight=0", "--at_weight=0"],
+         ["--ce_weight=0.0"]),
+    Case("transfer-epochs", "pipelines.transfer", ["--teacher={missing}.keras", "--student=wrn-10-1", *T, "--epochs=-1"],
+         ["--epochs=-1"]),
+    Case("sweep-budgets-not-numbers", "pipelines.sweep", [*P, "--budgets=0.5,half"], ["--budgets=0.5,half"]),
+    Case("sweep-budget-one", "pipelines.sweep", [*P, "--budgets=0.5,1"], ["--budgets=0.5,1"]),
+    Case("sweep-unknown-method", "pipelines.sweep", [*P, "--methods=default,magic"], ["--methods=default,magic"]),
+    Case("run-all-threads", "pipelines.run_all", [*T, "--threads=0"], ["--threads=0"]),
+    Case("run-all-device-python", "pipelines.run_all", [*T, "--device_python={missing}"], ["--device_python={missing}"]),
+    Case("run-all-preset", "pipelines.run_all", [*T, "--preset=huge"], ["--preset=huge"]),
+    Case("experiments-threads", "pipelines.experiments", [*T, "--threads=0"], ["--threads=0"]),
+    Case("experiments-teacher-missing", "pipelines.experiments", [*T, "--teacher={missing}.keras"],
+         ["--teacher={missing}.keras"]),
 ]
 
 
 @pytest.fixture(scope="module")
-def prune_results():
-    return run_pipelines("pipelines.prune", [argv for argv, _ in FLAG_CASES])
+def results(tmp_path_factory):
+    return run_cases(CASES, {}, tmp_path_factory.mktemp("flags"))
 
 
-@pytest.mark.parametrize("index", range(len(FLAG_CASES)), ids=[" ".join(a[3:]) or a[0] for a, _ in FLAG_CASES])
-def test_prune_flag_errors(prune_results, index, tmp_path):
-    assert_user_error(prune_results[index], *FLAG_CASES[index][1])
+@pytest.mark.parametrize("case_id", [c.id for c in CASES])
+def test_bad_flag(results, case_id):
+    check_case(results, case_id)
 
 
-def test_a_real_process_gets_one_line_and_exit_2(tmp_path):
-    result = run_pipeline_process("pipelines.prune", *PRUNE, "--target_params_ratio=1.5")
+def test_flag_errors_come_before_tensorflow_loads(tmp_path):
+    """A real process: one line, exit 2, and fast, because no model or data was touched."""
+    result = run_pipeline_process("pipelines.prune", "--teacher=t.keras", "--data=d", f"--out_dir={tmp_path}",
+                                  "--target_params_ratio=1.5")
     assert_user_error(result, "--target_params_ratio=1.5")
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,70 @@
+"""Bad image data given to the pipeline binaries: missing path, empty folder, corrupt archive,
+unsupported file, images of another size than the model's (refused, with --resize accepted),
+mixed sizes, too few images for the hold-outs and one batch; and --resize where images are read."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from harness import Case, check_case, run_cases, run_pipelines
+
+
+def _empty(out):
+    os.makedirs(os.path.join(out, "empty_data", "cat"), exist_ok=True)
+
+
+def _corrupt(out):
+    with open(os.path.join(out, "data.tar.gz"), "wb") as f:
+        f.write(b"\x1f\x8b\x08\x00 not really gzip" * 20)
+
+
+def _not_archive(out):
+    with open(os.path.join(out, "data.rar"), "wb") as f:
+        f.write(b"Rar!")
+
+
+PRUNE = ["--teacher={teacher}", "--out_dir={out}"]
+CASES = [
+    Case("prune-data-missing", "pipelines.prune", [*PRUNE, "--data={missing}"], ["{missing}", "no such file"]),
+    Case("prune-data-empty-class-folder", "pipelines.prune", [*PRUNE, "--data={out}/empty_data"], ["empty_data"],
+         prepare=_empty),
+    Case("prune-data-corrupt-archive", "pipelines.prune", [*PRUNE, "--data={out}/data.tar.gz"], ["data.tar.gz"],
+         prepare=_corrupt),
+    Case("prune-data-not-an-archive", "pipelines.prune", [*PRUNE, "--data={out}/data.rar"], ["data.rar"],
+         prepare=_not_archive),
+    Case("prune-data-other-size", "pipelines.prune", [*PRUNE, "--data={big}"], ["{big}", "40x40", "--resize"]),
+    Case("prune-data-mixed-sizes", "pipelines.prune", [*PRUNE, "--data={mixed}"], ["--resize"]),
+    Case("prune-too-few-images", "pipelines.prune", [*PRUNE, "--data={tree}"],
+         ["{tree}", "60 images", "val_size=20", "--val_size"]),
+    Case("train-cloud-too-few-images", "pipelines.train_cloud", ["--data={tree}", "--out_dir={out}"],
+         ["{tree}", "60 images", "one batch"]),
+    Case("train-cloud-data-missing", "pipelines.train_cloud", ["--data={missing}", "--out_dir={out}"], ["{missing}"]),
+    Case("export-data-other-size", "pipelines.export_tflite", ["--model={teacher}", "--out_dir={out}", "--data={big}"],
+         ["{big}", "--resize"]),
+    Case("transfer-data-other-size", "pipelines.transfer",
+         ["--teacher={teacher}", "--student=wrn-10-1", "--data={big}", "--out_dir={out}"], ["{big}", "--resize"]),
+    Case("sweep-data-missing", "pipelines.sweep", ["--teacher={teacher}", "--data={missing}", "--out_dir={out}"],
+         ["{missing}"]),
+]
+
+
+@pytest.fixture(scope="module")
+def results(pipeline_inputs, tmp_path_factory):
+    return run_cases(CASES, pipeline_inputs, tmp_path_factory.mktemp("images"))
+
+
+@pytest.mark.parametrize("case_id", [c.id for c in CASES])
+def test_bad_images(results, case_id):
+    check_case(results, case_id)
+
+
+def test_resize_reads_other_and_mixed_sizes(pipeline_inputs, tmp_path):
+    """With --resize, the 40x40 and the mixed trees get as far as the hold-out check (the same
+    refusal as the 32x32 tree: too few images), so their images were read and resized."""
+    argv = ["--teacher={teacher}", "--out_dir=" + str(tmp_path / "o"), "--resize"]
+    runs = run_pipelines("pipelines.prune", [[a.format(**pipeline_inputs) for a in argv] + [f"--data={pipeline_inputs[k]}"]
+                                             for k in ("big", "mixed")])
+    for result in runs:
+        assert result.code == 2 and "60 images" in result.stderr and "--resize" not in result.error_lines[0]
