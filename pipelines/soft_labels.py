@@ -10,7 +10,6 @@ address are checked before the model is loaded.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 
@@ -28,7 +27,7 @@ _CLASS_NAMES = flags.DEFINE_list("class_names", None, "Class names (default: the
 _SERVE = flags.DEFINE_bool("serve", False, "Serve soft labels over HTTP instead of writing a file.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (localhost by default).")
 _PORT = flags.DEFINE_integer("port", 8765, "Port to bind (0: any free port).")
-_RESIZE = flags.DEFINE_bool("resize", False, "Resize images of another size to the model's input.")
+_RESIZE = flag_utils.define_resize()
 _MAX_IN_FLIGHT = flags.DEFINE_integer("max_in_flight", 8, "With --serve: requests served at once; more get 503.")
 _READ_TIMEOUT = flags.DEFINE_float("read_timeout", 10.0, "With --serve: seconds a client may send nothing before "
                                                          "its request is refused with 408.")
@@ -135,15 +134,7 @@ def _address_error(error: OSError, host: str, port: int) -> UserError | None:
 def _load_model(path: str):
     from edgekt.models import saving
 
-    try:
-        return saving.load_model(path)
-    except FileNotFoundError:
-        raise UserError(f"--model={path}: no such file; pass the cloud model's .keras file") from None
-    except ValueError as e:
-        cause = e.__cause__ or e
-        reason = describe(cause)[:200]
-        raise UserError(f"--model={path}: not a readable .keras model ({type(cause).__name__}: {reason}); pass a "
-                        ".keras file saved by pipelines.train_cloud") from e
+    return saving.load_model(path)
 
 
 def _class_names(model) -> list[str]:
@@ -162,18 +153,13 @@ def _class_names(model) -> list[str]:
             raise UserError(f"--class_names={','.join(names)}: {len(names)} names for a model with {outputs} "
                             f"outputs; pass {outputs} names, in the model's order")
         return names
-    metrics = os.path.join(os.path.dirname(os.path.abspath(_MODEL.value)), "metrics.json")
-    if not os.path.exists(metrics):
-        raise UserError(f"--class_names: not given, and no metrics.json beside {_MODEL.value}; pass "
-                        "--class_names=NAME,NAME,... (one per model output)")
-    try:
-        with open(metrics) as f:
-            names = json.load(f).get("class_names")
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"{metrics}: not readable JSON with class_names ({describe(e)[:200]}); fix it or pass "
-                        "--class_names") from e
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        raise UserError(f"{metrics}: no list of class names under 'class_names'; fix it or pass --class_names")
+    from edgekt.models import saving
+
+    names = saving.sidecar_class_names(_MODEL.value)
+    metrics = os.path.join(os.path.dirname(os.path.abspath(_MODEL.value)), saving.SIDECAR)
+    if names is None:
+        raise UserError(f"--class_names: not given, and no class names in a metrics.json beside {_MODEL.value}; "
+                        "pass --class_names=NAME,NAME,... (one per model output)")
     if len(names) != outputs:
         raise UserError(f"{metrics}: {len(names)} class names for a model with {outputs} outputs; fix it or pass "
                         f"--class_names with {outputs} names")

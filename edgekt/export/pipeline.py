@@ -17,10 +17,6 @@ from edgekt.models import saving
 METRICS_FILE = "metrics.json"
 
 
-def _sidecar_class_names(model_path: str):
-    return saving.read_sidecar(model_path).get("class_names")
-
-
 def device_step_times(trainable_path: str, repeats: int = 10, threads: int = 1) -> dict:
     """Median wall times of one `train` step and one `infer` batch in the TFLite interpreter."""
     import time
@@ -69,14 +65,14 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
     options = TrainerOptions(**trainer_options)
     compatibility.check_file(model_path, prune=False)
     model = saving.load_model(model_path)
-    if class_names is None and data_source is None and _sidecar_class_names(model_path) is None:
+    if class_names is None and data_source is None and saving.sidecar_class_names(model_path) is None:
         raise UserError(f"{model_path}: no class names (no --class_names, no --data, no metrics.json beside the "
                         "model); pass --class_names or --data")
     splits = None
     if data_source is not None:
         splits = data.load_for(data_source, model.input_shape[1:], resize=resize)
     if class_names is None:
-        class_names = splits.class_names if splits is not None else _sidecar_class_names(model_path)
+        class_names = splits.class_names if splits is not None else saving.sidecar_class_names(model_path)
     representative = None
     if splits is not None and "train" in splits:
         representative = data.stratified_subset(splits["train"], min(calibration_size, len(splits["train"].labels)),

@@ -106,6 +106,24 @@ def read_sidecar(model_path: str | os.PathLike, required: bool = False) -> dict:
     return info
 
 
+def sidecar_class_names(model_path: str | os.PathLike) -> list[str] | None:
+    """The class names in the metrics.json beside a model (None: no such file or no names).
+
+    Raises:
+      UserError: the file is unreadable, or its `class_names` is not a list of distinct,
+        non-empty strings.
+    """
+    names = read_sidecar(model_path).get("class_names")
+    if names is None:
+        return None
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
+            and len(set(names)) == len(names)):
+        path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))), SIDECAR)
+        raise UserError(f"{path}: its class_names is not a list of distinct, non-empty names; fix it or pass "
+                        "--class_names")
+    return names
+
+
 def layer_classes(path: str | os.PathLike) -> list[tuple[str, str]]:
     """(name, class name) of every layer in a `.keras` file, read from its config without
     running any code the file holds (a Lambda's Python code is never loaded). Layers of nested

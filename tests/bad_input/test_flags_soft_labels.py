@@ -66,7 +66,7 @@ NAMES = "--class_names=" + ",".join(f"c{i}" for i in range(10))
 CASES = [
     ("model missing", ["--model=missing/model.keras"] + WRITE, ["--model=missing/model.keras", "no such file"]),
     ("model a folder", ["--model={root}"] + WRITE, ["--model={root}", "folder"]),
-    ("model not keras", ["--model={junk}"] + WRITE, ["--model={junk}", "not a readable .keras model"]),
+    ("model not keras", ["--model={junk}"] + WRITE, ["{junk}", "not a .keras archive"]),
     ("temperature 0", [BARE, "--temperature=0"] + WRITE, ["--temperature=0.0"]),
     ("temperature negative", [BARE, "--temperature=-1"] + WRITE, ["--temperature=-1.0"]),
     ("temperature huge", [BARE, "--temperature=1e9"] + WRITE, ["--temperature=1000000000.0"]),
@@ -88,7 +88,7 @@ CASES = [
     ("class name repeated", [BARE, "--class_names=a,b,a"] + WRITE, ["--class_names=a,b,a", "'a'"]),
     ("class names vs outputs", [BARE, "--class_names=a,b"] + WRITE, ["--class_names=a,b", "2 names", "10 outputs"]),
     ("no class names", [BARE] + WRITE, ["--class_names", "metrics.json"]),
-    ("metrics.json corrupt", ["--model={corrupt}"] + WRITE, ["metrics.json", "--class_names"]),
+    ("metrics.json corrupt", ["--model={corrupt}"] + WRITE, ["metrics.json", "unreadable"]),
     ("port in use", [BARE, "--serve", "--port={busy_port}"],
      ["--port={busy_port}: address already in use; pass another --port"]),
     ("host not local", [BARE, "--serve", "--host=192.0.2.1", "--port=0"], ["--host=192.0.2.1"]),
