@@ -4,8 +4,10 @@ overrides, config log."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
+import re
 import sys
 from typing import Callable, Mapping, Sequence
 
@@ -67,12 +69,38 @@ def guarded(main):
             main(argv)
         except (UserError, app.UsageError) as e:
             sys.exit(fail(e))
-        except OSError as e:
-            error = from_os_error(e)
+        except Exception as e:  # noqa: BLE001 (only a full disk or a denied path is turned into one line)
+            error = environment_error(e)
             if error is None:
                 raise
             sys.exit(fail(error))
     return wrapped
+
+
+# What TensorFlow's file errors say when the disk or the file system refuses a write.
+_TF_FILE_PROBLEMS = {
+    "No space left on device": errno.ENOSPC,
+    "File too large": errno.EFBIG,
+    "Disk quota exceeded": errno.EDQUOT,
+    "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES,
+}
+
+
+def environment_error(error: BaseException) -> UserError | None:
+    """A user error for a full disk, a file-size limit or a denied path, whether Python
+    (OSError) or TensorFlow (an op error whose message says so) reports it; None otherwise."""
+    if isinstance(error, OSError):
+        return from_os_error(error)
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(error, tf.errors.OpError):
+        return None
+    text = " ".join(str(error.message).split())
+    for phrase, code in _TF_FILE_PROBLEMS.items():
+        if phrase in text:
+            path = re.search(r"(/[^\s;:,]+)", text)
+            return from_os_error(OSError(code, phrase, path.group(1) if path else None))
+    return None
 
 
 def _shown(flag: str) -> str:

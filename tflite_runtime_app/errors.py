@@ -38,6 +38,8 @@ def fail(error: BaseException | str) -> int:
 _OS_ADVICE = {
     errno.ENOSPC: "free some space and run the same command again (files already saved were kept)",
     errno.EDQUOT: "free some space and run the same command again (files already saved were kept)",
+    errno.EFBIG: "raise the file-size limit (ulimit -f) or free space, and run the same command again (files "
+                 "already saved were kept)",
     errno.EACCES: "check the permissions of the file and of its folder",
     errno.EPERM: "check the permissions of the file and of its folder",
     errno.EROFS: "write the output to a writable folder",

@@ -67,12 +67,27 @@ def run_app_process(*args: str, timeout: float = 300) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def run_pipelines(module: str, cases: list[list[str]], timeout: float = 900) -> list[Result]:
-    """Many command lines of one binary (`python -m MODULE ARGS`) in one process."""
+def _file_size_limit(limit: int):
+    """For a child process: files larger than `limit` bytes cannot be written (EFBIG), as on a
+    full disk (SIGXFSZ ignored so the write fails instead of killing the process)."""
+    def apply():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def run_pipelines(module: str, cases: list[list[str]], timeout: float = 900,
+                  file_size_limit: int | None = None) -> list[Result]:
+    """Many command lines of one binary (`python -m MODULE ARGS`) in one process; with
+    `file_size_limit`, no file larger than that many bytes can be written (a full disk)."""
     runner = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_runner.py")
     proc = subprocess.run([sys.executable, runner, module], input=json.dumps(cases), cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          env={**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                          preexec_fn=_file_size_limit(file_size_limit) if file_size_limit else None)
     assert proc.returncode == 0, proc.stderr[-5000:]
     return [Result(r["code"], r["stdout"], r["stderr"]) for r in json.loads(proc.stdout)]
 

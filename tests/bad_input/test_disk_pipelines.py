@@ -1,0 +1,25 @@
+"""A disk that fills up while a pipeline binary writes: one line, exit 2, the files saved before
+are unchanged and no temporary file is left (files above the limit cannot be written, as on a
+full disk)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from harness import assert_user_error, run_pipelines, snapshot
+
+
+def test_export_on_a_full_disk_keeps_what_was_saved(pipeline_inputs, tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model_meta.json").write_text(json.dumps({"saved": "earlier"}))
+    before = snapshot(out)
+    # 64 KiB: the export's first large write (TensorFlow's temporary SavedModel) fails, as it
+    # would on a full disk, and TensorFlow reports it as an op error, not an OSError.
+    result, = run_pipelines("pipelines.export_tflite",
+                            [[f"--model={pipeline_inputs['teacher']}", f"--out_dir={out}", "--quantization=float16"]],
+                            file_size_limit=64 << 10)
+    line = assert_user_error(result, "file too large", "file-size limit")
+    assert snapshot(out) == before, os.listdir(out)
+    assert not [f for f in os.listdir(out) if f.startswith(".")], line
