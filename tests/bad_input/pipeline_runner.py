@@ -8,6 +8,7 @@ import contextlib
 import importlib
 import io
 import json
+import logging
 import os
 import sys
 import traceback
@@ -17,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 def main() -> None:
     from absl import flags
+    from absl import logging as absl_logging
 
     from pipelines import flag_utils
 
@@ -28,7 +30,13 @@ def main() -> None:
         flags.FLAGS.unparse_flags()
         out, err = io.StringIO(), io.StringIO()
         code = 0
+        # Log lines are part of what the binary prints: every stream handler writes to `err`.
+        handlers = [absl_logging.get_absl_handler().python_handler] + [
+            h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+        streams = [h.stream for h in handlers]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            for h in handlers:
+                h.stream = err
             try:
                 rest = flag_utils.parse_flags([module_name] + list(argv))
                 flag_utils.guarded(module.main)(rest)
@@ -37,6 +45,9 @@ def main() -> None:
             except BaseException:  # a bug: the traceback is what the test shows
                 traceback.print_exc()
                 code = 1
+            finally:
+                for h, stream in zip(handlers, streams):
+                    h.stream = stream
         results.append({"argv": argv, "code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
     json.dump(results, sys.__stdout__)
 

@@ -79,3 +79,18 @@ def test_flag_errors_come_before_tensorflow_loads(tmp_path):
                                   "--target_params_ratio=1.5")
     assert_user_error(result, "--target_params_ratio=1.5")
     assert not any(tmp_path.iterdir())
+
+
+def test_export_without_data_writes_float16_and_says_so(pipeline_inputs, tmp_path):
+    """The documented minimal form `export_tflite --model=M --out_dir=D`: no data to calibrate
+    int8, so the float16 inference model is written, with a warning saying so."""
+    import json
+
+    from harness import run_pipelines
+
+    out = tmp_path / "export"
+    result, = run_pipelines("pipelines.export_tflite", [[f"--model={pipeline_inputs['teacher']}", f"--out_dir={out}"]])
+    assert result.code == 0, result.stderr[-3000:]
+    assert "float16" in result.stderr and "--data" in result.stderr
+    assert (out / "model_float16.tflite").exists() and not (out / "model_int8.tflite").exists()
+    assert json.loads((out / "metrics.json").read_text())["inference_quantization"] == "float16"
