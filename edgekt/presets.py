@@ -46,6 +46,8 @@ def choose(presets: Mapping[str, T], name: str, overrides: Mapping[str, object])
 def check_fields(config, checks: Iterable[tuple]) -> None:
     """Raises ConfigError for the first failed (ok, field, expected[, what to do]) check of a
     config dataclass, naming the config, the field, what it must be and the value received."""
+    if isinstance(getattr(config, "seed", None), int):  # every seeded config: numpy refuses negative seeds
+        checks = [(config.seed >= 0, "seed", ">= 0"), *checks]
     for ok, field, expected, *todo in checks:
         if not ok:
             raise ConfigError(type(config).__name__, field, getattr(config, field), expected, *todo)

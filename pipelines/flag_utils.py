@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import math
+import os
 import re
 import sys
 from typing import Callable, Mapping, Sequence
@@ -14,6 +15,8 @@ from typing import Callable, Mapping, Sequence
 from absl import app, flags, logging
 
 from edgekt.errors import UserError, fail, from_os_error
+
+EXIT_INTERRUPTED = 130  # what shells report for Ctrl-C
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
@@ -32,9 +35,18 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     try:
         reject_extra_args(rest)
         _check_finite_floats()
+        _check_output_folder()
     except UserError as e:
         sys.exit(fail(e))
     return rest
+
+
+def _check_output_folder() -> None:
+    if "out_dir" in flags.FLAGS and flags.FLAGS.out_dir:
+        path = flags.FLAGS.out_dir
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"--out_dir={path}: a file is there, not a folder; pass the path of a folder (it is "
+                            "created if missing)")
 
 
 def _flag_error_text(error: flags.Error) -> str:
@@ -69,6 +81,10 @@ def guarded(main):
             main(argv)
         except (UserError, app.UsageError) as e:
             sys.exit(fail(e))
+        except KeyboardInterrupt:
+            fail("interrupted: stopped by the user (Ctrl-C); run the same command again to resume from what was "
+                 "saved")
+            sys.exit(EXIT_INTERRUPTED)
         except Exception as e:  # noqa: BLE001 (only a full disk or a denied path is turned into one line)
             error = environment_error(e)
             if error is None:

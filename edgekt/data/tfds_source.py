@@ -42,7 +42,7 @@ def read_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises its own DatasetNotFoundError and friends.
-        raise DataError(f"tfds:{name}: unknown data set ({type(e).__name__}: {e}); check the name "
+        raise DataError(f"tfds:{name}: unknown data set ({type(e).__name__}: {str(e)[:120]}...); check the name "
                         "(e.g. tfds:cifar10)") from e
     if download:
         try:

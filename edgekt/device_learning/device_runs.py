@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from edgekt import atomic
+from edgekt.errors import EXIT_USER_ERROR, UserError
 from edgekt.device_learning.config import ClassSplit, DeviceLearningConfig
 from edgekt.device_learning.methods import ABLATIONS, METHODS, Method
 from edgekt.device_learning.pools import DeviceData
@@ -40,6 +41,10 @@ class DeviceApp:
         proc = subprocess.run([self.python, "-m", "tflite_runtime_app", *args, f"--threads={self.threads}", "--quiet"],
                               capture_output=True, text=True, env=env, cwd=REPO_ROOT)
         wall = time.perf_counter() - start
+        if proc.returncode == EXIT_USER_ERROR:  # the device app refused an input, e.g. no interpreter package
+            said = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
+            raise UserError(f"device app ({self.python} -m tflite_runtime_app {args[0]}): "
+                            f"{said[-1] if said else proc.stderr.strip()[-300:]}")
         if proc.returncode != 0:
             raise RuntimeError(f"device app {args[0]} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
