@@ -382,6 +382,11 @@ def _check_output(args) -> None:
     if os.path.isdir(path):
         raise UserError(f"--checkpoint={path}: is a folder; pass a file path such as "
                         f"{os.path.join(path, 'checkpoint.npz')}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"--checkpoint={path}: {parent} is a file, not a folder; pass a path inside a folder")
     inputs = {"--model": args.model, "--meta": args.meta, "--data": getattr(args, "data", None),
               "--val_data": args.val_data, "--replay": args.replay, "--soft_labels": getattr(args, "soft_labels", None)}
     target = os.path.realpath(path)

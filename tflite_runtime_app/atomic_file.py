@@ -1,12 +1,12 @@
 """Atomic file replacement (temp file in the same folder, fsync, rename, fsync the folder),
 shared by the device app's checkpoints and the library's outputs.
 
-A temporary file is named `.<name>.<pid>.<random><suffix>` (suffix `.tmp` by default) after
-the process writing it. A writer killed half-way leaves its temporary behind; the next write
-of the same file removes the temporaries of writers that are no longer running on this
-machine, and never one of a live process (a writer of another machine sharing the folder
-over a network file system is not known to be alive, so such folders should not be shared
-between concurrent writers).
+A temporary file is named `.<name>.<pid>.<8 random characters><suffix>` (suffix `.tmp` by
+default) after the process writing it. A writer killed half-way leaves its temporary behind;
+the next write of the same file removes the temporaries of writers that are no longer
+running on this machine, and never one of a live process. (Whether a writer on another
+machine is alive cannot be told, so a folder shared over a network file system should not
+be written by two machines at once.)
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def stale_temporaries(path: str | os.PathLike, suffix: str = "") -> list[str]:
     """Temporaries of `path` (see the module docstring) whose writer is no longer running."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    pattern = re.compile(r"\." + re.escape(os.path.basename(path)) + r"\.(\d+)\.[A-Za-z0-9_]+"
+    pattern = re.compile(r"\." + re.escape(os.path.basename(path)) + r"\.(\d+)\.[A-Za-z0-9_]{8}"
                          + re.escape(suffix or ".tmp") + r"\Z")
     try:
         names = os.listdir(directory)

@@ -244,7 +244,7 @@ def test_leftovers_of_a_killed_writer_are_removed_by_the_next_run(device_export,
         path.write_bytes(ck.read_bytes()[:5000])  # half a checkpoint, as a killed writer leaves it
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        live = tmp_path / f".ck.npz.{sleeper.pid}.wr1t1ng.tmp"  # another process still writing
+        live = tmp_path / f".ck.npz.{sleeper.pid}.wr1t1ng_.tmp"  # another process still writing
         live.write_bytes(b"in progress")
         other = tmp_path / f".other.npz.{dead}.abcdefgh.tmp"  # not this checkpoint's: left alone
         other.write_bytes(b"x")

@@ -66,6 +66,8 @@ def _cases():
          ["--checkpoint=", "--model"]),
         ("checkpoint is a folder", ["learn", "--model={model}", f"--data={MISSING}", "--checkpoint={tmp}"],
          ["--checkpoint=", "is a folder"]),
+        ("checkpoint under a file", ["learn", "--model={model}", f"--data={MISSING}",
+                                     "--checkpoint={tmp}/data.npz/run/ck.npz"], ["--checkpoint=", "is a file"]),
         ("init missing", learn + ["--init={tmp}/mistyped.npz"], ["--init=", "mistyped.npz", "no such checkpoint"]),
         ("evaluate checkpoint missing", evaluate + ["--checkpoint={tmp}/mistyped.npz"],
          ["--checkpoint=", "mistyped.npz", "no such checkpoint"]),

@@ -356,6 +356,8 @@ def _app_cases():
         ("npz text pixels", npz_with(images=lambda x, y: x.astype(str)), "evaluate"),
         ("npz without the images key", npz_with(images=None, pixels=lambda x, y: x), "evaluate"),
         ("single array saved as npz", raw_file("data.npz", lambda x, y: _npy(x)), "evaluate"),
+        ("npz path is a folder", lambda tmp, x, y: (write_folder(tmp / "data.npz", x, y), ["data.npz", "folder"]),
+         "evaluate"),
         ("npz of random bytes", raw_file("data.npz", bytes(range(256)) * 4), "evaluate"),
         ("predict: a float image", raw_file("float.tif", lambda x, y: encode(gray_of(x[0]).astype(np.float32),
                                                                              "TIFF")), "predict"),
