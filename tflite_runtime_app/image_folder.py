@@ -165,7 +165,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
       DataError: the bytes are not an image Pillow can read, the image is too large, or its
         pixels have no defined 8-bit meaning; the message names the file.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -175,8 +175,10 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{name}: too large to decode ({' '.join(str(e).split())}); use a smaller image") from e
     except Exception as e:  # noqa: BLE001 - whatever Pillow raises on these bytes, the file is bad
-        raise DataError(f"{name}: not a readable image file ({type(e).__name__}: {' '.join(str(e).split())}); "
-                        "check the file, or pass --skip_bad_files to skip it") from e
+        why = ("not an image format Pillow knows" if isinstance(e, UnidentifiedImageError)
+               else f"{type(e).__name__}: {' '.join(str(e).split())}")
+        raise DataError(f"{name}: not a readable image file ({why}); check the file, or pass --skip_bad_files to skip "
+                        "it") from e
     try:
         ImageOps.exif_transpose(im, in_place=True)
     except Exception:  # noqa: BLE001 - a broken EXIF block leaves the pixels as stored
