@@ -2,6 +2,7 @@
 user got wrong raises `UserError` (message `<what>: <why>; <what to do>`); the binaries print
 it as one `error: ...` line and exit with code 2."""
 
-from tflite_runtime_app.errors import EXIT_USER_ERROR, UserError, describe, fail, from_os_error
+from tflite_runtime_app.errors import (EXIT_INTERRUPTED, EXIT_USER_ERROR, INTERRUPTED, UserError, describe, fail,
+                                       from_os_error)
 
-__all__ = ["EXIT_USER_ERROR", "UserError", "describe", "fail", "from_os_error"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "INTERRUPTED", "UserError", "describe", "fail", "from_os_error"]

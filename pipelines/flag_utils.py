@@ -14,9 +14,7 @@ from typing import Callable, Mapping, Sequence
 
 from absl import app, flags, logging
 
-from edgekt.errors import UserError, fail, from_os_error
-
-EXIT_INTERRUPTED = 130  # what shells report for Ctrl-C
+from edgekt.errors import EXIT_INTERRUPTED, INTERRUPTED, UserError, fail, from_os_error
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
@@ -82,8 +80,7 @@ def guarded(main):
         except (UserError, app.UsageError) as e:
             sys.exit(fail(e))
         except KeyboardInterrupt:
-            fail("interrupted: stopped by the user (Ctrl-C); run the same command again to resume from what was "
-                 "saved")
+            fail(INTERRUPTED)
             sys.exit(EXIT_INTERRUPTED)
         except Exception as e:  # noqa: BLE001 (only a full disk or a denied path is turned into one line)
             error = environment_error(e)

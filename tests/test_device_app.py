@@ -110,9 +110,10 @@ def test_learn_killed_mid_checkpoint_resumes_to_the_same_result(device_model, ne
     proc.wait()
     weights, state = _weights(ck)  # the last complete checkpoint is intact
     assert 0 < state["global_step"] < reference["steps"]
-    for tmp in glob.glob(str(tmp_path / ".killed.npz.*.tmp")):
-        os.remove(tmp)  # what a killed writer leaves behind; a later save uses a new name anyway
+    leftovers = glob.glob(str(tmp_path / ".killed.npz.*.tmp"))
+    assert leftovers  # what the killed writer left behind...
     resumed = last_json(app("learn", *common, f"--checkpoint={ck}"))
+    assert not any(os.path.exists(p) for p in leftovers)  # ...is removed by the next run
     assert resumed["steps"] == reference["steps"] and resumed["epochs"] == reference["epochs"]
     ref_w, _ = _weights(tmp_path / "ref.npz")
     got_w, _ = _weights(ck)
@@ -170,7 +171,7 @@ def test_bad_inputs_get_clear_errors(device_model, tmp_path, cifar):
     labels_out = tmp_path / "labels.npz"
     np.savez(labels_out, images=np.zeros((2, 32, 32, 3), np.uint8), labels=np.array([0, 12]))
     proc = app(*base, f"--data={labels_out}")
-    assert proc.returncode == 2 and "label 12 is outside the model's 10 classes" in proc.stderr
+    assert proc.returncode == 2 and "label 12 (index 1) is outside the model's 10 classes" in proc.stderr
 
 
 def test_learn_unseen_from_cloud_soft_labels_file_and_server(device_model, tmp_path, cifar):

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import re
 import sys
 import time
 
@@ -17,14 +19,22 @@ import numpy as np
 from tflite_runtime_app import checkpoint as ckpt
 from tflite_runtime_app import data as app_data
 from tflite_runtime_app import heads, image_folder, metrics
+from tflite_runtime_app.errors import EXIT_INTERRUPTED, INTERRUPTED, UserError, fail, from_os_error
+from tflite_runtime_app.image_folder import DataError
 from tflite_runtime_app.runner import DeviceModel, ModelError, runtime_name
 from tflite_runtime_app.train import AUGMENTATIONS, LearnConfig, Progress, Task, learn
+
+COMMANDS = ("learn", "learn-unseen", "evaluate", "predict", "info")
+# Flags whose default depends on other flags (None on the parser, so an explicit value is seen).
+_DEFAULT_VAL_FRACTION = 0.1
+_DEFAULT_REPLAY_RATIO = 0.25
 
 
 def _model(args) -> DeviceModel:
     model = DeviceModel(args.model, meta_path=args.meta, num_threads=args.threads)
-    if getattr(args, "checkpoint", None) and os.path.exists(args.checkpoint) and args.command in ("evaluate", "predict"):
-        weights, _, _ = ckpt.load(args.checkpoint, model.weight_shapes)
+    if getattr(args, "checkpoint", None) and args.command in ("evaluate", "predict"):
+        weights, _, _ = ckpt.load(args.checkpoint, model.weight_shapes,
+                                  advice="pass a checkpoint written by learn for this model to --checkpoint")
         model.set_weights(weights)
     return model
 
@@ -33,11 +43,31 @@ def _init_weights(model: DeviceModel, args) -> list[str]:
     """Starts from another run's weights (e.g. `learn` before `learn-unseen`); returns the
     classes those weights have learned."""
     if args.init:
-        weights, state, _ = ckpt.load(args.init, model.weight_shapes)
+        weights, state, _ = _load_init(model, args)
         model.set_weights(weights)
-        if state.get("learned_classes"):
-            return list(state["learned_classes"])
+        learned = state.get("learned_classes")
+        if learned:
+            if not isinstance(learned, list) or not set(learned) <= set(model.class_names):
+                raise ckpt.CheckpointError(f"{args.init}: its learned_classes {str(learned)[:100]} are not this "
+                                           "model's classes; pass a checkpoint written by learn for this model to "
+                                           "--init")
+            return list(learned)
     return heads.initial_learned(model)
+
+
+def _load_init(model: DeviceModel, args):
+    return ckpt.load(args.init, model.weight_shapes,
+                     advice="pass a checkpoint written by learn for this model to --init")
+
+
+def _check_checkpoints(model: DeviceModel, args) -> None:
+    """Refuses an unusable --init or checkpoint to resume before any data is loaded, and removes
+    the temporary files that a run killed while writing the checkpoint left behind."""
+    ckpt.remove_stale(args.checkpoint)
+    if args.init:
+        _load_init(model, args)
+    if os.path.exists(args.checkpoint) and not args.restart:
+        ckpt.load(args.checkpoint, model.weight_shapes)
 
 
 def _learn(model: DeviceModel, task: Task, args) -> dict:
@@ -56,14 +86,28 @@ def _learn(model: DeviceModel, task: Task, args) -> dict:
                  progress=Progress(quiet=args.quiet), prepare=prepare, learned_classes=after)
 
 
-def _split_val(images, targets, fraction, seed):
+def _split_val(images, targets, fraction, seed, source):
+    """(train, val) of a random `fraction` split; each keeps at least one image."""
     n = len(images)
+    if n < 2:
+        raise DataError(f"{source}: {n} image{'s' if n != 1 else ''}, too few to learn from: learning needs at least 2 "
+                        "(1 to train on, 1 to validate with); add images, or pass labelled validation images with "
+                        "--val_data")
     order = np.random.default_rng([seed, 99]).permutation(n)
-    k = max(1, int(round(fraction * n))) if n > 1 else 0
+    k = min(max(1, int(round(fraction * n))), n - 1)
     val, train = order[:k], order[k:]
-    if len(train) == 0:
-        raise image_folder.DataError(f"{n} examples leave none for training after a {fraction:.0%} validation split")
     return images[train], targets[train], images[val], targets[val]
+
+
+def _check_val_groups(args, model: DeviceModel, val_targets: np.ndarray) -> None:
+    """Refuses --val_groups when no validation image belongs to any group (no score)."""
+    groups = _val_groups(args, model)
+    if groups is None:
+        return
+    truth = val_targets if val_targets.ndim == 1 else val_targets.argmax(axis=1)
+    if not np.isin(truth, [c for group in groups for c in group]).any():
+        raise DataError(f"--val_groups={args.val_groups}: none of the {len(truth)} validation images belongs to these "
+                        "classes, so there is nothing to score; name classes of the validation images")
 
 
 def _config(args) -> LearnConfig:
@@ -81,11 +125,14 @@ def _replay(args, model):
 def _val_groups(args, model: DeviceModel) -> list[list[int]] | None:
     if not args.val_groups:
         return None
-    return [[model.class_names.index(c) for c in classes] for classes in _groups(args.val_groups, model).values()]
+    return [[model.class_names.index(c) for c in classes]
+            for classes in _groups(args.val_groups, model, "--val_groups").values()]
 
 
 def cmd_learn(args) -> dict:
     model = _model(args)
+    _val_groups(args, model)
+    _check_checkpoints(model, args)
     images, labels = app_data.load_labelled(args.data, model.class_names, model.input_shape, split=args.split,
                                             resize=args.resize, skip_bad_files=args.skip_bad_files,
                                             skip_unknown_classes=args.skip_unknown_classes)
@@ -94,7 +141,8 @@ def cmd_learn(args) -> dict:
                                               skip_unknown_classes=args.skip_unknown_classes)
         train_x, train_y = images, labels
     else:
-        train_x, train_y, val_x, val_y = _split_val(images, labels, args.val_fraction, args.seed)
+        train_x, train_y, val_x, val_y = _split_val(images, labels, args.val_fraction, args.seed, args.data)
+    _check_val_groups(args, model, val_y)
     replay_x, replay_y = _replay(args, model)
     task = Task("labelled", train_x, train_y, val_x, val_y, replay_images=replay_x, replay_labels=replay_y,
                 val_groups=_val_groups(args, model))
@@ -105,6 +153,8 @@ def cmd_learn(args) -> dict:
 
 def cmd_learn_unseen(args) -> dict:
     model = _model(args)
+    _val_groups(args, model)
+    _check_checkpoints(model, args)
     images, soft, temperature = app_data.load_soft_labels(args.soft_labels, model.class_names, model.input_shape,
                                                           resize=args.resize)
     if args.temperature is not None:
@@ -114,7 +164,8 @@ def cmd_learn_unseen(args) -> dict:
         val_x, val_t = app_data.load_labelled(args.val_data, model.class_names, model.input_shape,
                                               resize=args.resize)
     else:
-        train_x, train_t, val_x, val_t = _split_val(images, soft, args.val_fraction, args.seed)
+        train_x, train_t, val_x, val_t = _split_val(images, soft, args.val_fraction, args.seed, args.soft_labels)
+    _check_val_groups(args, model, val_t)
     replay_x, replay_y = _replay(args, model)
     task = Task("soft", train_x, train_t, val_x, val_t, temperature=temperature, replay_images=replay_x,
                 replay_labels=replay_y, val_groups=_val_groups(args, model))
@@ -133,10 +184,10 @@ def evaluate(model: DeviceModel, images: np.ndarray, labels: np.ndarray,
 
 def cmd_evaluate(args) -> dict:
     model = _model(args)
+    groups = _groups(args.groups, model, "--groups") if args.groups else _default_groups(model)
     images, labels = app_data.load_labelled(args.data, model.class_names, model.input_shape, split=args.split,
                                             resize=args.resize, skip_bad_files=args.skip_bad_files,
                                             skip_unknown_classes=args.skip_unknown_classes)
-    groups = _groups(args.groups, model) if args.groups else _default_groups(model)
     start = time.perf_counter()
     result = evaluate(model, images, labels, groups)
     result["seconds"] = time.perf_counter() - start
@@ -148,18 +199,31 @@ def _default_groups(model: DeviceModel) -> dict | None:
     return {"old": [c for c in model.class_names if c not in new], "new": new} if new else None
 
 
-def _groups(text: str, model: DeviceModel) -> dict[str, list[str]]:
-    """Parses `name=class,class;name=class` into groups of the model's classes."""
+def _parse_groups(text: str, flag: str) -> dict[str, list[str]]:
+    """Parses `name=class,class;name=class` (syntax only)."""
     groups = {}
-    for part in filter(None, text.split(";")):
+    for part in filter(None, (p.strip() for p in text.split(";"))):
         name, sep, members = part.partition("=")
         classes = [c.strip() for c in members.split(",") if c.strip()]
         if not sep or not name.strip() or not classes:
-            raise image_folder.DataError(f"--groups: expected name=class,class;name=class. Received: {part!r}")
+            raise UserError(f"{flag}={text}: expected name=class,class;name=class. Received: {part!r}; write each "
+                            "group as its name, '=' and its classes")
+        if name.strip() in groups:
+            raise UserError(f"{flag}={text}: group {name.strip()!r} is given twice; give each group once")
+        groups[name.strip()] = classes
+    if not groups:
+        raise UserError(f"{flag}={text}: no groups; write name=class,class;name=class")
+    return groups
+
+
+def _groups(text: str, model: DeviceModel, flag: str = "--groups") -> dict[str, list[str]]:
+    """Parses `name=class,class;name=class` into groups of the model's classes."""
+    groups = _parse_groups(text, flag)
+    for classes in groups.values():
         unknown = [c for c in classes if c not in model.class_names]
         if unknown:
-            raise image_folder.DataError(f"--groups: classes {unknown} are not the model's ({model.class_names})")
-        groups[name.strip()] = classes
+            raise UserError(f"{flag}={text}: classes {unknown} are not the model's ({model.class_names}); name the "
+                            "model's classes")
     return groups
 
 
@@ -170,11 +234,13 @@ def cmd_predict(args) -> dict:
             images = image_folder.decode_image(f.read(), args.images)[None]
         images = app_data.check_images(images, args.images, model.input_shape, args.resize)
         names = [os.path.basename(args.images)]
-    elif args.images.endswith(".npz"):
+    elif args.images.endswith(".npz") and os.path.exists(args.images):
         images = app_data.load_unlabelled(args.images, model.input_shape, resize=args.resize)
         names = [str(i) for i in range(len(images))]
     else:
-        images, names = image_folder.read_images(args.images, skip_bad_files=args.skip_bad_files)
+        images, names = image_folder.read_images(args.images, image_size=model.input_shape[:2], resize=args.resize,
+                                                 skip_bad_files=args.skip_bad_files,
+                                                 resize_advice=app_data.RESIZE_ADVICE)
         images = app_data.check_images(images, args.images, model.input_shape, args.resize)
     probs = model.predict(images)
     k = min(args.top_k, model.num_classes)
@@ -198,47 +264,183 @@ def cmd_info(args) -> dict:
         print(f"model: {args.model} ({runtime_name()}, {args.threads} thread(s))")
         print(f"classes ({model.num_classes}): {', '.join(model.class_names)}")
         print(f"batch size: {model.batch_size}, input: {model.input_shape} raw RGB 0-255")
-        for name, sig in sorted(meta.get("signatures", {}).items()):
-            ins = ", ".join(f"{k}{v['shape']}" for k, v in sig["inputs"].items())
-            print(f"  {name}({ins if len(ins) < 120 else str(len(sig['inputs'])) + ' tensors'})")
+        for name, inputs in sorted(model.signature_inputs.items()):
+            ins = ", ".join(f"{k}{shape}" for k, shape in inputs.items())
+            print(f"  {name}({ins if len(ins) < 120 else str(len(inputs)) + ' tensors'})")
         for name, size in sizes.items():
             print(f"  {name}: {size / 1024:.1f} KiB")
     return {"command": "info", "runtime": runtime_name(), "classes": model.class_names, "batch_size": model.batch_size,
-            "input_shape": list(model.input_shape), "signatures": sorted(meta.get("signatures", {})),
+            "input_shape": list(model.input_shape), "signatures": sorted(model.signature_inputs),
             "trainable_weights": len(meta.get("trainable_weights", [])), "sizes_bytes": sizes,
             "options": meta.get("options", {})}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line `error: <what>: <why>; see --help` and exit code 2
+    (raised as a UserError, so `main` prints them like every other user error)."""
+
+    def error(self, message: str):
+        raise UserError(_flag_error_text(message))
+
+
+def _unquote(text: str) -> str:
+    return text.strip().strip("'\"")
+
+
+def _flag_error_text(message: str) -> str:
+    """argparse's message in the `<what>: <why>; <what to do>` form."""
+    message = " ".join(message.split())
+    m = re.match(r"the following arguments are required: (.+)$", message)
+    if m:
+        names = [n.strip() for n in m.group(1).split(",")]
+        if names == ["command"]:
+            return f"command: missing; choose one of {', '.join(COMMANDS)} (see --help)"
+        flag = "flags" if len(names) > 1 else "flag"
+        return f"{', '.join(names)}: required {flag} missing; pass {'=..., '.join(names)}=... (see --help)"
+    m = re.match(r"argument (\S+): invalid choice: (.+?)(?:,? maybe you meant .*?)? \(choose from (.+)\)$", message)
+    if m:
+        name, value = m.group(1), _unquote(m.group(2))
+        choices = ", ".join(_unquote(c) for c in m.group(3).split(","))
+        if not name.startswith("-"):
+            return f"{value}: not a command; choose one of {choices} (see --help)"
+        return f"{name}={value}: not one of {choices}; pass one of them (see --help)"
+    m = re.match(r"argument (\S+): invalid (\w+) value: (.+)$", message)
+    if m:
+        name, kind, value = m.group(1), m.group(2), _unquote(m.group(3))
+        what = {"int": "an integer", "float": "a number"}.get(kind, f"a valid {kind}")
+        return f"{name}={value}: not {what}; pass {name}=<{what.split()[-1]}> (see --help)"
+    m = re.match(r"argument (\S+): expected one argument$", message)
+    if m:
+        return f"{m.group(1)}: no value given; pass {m.group(1)}=VALUE (see --help)"
+    m = re.match(r"unrecognized arguments: (.+)$", message)
+    if m:
+        tokens = m.group(1)
+        kind = "unknown flag" if tokens.startswith("-") else "unexpected argument"
+        return f"{tokens}: {kind} (flags are --name=value); check the spelling (see --help)"
+    m = re.match(r"ambiguous option: (\S+) could match (.+)$", message)
+    if m:
+        return f"{m.group(1)}: ambiguous, could be {m.group(2)}; write the flag in full (see --help)"
+    m = re.match(r"argument (\S+): (.+)$", message)
+    if m:
+        return f"{m.group(1)}: {m.group(2)}; see --help"
+    return f"command line: {message}; see --help"
+
+
+def _must(args, flag: str, ok, expected: str, example) -> None:
+    value = getattr(args, flag, None)
+    if value is not None and not ok(value):
+        raise UserError(f"--{flag}={value}: must be {expected}; pass e.g. --{flag}={example} (see --help)")
+
+
+def _finite(v) -> bool:
+    return math.isfinite(v)
+
+
+def check_flags(args) -> None:
+    """Refuses flag values out of range and flag combinations that make no sense, before any
+    file is read."""
+    _must(args, "threads", lambda v: v >= 1, "an integer >= 1", 1)
+    _must(args, "epochs", lambda v: v >= 1, "an integer >= 1", 20)
+    _must(args, "patience", lambda v: v >= 1, "an integer >= 1", 3)
+    _must(args, "checkpoint_every", lambda v: v >= 1, "an integer >= 1", 50)
+    _must(args, "top_k", lambda v: v >= 1, "an integer >= 1", 3)
+    _must(args, "seed", lambda v: v >= 0, "an integer >= 0", 0)
+    _must(args, "lr", lambda v: _finite(v) and v > 0, "a finite number > 0", 0.01)
+    _must(args, "min_delta", lambda v: _finite(v) and v >= 0, "a finite number >= 0", 0.002)
+    _must(args, "val_fraction", lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)", _DEFAULT_VAL_FRACTION)
+    _must(args, "replay_ratio", lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)", _DEFAULT_REPLAY_RATIO)
+    _must(args, "temperature", lambda v: _finite(v) and v > 0, "a finite number > 0", 2.0)
+    if args.command in ("learn", "learn-unseen"):
+        if args.val_fraction is not None and args.val_data:
+            raise UserError(f"--val_fraction={args.val_fraction}: has no effect with --val_data={args.val_data} "
+                            "(validation is that data); drop one of the two")
+        if args.replay_ratio is not None and not args.replay:
+            raise UserError(f"--replay_ratio={args.replay_ratio}: has no effect without --replay; pass --replay=FILE "
+                            "or drop --replay_ratio")
+        args.val_fraction = _DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
+        args.replay_ratio = _DEFAULT_REPLAY_RATIO if args.replay_ratio is None else args.replay_ratio
+        if args.val_groups:
+            _parse_groups(args.val_groups, "--val_groups")
+        _check_output(args)
+        if args.init and not os.path.isfile(args.init):
+            why = "is a folder, not a checkpoint file" if os.path.isdir(args.init) else "no such checkpoint"
+            raise UserError(f"--init={args.init}: {why}; pass a checkpoint written by learn (or drop --init)")
+    if args.command in ("evaluate", "predict") and args.checkpoint and not os.path.isfile(args.checkpoint):
+        why = "is a folder, not a checkpoint file" if os.path.isdir(args.checkpoint) else "no such checkpoint"
+        raise UserError(f"--checkpoint={args.checkpoint}: {why}; pass a checkpoint written by learn (without "
+                        "--checkpoint the exported weights are used)")
+    if args.command == "evaluate" and args.groups:
+        _parse_groups(args.groups, "--groups")
+    if getattr(args, "split", None) and getattr(args, "data", "").endswith(".npz"):
+        raise UserError(f"--split={args.split}: has no effect on an .npz (--data={args.data}); drop --split (it "
+                        "chooses a split folder of an image tree)")
+
+
+def _check_output(args) -> None:
+    """The checkpoint must be a file path that is none of the inputs (it is overwritten)."""
+    path = args.checkpoint
+    if os.path.isdir(path):
+        raise UserError(f"--checkpoint={path}: is a folder; pass a file path such as "
+                        f"{os.path.join(path, 'checkpoint.npz')}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"--checkpoint={path}: {parent} is a file, not a folder; pass a path inside a folder")
+    inputs = {"--model": args.model, "--meta": args.meta, "--data": getattr(args, "data", None),
+              "--val_data": args.val_data, "--replay": args.replay, "--soft_labels": getattr(args, "soft_labels", None)}
+    target = os.path.realpath(path)
+    for flag, value in inputs.items():
+        if value and os.path.realpath(value) in (target, os.path.realpath(ckpt.previous_path(path))):
+            raise UserError(f"--checkpoint={path}: is the file given to {flag} (learning would overwrite it); pass "
+                            "another path for the checkpoint")
+
+
+def _json_safe(obj):
+    """`obj` with NaN and inf (no value) as None, so the output is valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tflite_runtime_app",
-                                     description="On-device learning with an edgekt model (tflite-runtime, no TensorFlow).")
+    parser = _Parser(prog="python -m tflite_runtime_app",
+                     description="On-device learning with an edgekt model (tflite-runtime, no TensorFlow).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, data_flags=True):
         p.add_argument("--model", required=True, help="model_trainable.tflite")
         p.add_argument("--meta", default=None, help="model_meta.json (default: beside the model)")
-        p.add_argument("--threads", type=int, default=1, help="interpreter threads")
+        p.add_argument("--threads", type=int, default=1, help="interpreter threads (>= 1)")
         p.add_argument("--quiet", action="store_true", help="only the final JSON line")
         if data_flags:
-            p.add_argument("--resize", action="store_true", help="resize images of another size instead of refusing")
+            p.add_argument("--resize", action="store_true",
+                           help="resize images of another size to the model's input instead of refusing them")
             p.add_argument("--skip_bad_files", action="store_true", help="skip unreadable files with a warning")
 
     def learning(p):
         p.add_argument("--checkpoint", required=True, help="checkpoint .npz (resumed if it exists)")
         p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
         p.add_argument("--init", default=None, help="start from the weights of another checkpoint")
-        p.add_argument("--epochs", type=int, default=20, help="at most this many epochs")
-        p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (cosine decay)")
-        p.add_argument("--patience", type=int, default=3, help="epochs without improvement before stopping")
-        p.add_argument("--min_delta", type=float, default=0.002, help="smallest validation gain that counts")
-        p.add_argument("--val_fraction", type=float, default=0.1, help="held out for the convergence rule")
+        p.add_argument("--epochs", type=int, default=20, help="at most this many epochs (>= 1)")
+        p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (cosine decay; > 0)")
+        p.add_argument("--patience", type=int, default=3, help="epochs without improvement before stopping (>= 1)")
+        p.add_argument("--min_delta", type=float, default=0.002, help="smallest validation gain that counts (>= 0)")
+        p.add_argument("--val_fraction", type=float, default=None,
+                       help=f"held out for the convergence rule, in (0, 1) (default {_DEFAULT_VAL_FRACTION}; "
+                            "not with --val_data)")
         p.add_argument("--replay", default=None, help="labelled old-class examples kept on the device (.npz/folder)")
-        p.add_argument("--replay_ratio", type=float, default=0.25, help="share of replay in training")
-        p.add_argument("--checkpoint_every", type=int, default=50, help="steps between checkpoints")
+        p.add_argument("--replay_ratio", type=float, default=None,
+                       help=f"share of replay in training, in [0, 1) (default {_DEFAULT_REPLAY_RATIO}; with --replay)")
+        p.add_argument("--checkpoint_every", type=int, default=50, help="steps between checkpoints (>= 1)")
         p.add_argument("--val_groups", default=None,
                        help="score validation as the mean over groups of classes (name=class,class;name=class), "
                             "so each group counts equally (default: accuracy over all validation images)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="data order and augmentation (>= 0)")
         p.add_argument("--augment", choices=AUGMENTATIONS, default="flip_crop",
                        help="random flips and shifts of the training images (default flip_crop)")
         p.add_argument("--head_init", choices=heads.HEAD_INITS, default="imprint",
@@ -258,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     learning(p)
     p.add_argument("--soft_labels", required=True, help=".npz written by pipelines.soft_labels")
-    p.add_argument("--temperature", type=float, default=None, help="override the soft labels' temperature")
+    p.add_argument("--temperature", type=float, default=None, help="override the soft labels' temperature (> 0)")
     p.add_argument("--val_data", default=None,
                    help="labelled validation data for the convergence rule (default: agreement on a split of the soft labels)")
     p.set_defaults(func=cmd_learn_unseen)
@@ -276,8 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k classes of images")
     common(p)
     p.add_argument("--images", required=True, help="an image file, a folder/archive of images, or .npz")
-    p.add_argument("--top_k", type=int, default=3)
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--top_k", type=int, default=3, help="classes shown per image (>= 1)")
+    p.add_argument("--checkpoint", default=None, help="weights to use (default: the exported ones)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("info", help="signatures, classes and sizes of a model")
@@ -287,14 +489,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        args = build_parser().parse_args(argv)
+        check_flags(args)
         result = args.func(args)
-    except (ModelError, image_folder.DataError, ckpt.CheckpointError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
+        text = json.dumps(_json_safe(result), allow_nan=False)
+    except UserError as e:
+        return fail(e)
+    except OSError as e:
+        error = from_os_error(e)
+        if error is None:
+            raise
+        return fail(error)
+    except KeyboardInterrupt:
+        fail(INTERRUPTED)
+        return EXIT_INTERRUPTED
+    print(text)
     return 0
 
 

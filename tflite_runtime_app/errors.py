@@ -14,6 +14,9 @@ import os
 import sys
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # what shells report for Ctrl-C
+INTERRUPTED = ("interrupted: stopped by the user (Ctrl-C); run the same command again to resume from what was "
+               "saved")
 
 
 class UserError(ValueError):
@@ -29,8 +32,19 @@ def describe(error: BaseException) -> str:
 
 
 def fail(error: BaseException | str) -> int:
-    """Prints `error: ...` for `error` and returns the exit code for user errors."""
-    text = error if isinstance(error, str) else describe(error)
+    """Prints `error: ...` for `error` and returns the exit code for user errors.
+
+    A file name that is not valid text (undecodable bytes) is printed with escapes, so the
+    line itself can always be written.
+    """
+    text = " ".join(error.split()) if isinstance(error, str) else describe(error)
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        text = text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        pass
     print(f"error: {text}", file=sys.stderr, flush=True)
     return EXIT_USER_ERROR
 
@@ -48,15 +62,22 @@ _OS_ADVICE = {
     errno.EISDIR: "pass a file, not a folder",
     errno.ENAMETOOLONG: "use a shorter path",
     errno.EMFILE: "raise the open-file limit (ulimit -n) or use fewer threads",
+    errno.ELOOP: "check the path (a loop of symbolic links)",
+    errno.EIO: "check the storage device and its file system (files already saved were kept)",
 }
 
 
-def from_os_error(error: OSError) -> UserError | None:
+def from_os_error(error: OSError, *, path: str | os.PathLike | None = None) -> UserError | None:
     """A user error for an OSError about a file the user named or the disk (no space,
-    permissions, missing path), or None when it is not one (a bug keeps its traceback)."""
+    permissions, missing path), or None when it is not one (a bug keeps its traceback).
+
+    `path` names the file when the error itself does not (a write that hit a full disk).
+    """
     advice = _OS_ADVICE.get(error.errno)
     if advice is None:
         return None
-    what = error.filename if error.filename is not None else "disk"
+    what = error.filename if error.filename is not None else (os.fspath(path) if path is not None else "disk")
+    if isinstance(what, bytes):
+        what = os.fsdecode(what)
     why = error.strerror or os.strerror(error.errno)
     return UserError(f"{what}: {why.lower()}; {advice}")

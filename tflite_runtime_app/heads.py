@@ -101,8 +101,8 @@ def imprint_unlearned(model, images: np.ndarray, targets: np.ndarray, learned: l
         return {"imprinted": [], "images": 0}
     keys = model.meta.get("classifier_weights")
     if not keys or "kernel" not in keys:
-        raise ValueError(f"{model.path}: its metadata does not name the classifier weights (export it again with this "
-                         "version to initialise new classes from their images, or use --head_init=none)")
+        raise ValueError(f"{model.path}: its metadata does not name the classifier weights; export it again with this "
+                         "version to initialise new classes from their images, or pass --head_init=none")
     # Every image counts for the centre of the embeddings (a single new class centred on
     # itself would have no direction); only the new classes' images weigh their rows.
     chosen = np.isin(top, rows)

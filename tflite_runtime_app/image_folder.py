@@ -2,23 +2,43 @@
 
 The one implementation of these loader rules, shared by the device app and `edgekt.data`
 (so it imports numpy and Pillow only).
+
+Every image becomes 8-bit RGB (`decode_image`):
+  - RGB, grayscale (L), 1-bit, palette (P), CMYK, YCbCr, HSV and LAB images are converted to
+    RGB as Pillow converts them;
+  - 16-bit images keep their high byte (v >> 8, so an 8-bit value v stored as v * 257 comes
+    back as v): 16-bit grayscale (modes I;16*, and mode I when its values are within
+    0..65535) directly, 16-bit RGB(A) as Pillow reads it;
+  - transparency (an alpha channel, or a transparent palette entry or colour) is composited
+    on black: each channel becomes round(value * alpha / 255), so opaque pixels are unchanged;
+  - floating-point images (mode F), 32-bit images with values outside 0..65535 and modes
+    Pillow cannot convert are refused, as are images over Pillow's decompression-bomb limit
+    (`PIL.Image.MAX_IMAGE_PIXELS` pixels);
+  - an EXIF orientation is applied; a multi-frame file (GIF, TIFF) gives its first frame.
+Archive members with `..` in their path, or larger than `MAX_MEMBER_BYTES`, are refused.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import posixpath
 import tarfile
+import warnings
 import zipfile
 import zlib
 from typing import Callable, Iterable, Iterator
 
-import logging
-
 import numpy as np
 
-from tflite_runtime_app.errors import UserError
+from tflite_runtime_app.errors import UserError, from_os_error
+
+try:  # some minimal Python builds lack lzma
+    from lzma import LZMAError
+except ImportError:  # pragma: no cover
+    class LZMAError(Exception):
+        pass
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +47,11 @@ SPLIT_NAMES = ("train", "test", "val", "validation")
 FLAT_SPLIT = "all"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
 _JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
+# The largest archive member read (an image file beyond it is refused, not decompressed: a
+# zip bomb of zeros would otherwise fill the memory).
+MAX_MEMBER_BYTES = 256 << 20
+# What the size error advises by default (the device app names its flag instead).
+RESIZE_ADVICE = "pass resize=True to resize them"
 
 
 class DataError(UserError):
@@ -42,8 +67,15 @@ def _is_ignored(parts: tuple[str, ...]) -> bool:
 
 
 def iter_directory(root: str) -> Iterator[tuple[tuple[str, ...], bool, Callable[[], bytes]]]:
-    """Yields (relative path parts, is_dir, reader) for every entry under `root`, sorted."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    """Yields (relative path parts, is_dir, reader) for every entry under `root`, sorted.
+
+    Raises:
+      OSError: a folder cannot be listed (e.g. no permission); it is not skipped silently.
+    """
+    def refuse(error: OSError):
+        raise error
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=refuse):
         dirnames.sort()
         rel = os.path.relpath(dirpath, root)
         base = () if rel == "." else tuple(rel.split(os.sep))
@@ -63,53 +95,127 @@ def iter_archive(path: str) -> Iterator[tuple[tuple[str, ...], bool, Callable[[]
     """Yields (path parts, is_dir, reader) for the members of a tar or zip archive.
 
     Tar archives are read as one stream (a `.tar.gz` has no cheap random access), so
-    each member's bytes are read while the stream is positioned on it.
+    each member's bytes are read while the stream is positioned on it. Links and special
+    files are skipped with a warning.
 
     Raises:
-      DataError: the archive is corrupted, truncated or not an archive.
+      DataError: the archive is corrupted, truncated or not an archive, a member's path leaves
+        the archive (`..`), or a member is larger than `MAX_MEMBER_BYTES`.
     """
+    def member_parts(name: str) -> tuple[str, ...]:
+        parts = tuple(p for p in posixpath.normpath(name.replace("\\", "/")).split("/") if p not in ("", "."))
+        if ".." in name.replace("\\", "/").split("/"):
+            raise DataError(f"{path}: member {name!r} has a path that leads outside the archive (..); rebuild the "
+                            "archive with paths relative to its top folder")
+        return parts
+
+    def check_size(name: str, size: int) -> None:
+        if size > MAX_MEMBER_BYTES:
+            raise DataError(f"{path}: member {name!r} unpacks to {size} bytes, more than the {MAX_MEMBER_BYTES} "
+                            "an image file may have (a zip bomb?); remove it from the archive")
+
     try:
         if path.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
-                    parts = tuple(p for p in info.filename.split("/") if p)
+                    parts = member_parts(info.filename)
+                    if not parts:
+                        continue
                     if info.is_dir():
                         yield parts, True, None
                     else:
-                        data = zf.read(info)
+                        check_size(info.filename, info.file_size)
+                        try:
+                            data = zf.read(info)
+                        except (RuntimeError, NotImplementedError) as e:  # encrypted, unknown compression
+                            raise DataError(f"{path}: member {info.filename!r} cannot be unpacked ({e}); rebuild "
+                                            "the archive without encryption, with deflate or no compression") from e
                         yield parts, False, (lambda data=data: data)
             return
         with tarfile.open(path, mode="r|*") as tf:
             for member in tf:
-                parts = tuple(p for p in posixpath.normpath(member.name).split("/") if p not in ("", "."))
-                if not parts or ".." in parts:
+                parts = member_parts(member.name)
+                if not parts:
                     continue
                 if member.isdir():
                     yield parts, True, None
                 elif member.isfile():
+                    check_size(member.name, member.size)
                     f = tf.extractfile(member)
                     data = f.read() if f is not None else b""
                     yield parts, False, (lambda data=data: data)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"{path}: corrupted, truncated or unreadable archive ({type(e).__name__}: {e})") from e
+                else:
+                    logger.warning("%s: member %r is a link or a special file; skipped", path, member.name)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, LZMAError) as e:
+        raise DataError(f"{path}: corrupted, truncated or unreadable archive ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())}); check the file (download or copy it again)") from e
+    except OSError as e:
+        error = from_os_error(e, path=path)
+        if error is not None:
+            raise DataError(str(error)) from e
+        raise DataError(f"{path}: corrupted, truncated or unreadable archive ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())}); check the file (download or copy it again)") from e
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decodes an image file's bytes to a uint8 RGB array [H, W, 3].
+    """Decodes an image file's bytes to a uint8 RGB array [H, W, 3] (the rules are in the
+    module docstring).
 
     Raises:
-      DataError: the bytes are not an image Pillow can read; the message names the file.
+      DataError: the bytes are not an image Pillow can read, the image is too large, or its
+        pixels have no defined 8-bit meaning; the message names the file.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
             im.load()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{name}: not a readable image file ({type(e).__name__}: {e})") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{name}: too large to decode ({' '.join(str(e).split())}); use a smaller image") from e
+    except Exception as e:  # noqa: BLE001 - whatever Pillow raises on these bytes, the file is bad
+        why = ("not an image format Pillow knows" if isinstance(e, UnidentifiedImageError)
+               else f"{type(e).__name__}: {' '.join(str(e).split())}")
+        raise DataError(f"{name}: not a readable image file ({why}); check the file, or pass --skip_bad_files to skip "
+                        "it") from e
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception:  # noqa: BLE001 - a broken EXIF block leaves the pixels as stored
+        logger.warning("%s: unreadable EXIF orientation; the image is used as stored", name)
+    return _to_rgb(im, name)
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_CONVERTIBLE_MODES = ("RGB", "L", "1", "P", "CMYK", "YCbCr", "HSV", "LAB", "RGBX")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
+
+
+def _to_rgb(im, name: str) -> np.ndarray:
+    """8-bit RGB of a loaded Pillow image (see the module docstring)."""
+    mode = im.mode
+    if im.width == 0 or im.height == 0:
+        raise DataError(f"{name}: the image has no pixels ({im.width}x{im.height}); remove the file")
+    if mode == "F":
+        raise DataError(f"{name}: floating-point pixels (image mode F) have no defined 8-bit range; save the image "
+                        "with 8-bit or 16-bit integer pixels")
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(im)
+        if mode == "I" and (values.min() < 0 or values.max() > 65535):
+            raise DataError(f"{name}: 32-bit integer pixels from {int(values.min())} to {int(values.max())} have no "
+                            "defined 8-bit range (16-bit images hold 0..65535); save the image with 8-bit or 16-bit "
+                            "pixels")
+        gray = (values.astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode not in _ALPHA_MODES and mode not in _CONVERTIBLE_MODES:
+        raise DataError(f"{name}: image mode {mode} is not supported; save the image as RGB or grayscale")
+    try:
+        if mode in _ALPHA_MODES or "transparency" in im.info:
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)
+            return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
+        return np.asarray(im if mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
+    except ValueError as e:  # e.g. a palette that does not fit the pixels
+        raise DataError(f"{name}: image mode {mode} cannot be converted to RGB ({e}); save the image as RGB") from e
 
 
 def _resolve_layout(dirs: set[tuple[str, ...]]) -> tuple[int, bool]:
@@ -137,6 +243,7 @@ def _resolve_layout(dirs: set[tuple[str, ...]]) -> tuple[int, bool]:
 
 def read_image_tree(entries: Iterable[tuple[tuple[str, ...], bool, Callable[[], bytes]]], source: str,
                     image_size: tuple[int, int] | None = None, resize: bool = False, skip_bad_files: bool = False,
+                    *, resize_advice: str = RESIZE_ADVICE,
                     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
     """Reads an image tree into arrays.
 
@@ -152,6 +259,8 @@ def read_image_tree(entries: Iterable[tuple[tuple[str, ...], bool, Callable[[], 
       resize: resize images of another size (bilinear) instead of raising.
       skip_bad_files: skip (with a warning) files that are not readable images instead of
         raising.
+      resize_advice: what the error about an image of another size advises (e.g. the flag
+        that sets `resize`).
 
     Returns:
       ({split: (uint8 images [N, H, W, 3], int64 labels [N])}, class names).
@@ -201,24 +310,25 @@ def read_image_tree(entries: Iterable[tuple[tuple[str, ...], bool, Callable[[], 
             logger.warning("%s: not inside a split folder %s; skipped", name, SPLIT_NAMES)
             continue
         if len(rel) > depth:
-            raise DataError(f"{name}: nested too deep; expected "
-                            f"{'split/class/image' if has_splits else 'class/image'} under {source}")
+            raise DataError(f"{name}: nested too deep (expected "
+                            f"{'split/class/image' if has_splits else 'class/image'} under {source}); move the image "
+                            "into its class folder")
         split, cls = key_of(parts)
         by_split.setdefault(split, {}).setdefault(cls, []).append((name, reader))
     for split, cls in sorted(class_dirs):
         if cls not in by_split.get(split, {}):
             raise DataError(f"{os.path.join(source, *([split] if has_splits else []), cls)}: "
-                            "class folder is empty (no image files)")
+                            "class folder is empty (no image files); add its images or remove the folder")
     if not by_split:
-        raise DataError(f"{source}: no images found; expected class folders of images, "
-                        "optionally under train/ and test/")
+        raise DataError(f"{source}: no images found (expected class folders of images, optionally under train/ and "
+                        "test/); check the path and the layout")
     class_names = tuple(sorted({c for classes in by_split.values() for c in classes}))
     for split, classes in by_split.items():
         missing = sorted(set(class_names) - set(classes))
         if missing:
             logger.warning("%s: split %r has no folder for classes %s", source, split, missing)
 
-    decode = _Decoder(image_size, resize, skip_bad_files)
+    decode = _Decoder(image_size, resize, skip_bad_files, resize_advice)
     out = {}
     for split in sorted(by_split):
         images, labels = [], []
@@ -229,42 +339,59 @@ def read_image_tree(entries: Iterable[tuple[tuple[str, ...], bool, Callable[[], 
                     images.append(img)
                     labels.append(label)
         if not images:
-            raise DataError(f"{source}: split {split!r} has no readable images")
+            raise DataError(f"{source}: split {split!r} has no readable images (every file was skipped); check the "
+                            "files (without --skip_bad_files each is refused with its reason)")
         out[split] = (np.stack(images), np.asarray(labels, np.int64))
         logger.info("%s: %s split, %d images of %d classes", source, split, len(labels), len(class_names))
     return out, class_names
 
 
 def read_path(path: str, image_size: tuple[int, int] | None = None, resize: bool = False,
-              skip_bad_files: bool = False) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
+              skip_bad_files: bool = False, *, resize_advice: str = RESIZE_ADVICE,
+              ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
     """Reads an image-folder tree from a directory or an archive (see `read_image_tree`).
 
     Raises:
       DataError: missing path, unsupported file type, or any `read_image_tree` problem.
     """
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file or folder")
+    _check_exists(path)
     if os.path.isfile(path):
         if not is_archive(path):
-            raise DataError(f"{path}: not a supported archive; expected one of {', '.join(ARCHIVE_SUFFIXES)}")
+            raise DataError(f"{path}: not a supported archive (expected a folder or one of "
+                            f"{', '.join(ARCHIVE_SUFFIXES)}); pass a folder of class folders or an archive of one")
         entries = iter_archive(path)
     else:
         entries = iter_directory(path)
-    return read_image_tree(entries, path, image_size=image_size, resize=resize, skip_bad_files=skip_bad_files)
+    return read_image_tree(entries, path, image_size=image_size, resize=resize, skip_bad_files=skip_bad_files,
+                           resize_advice=resize_advice)
+
+
+def _check_exists(path: str) -> None:
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file or folder; check the path")
+    if not os.path.isfile(path) and not os.path.isdir(path):
+        raise DataError(f"{path}: not a regular file or folder; pass a folder of images or an archive")
 
 
 class _Decoder:
     """Decodes files one by one and holds every image to one size (the first image's, unless
     given): other sizes are resized or refused, unreadable files skipped or refused."""
 
-    def __init__(self, image_size, resize: bool, skip_bad_files: bool):
-        self.expected = tuple(image_size) if image_size is not None else None
+    def __init__(self, image_size, resize: bool, skip_bad_files: bool, resize_advice: str = RESIZE_ADVICE):
+        self.expected = tuple(int(d) for d in image_size) if image_size is not None else None
         self.first: str | None = None
-        self.resize, self.skip = resize, skip_bad_files
+        self.resize, self.skip, self.advice = resize, skip_bad_files, resize_advice
 
     def __call__(self, reader: Callable[[], bytes], name: str) -> np.ndarray | None:
         try:
-            img = decode_image(reader(), name)
+            try:
+                data = reader()
+            except OSError as e:
+                error = from_os_error(e, path=name)
+                if error is None:
+                    raise
+                raise DataError(str(error)) from e
+            img = decode_image(data, name)
         except DataError as e:
             if not self.skip:
                 raise
@@ -276,7 +403,7 @@ class _Decoder:
             if not self.resize:
                 ref = f" (the size of {self.first})" if self.first else ""
                 raise DataError(f"{name}: image is {img.shape[0]}x{img.shape[1]} (HxW), expected "
-                                f"{self.expected[0]}x{self.expected[1]}{ref}; pass resize=True to resize")
+                                f"{self.expected[0]}x{self.expected[1]}{ref}; {self.advice}")
             img = _resize(img, self.expected)
         return img
 
@@ -288,19 +415,21 @@ def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def read_images(path: str, image_size: tuple[int, int] | None = None, resize: bool = False,
-                skip_bad_files: bool = False) -> tuple[np.ndarray, list[str]]:
+                skip_bad_files: bool = False, *, resize_advice: str = RESIZE_ADVICE) -> tuple[np.ndarray, list[str]]:
     """Reads every image file under a folder or archive, in sorted path order, ignoring any
     class structure (for unlabelled images). Returns (uint8 images, file names).
 
     Raises:
       DataError: missing path, no images, a non-image file (unless skipped), or a wrong size.
     """
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file or folder")
+    _check_exists(path)
+    if os.path.isfile(path) and not is_archive(path):
+        raise DataError(f"{path}: not a supported archive (expected a folder or one of {', '.join(ARCHIVE_SUFFIXES)}); "
+                        "pass a folder of images or an archive of one")
     entries = iter_archive(path) if os.path.isfile(path) else iter_directory(path)
     files = sorted(((parts, reader) for parts, is_dir, reader in entries if not is_dir and not _is_ignored(parts)),
                    key=lambda item: item[0])
-    decode = _Decoder(image_size, resize, skip_bad_files)
+    decode = _Decoder(image_size, resize, skip_bad_files, resize_advice)
     images, names = [], []
     for parts, reader in files:
         img = decode(reader, os.path.join(path, *parts))
@@ -308,5 +437,5 @@ def read_images(path: str, image_size: tuple[int, int] | None = None, resize: bo
             images.append(img)
             names.append("/".join(parts))
     if not images:
-        raise DataError(f"{path}: no images found")
+        raise DataError(f"{path}: no images found; check the path (every image file under it is read)")
     return np.stack(images), names

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from tflite_runtime_app.errors import UserError
+from tflite_runtime_app.errors import UserError, from_os_error
 
 
 class ModelError(UserError):
@@ -30,8 +30,8 @@ def _interpreter_class():
 
         return Interpreter, "tflite_runtime"
     except ImportError as e:
-        raise ModelError("no TFLite interpreter: install `ai-edge-litert` or `tflite-runtime` "
-                         "(see BUILD_NOTES.md)") from e
+        raise ModelError("TFLite interpreter: neither ai_edge_litert nor tflite_runtime is installed; install "
+                         "`ai-edge-litert` or `tflite-runtime` (see BUILD_NOTES.md)") from e
 
 
 def runtime_name() -> str:
@@ -39,20 +39,133 @@ def runtime_name() -> str:
     return _interpreter_class()[1]
 
 
+# The signature version this app speaks (`signature_version` in model_meta.json).
+SIGNATURE_VERSION = 1
+_SIGNATURES = {
+    # name: (inputs, outputs) the app uses
+    "train": ({"x", "y", "w", "lr"}, {"loss", "accuracy"}),
+    "distill": ({"x", "soft_targets", "w", "lr", "temperature"}, {"loss"}),
+    "infer": ({"x"}, {"logits"}),
+    "get_weights": (set(), set()),
+    "set_weights": (set(), set()),
+}
+_EXPORT_AGAIN = "export the model again (model_meta.json is written next to model_trainable.tflite)"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _string_list(meta: dict, key: str, meta_path: str, *, required: bool = True, unique: bool = True) -> list[str]:
+    value = meta.get(key, None if required else [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ModelError(f"{meta_path}: {key!r} must be a list of non-empty strings. Received: "
+                         f"{json.dumps(value)[:120]}; {_EXPORT_AGAIN}")
+    if unique:
+        twice = sorted({v for v in value if value.count(v) > 1})
+        if twice:
+            raise ModelError(f"{meta_path}: {key!r} lists {twice[:5]} more than once; {_EXPORT_AGAIN}")
+    return value
+
+
 def read_meta(model_path: str, meta_path: str | None = None) -> dict:
-    """Reads the metadata JSON written beside the model (model_meta.json)."""
+    """Reads and checks the metadata JSON written beside the model (model_meta.json).
+
+    Raises:
+      ModelError: missing, unreadable or malformed file, or fields of the wrong type or
+        meaning; the message names the file and the field.
+    """
     meta_path = meta_path or os.path.join(os.path.dirname(os.path.abspath(model_path)), "model_meta.json")
+    if os.path.isdir(meta_path):
+        raise ModelError(f"{meta_path}: is a folder, not a metadata file; pass the model_meta.json inside it to --meta")
     if not os.path.exists(meta_path):
-        raise ModelError(f"{meta_path}: metadata file not found (it is written by the export next to the model)")
+        raise ModelError(f"{meta_path}: metadata file not found; keep the model_meta.json exported with the model "
+                         "beside it, or pass it with --meta")
     try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{meta_path}: unreadable metadata ({e})") from e
-    for key in ("class_names", "batch_size", "input", "weight_names", "signature_version"):
-        if key not in meta:
-            raise ModelError(f"{meta_path}: metadata has no {key!r}")
+        with open(meta_path, "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        error = from_os_error(e, path=meta_path)
+        if error is None:
+            raise
+        raise ModelError(str(error)) from e
+    except UnicodeDecodeError as e:
+        raise ModelError(f"{meta_path}: not UTF-8 text ({e}); {_EXPORT_AGAIN}") from e
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{meta_path}: not valid JSON ({e}); {_EXPORT_AGAIN}") from e
+    except RecursionError as e:
+        raise ModelError(f"{meta_path}: JSON nested too deeply; {_EXPORT_AGAIN}") from e
+    if not isinstance(meta, dict):
+        raise ModelError(f"{meta_path}: holds a JSON {type(meta).__name__}, not an object; {_EXPORT_AGAIN}")
+    missing = [k for k in ("class_names", "batch_size", "input", "weight_names", "signature_version") if k not in meta]
+    if missing:
+        raise ModelError(f"{meta_path}: metadata has no {', '.join(repr(k) for k in missing)}; {_EXPORT_AGAIN}")
+    if meta["signature_version"] != SIGNATURE_VERSION:
+        raise ModelError(f"{meta_path}: signature_version is {json.dumps(meta['signature_version'])}, this app "
+                         f"speaks version {SIGNATURE_VERSION}; export the model with the matching edgekt version")
+    names = _string_list(meta, "class_names", meta_path)
+    if not names:
+        raise ModelError(f"{meta_path}: 'class_names' is empty; {_EXPORT_AGAIN}")
+    new = _string_list(meta, "new_class_names", meta_path, required=False)
+    if set(new) - set(names):
+        raise ModelError(f"{meta_path}: new_class_names {sorted(set(new) - set(names))} are not in class_names; "
+                         f"{_EXPORT_AGAIN}")
+    if "num_classes" in meta and meta["num_classes"] != len(names):
+        raise ModelError(f"{meta_path}: num_classes is {json.dumps(meta['num_classes'])} but class_names lists "
+                         f"{len(names)}; {_EXPORT_AGAIN}")
+    batch = meta["batch_size"]
+    if not _is_int(batch) or batch < 1:
+        raise ModelError(f"{meta_path}: batch_size must be an integer >= 1. Received: {json.dumps(batch)}; "
+                         f"{_EXPORT_AGAIN}")
+    shape = meta["input"].get("shape") if isinstance(meta["input"], dict) else None
+    if not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(d) and d >= 1 for d in shape):
+        received = shape if isinstance(meta["input"], dict) else meta["input"]
+        raise ModelError(f"{meta_path}: input.shape must be [height, width, channels] of integers >= 1. Received: "
+                         f"{json.dumps(received)[:120]}; {_EXPORT_AGAIN}")
+    if shape[-1] != 3:
+        raise ModelError(f"{meta_path}: input.shape {shape} has {shape[-1]} channel(s); the app feeds RGB images (3 "
+                         "channels), so export an RGB model")
+    weights = _string_list(meta, "weight_names", meta_path)
+    classifier = meta.get("classifier_weights")
+    if classifier is not None:
+        if (not isinstance(classifier, dict) or not all(isinstance(v, str) for v in classifier.values())
+                or set(classifier) - {"kernel", "bias"}):
+            raise ModelError(f"{meta_path}: classifier_weights must map 'kernel' (and 'bias') to weight names. "
+                             f"Received: {json.dumps(classifier)[:120]}; {_EXPORT_AGAIN}")
+        unknown = sorted(set(classifier.values()) - set(weights))
+        if unknown:
+            raise ModelError(f"{meta_path}: classifier_weights names {unknown}, which are not in weight_names; "
+                             f"{_EXPORT_AGAIN}")
+    for key, kind in (("inference_model", str), ("options", dict), ("signatures", dict)):
+        if key in meta and not isinstance(meta[key], kind):
+            raise ModelError(f"{meta_path}: {key!r} must be a JSON {'string' if kind is str else 'object'}. "
+                             f"Received: {json.dumps(meta[key])[:120]}; {_EXPORT_AGAIN}")
+    _string_list(meta, "trainable_weights", meta_path, required=False)
     return meta
+
+
+def _check_model_file(model_path: str) -> None:
+    """Refuses what is plainly not a TFLite model before the interpreter sees it."""
+    if os.path.isdir(model_path):
+        inside = os.path.join(model_path, "model_trainable.tflite")
+        todo = f"pass {inside}" if os.path.isfile(inside) else "pass the model_trainable.tflite file"
+        raise ModelError(f"{model_path}: is a folder, not a model file; {todo}")
+    if not os.path.exists(model_path):
+        raise ModelError(f"{model_path}: model file not found; check the path (the export writes "
+                         "model_trainable.tflite)")
+    try:
+        with open(model_path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        error = from_os_error(e, path=model_path)
+        if error is None:
+            raise
+        raise ModelError(str(error)) from e
+    if not head:
+        raise ModelError(f"{model_path}: the file is empty; copy the exported model_trainable.tflite again")
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise ModelError(f"{model_path}: not a TFLite model (no TFL3 identifier); pass the model_trainable.tflite "
+                         "written by the export")
 
 
 class DeviceModel:
@@ -64,34 +177,64 @@ class DeviceModel:
       num_threads: interpreter threads.
 
     Raises:
-      ModelError: missing/corrupt model or metadata, or signatures that do not match.
+      ModelError: missing/corrupt model or metadata, signatures that do not match, or metadata
+        that disagrees with the model (classes, batch size, input shape, weight names).
     """
 
     def __init__(self, model_path: str, meta_path: str | None = None, num_threads: int = 1):
-        if not os.path.isfile(model_path):
-            raise ModelError(f"{model_path}: model file not found")
+        _check_model_file(model_path)
         self.path = model_path
         self.meta = read_meta(model_path, meta_path)
+        self.meta_path = meta_path or os.path.join(os.path.dirname(os.path.abspath(model_path)), "model_meta.json")
         interpreter_cls, self.runtime = _interpreter_class()
         try:
             self.interpreter = interpreter_cls(model_path=model_path, num_threads=num_threads)
+            signatures = self.interpreter.get_signature_list()
         except (ValueError, RuntimeError) as e:
-            raise ModelError(f"{model_path}: not a loadable TFLite model ({e})") from e
-        signatures = self.interpreter.get_signature_list()
-        needed = ("train", "distill", "infer", "get_weights", "set_weights")
-        missing = [s for s in needed if s not in signatures]
+            raise ModelError(f"{model_path}: not a loadable TFLite model ({' '.join(str(e).split())}); copy the "
+                             "exported model_trainable.tflite again") from e
+        missing = [s for s in _SIGNATURES if s not in signatures]
         if missing:
-            raise ModelError(f"{model_path}: missing signatures {missing}; has {sorted(signatures)}")
-        self._runners = {name: self.interpreter.get_signature_runner(name) for name in needed}
+            raise ModelError(f"{model_path}: not a trainable edgekt model (missing signatures {missing}; has "
+                             f"{sorted(signatures)}); pass the model_trainable.tflite written by the export")
+        try:
+            self._runners = {name: self.interpreter.get_signature_runner(name) for name in _SIGNATURES}
+            details = {name: (runner.get_input_details(), runner.get_output_details())
+                       for name, runner in self._runners.items()}
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(f"{model_path}: its signatures cannot be prepared ({' '.join(str(e).split())}); copy the "
+                             "exported model_trainable.tflite again") from e
+        for name, (inputs, outputs) in _SIGNATURES.items():
+            lacking = sorted((inputs - set(details[name][0])) | (outputs - set(details[name][1])))
+            if lacking:
+                raise ModelError(f"{model_path}: signature {name!r} lacks {lacking}; pass a model_trainable.tflite "
+                                 "exported by this edgekt version")
         self.batch_size = int(self.meta["batch_size"])
         self.class_names = list(self.meta["class_names"])
         self.num_classes = len(self.class_names)
         self.input_shape = tuple(int(d) for d in self.meta["input"]["shape"])
-        inputs = self._runners["train"].get_input_details()
-        if tuple(inputs["x"]["shape"]) != (self.batch_size, *self.input_shape):
-            raise ModelError(f"{model_path}: train input is {tuple(inputs['x']['shape'])}, metadata says "
-                             f"{(self.batch_size, *self.input_shape)}")
-        self.weight_shapes = {k: tuple(v["shape"]) for k, v in self._runners["set_weights"].get_input_details().items()}
+        x_shape = tuple(int(d) for d in details["train"][0]["x"]["shape"])
+        meta_name = os.path.basename(self.meta_path)
+        if x_shape[:1] != (self.batch_size,):
+            raise ModelError(f"{self.meta_path}: batch_size is {self.batch_size} but {os.path.basename(model_path)} "
+                             f"takes batches of {x_shape[0]}; use the {meta_name} exported with this model")
+        if x_shape[1:] != self.input_shape:
+            raise ModelError(f"{self.meta_path}: input shape is {list(self.input_shape)} but "
+                             f"{os.path.basename(model_path)} takes {list(x_shape[1:])}; use the {meta_name} exported "
+                             "with this model")
+        logits = tuple(int(d) for d in details["infer"][1]["logits"]["shape"])
+        if logits[-1:] != (self.num_classes,):
+            raise ModelError(f"{self.meta_path}: names {self.num_classes} classes but {os.path.basename(model_path)} "
+                             f"has {logits[-1] if logits else 0} outputs; use the {meta_name} exported with this model")
+        self.weight_shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in details["set_weights"][0].items()}
+        self.signature_inputs = {name: {k: [int(d) for d in v["shape"]] for k, v in sorted(ins.items())}
+                                 for name, (ins, _) in details.items()}
+        if set(self.meta["weight_names"]) != set(self.weight_shapes) or set(details["get_weights"][1]) != set(
+                self.weight_shapes):
+            differ = sorted(set(self.meta["weight_names"]) ^ set(self.weight_shapes))
+            raise ModelError(f"{self.meta_path}: weight_names differ from the weights of "
+                             f"{os.path.basename(model_path)} ({len(differ)} differ, e.g. {differ[:3]}); use the "
+                             f"{meta_name} exported with this model")
 
     # -- batching -----------------------------------------------------------------------------
 
@@ -127,8 +270,8 @@ class DeviceModel:
             x, _, _ = self._pad(chunk)
             result = self._runners["infer"](x=x)
             if "features" not in result:
-                raise ModelError(f"{self.path}: its infer signature has no features output (export it again with this "
-                                 "version to initialise new classes from their images)")
+                raise ModelError(f"{self.path}: its infer signature has no features output; export it again with this "
+                                 "version to initialise new classes from their images, or pass --head_init=none")
             out.append(result["features"][: len(chunk)])
         return np.concatenate(out)
 
@@ -167,9 +310,11 @@ class DeviceModel:
         missing = sorted(set(self.weight_shapes) - set(weights))
         extra = sorted(set(weights) - set(self.weight_shapes))
         if missing or extra:
-            raise ModelError(f"weights do not match {self.path}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
-                             f", unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
+            raise ModelError(f"{self.path}: the weights do not match it (missing {missing[:5]}"
+                             f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+                             f"{'...' if len(extra) > 5 else ''}); use weights saved from this model")
         for k, shape in self.weight_shapes.items():
             if tuple(np.shape(weights[k])) != shape:
-                raise ModelError(f"weight {k!r} has shape {tuple(np.shape(weights[k]))}, the model needs {shape}")
+                raise ModelError(f"{self.path}: weight {k!r} has shape {tuple(np.shape(weights[k]))}, the model needs "
+                                 f"{shape}; use weights saved from this model")
         self._runners["set_weights"](**{k: np.asarray(v, np.float32) for k, v in weights.items()})

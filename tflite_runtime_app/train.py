@@ -18,7 +18,12 @@ from typing import Callable
 import numpy as np
 
 from tflite_runtime_app import checkpoint as ckpt
+from tflite_runtime_app.errors import UserError
 from tflite_runtime_app.runner import DeviceModel
+
+
+class TrainingError(UserError):
+    """Training diverged (NaN or inf loss or weights); the last good checkpoint is kept."""
 
 
 AUGMENTATIONS = ("none", "flip", "flip_crop")
@@ -185,9 +190,21 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
         best_weights = model.get_weights()
     start = time.perf_counter() - state["elapsed"]
 
+    def diverged(what: str, epoch: int, step: int) -> TrainingError:
+        kept = (f"{checkpoint_path} keeps the last good weights" if os.path.exists(checkpoint_path)
+                else "no checkpoint was written")
+        return TrainingError(f"--lr={config.learning_rate:g}: {what} at epoch {epoch + 1} step {step} (the learning "
+                             f"rate is likely too high; {kept}); run again with a lower rate, e.g. "
+                             f"--lr={config.learning_rate / 10:g}, and --restart")
+
     def save():
+        weights = model.get_weights()
+        for values in (weights, best_weights):
+            bad = ckpt.first_non_finite(values)
+            if bad is not None:
+                raise diverged(f"weight {bad[0]!r} became NaN or inf", state["epoch"], state["step"])
         state["elapsed"] = time.perf_counter() - start
-        ckpt.save(checkpoint_path, model.get_weights(), state, best_weights)
+        ckpt.save(checkpoint_path, weights, state, best_weights)
 
     while not state["done"] and state["epoch"] < config.max_epochs:
         epoch = state["epoch"]
@@ -211,8 +228,7 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
                     r = rng.choice(len(task.replay_images), b, replace=len(task.replay_images) < b)
                     model.train_batch(augment(task.replay_images[r], config.augment, rng), task.replay_labels[r], lr)
             if not np.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1} step {step + 1}; lower the learning "
-                                         "rate (the checkpoint holds the last good weights)")
+                raise diverged(f"the loss became {loss}", epoch, step + 1)
             state["step"] = step + 1
             state["global_step"] += 1
             state["epoch_loss"] += loss

@@ -152,3 +152,47 @@ def check_case(results: dict, case_id: str) -> str:
     line = assert_user_error(result, *names)
     assert snapshot(out) == before, f"{out} changed"
     return line
+
+# -- device app helpers ---------------------------------------------------------------------------
+
+def copy_device_model(device_export, dest) -> str:
+    """A private copy of the `device_export` folder under `dest` (to modify its files); returns
+    the path of its model_trainable.tflite."""
+    import shutil
+
+    folder = os.path.join(str(dest), "model")
+    shutil.copytree(device_export[0], folder)
+    return os.path.join(folder, "model_trainable.tflite")
+
+
+def device_model_path(device_export) -> str:
+    return os.path.join(device_export[0], "model_trainable.tflite")
+
+
+def real_images(cifar, n: int, split: str = "test", start: int = 0):
+    """(uint8 images, int labels) of `n` real CIFAR-10 images, classes in turn (image i has
+    class i % 10), so any prefix holds several classes."""
+    import numpy as np
+
+    data = cifar[split]
+    per_class = [np.flatnonzero(data.labels == c) for c in range(10)]
+    idx = np.array([per_class[i % 10][start + i // 10] for i in range(n)])
+    return data.images[idx], data.labels[idx].astype(np.int64)
+
+
+def write_npz(path, **arrays) -> str:
+    import numpy as np
+
+    np.savez(str(path), **arrays)
+    return str(path)
+
+
+def app_json(result: Result) -> dict:
+    """The final JSON line of a successful run (strict JSON: NaN or inf are refused)."""
+    assert result.code == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+    def refuse(constant):
+        raise AssertionError(f"not valid JSON: {constant} in {result.stdout[-500:]}")
+
+    return json.loads(result.stdout.strip().splitlines()[-1], parse_constant=refuse)
