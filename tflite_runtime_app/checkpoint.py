@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import time
 import zipfile
 import zlib
@@ -19,7 +20,9 @@ import zlib
 import numpy as np
 
 from tflite_runtime_app.atomic_file import atomic_path, remove_stale_temporaries, temp_name
+from tflite_runtime_app import npz
 from tflite_runtime_app.errors import UserError, from_os_error
+from tflite_runtime_app.image_folder import DataError
 
 STATE_KEY = "__state__"
 WEIGHT_PREFIX = "w/"
@@ -158,6 +161,14 @@ def load(path: str, expected_shapes: dict[str, tuple[int, ...]], *, advice: str 
         raise refuse("is a folder, not a checkpoint file", "pass the .npz file")
     if not os.path.exists(path):
         raise refuse("no such checkpoint", "check the path (a checkpoint is the .npz that learn writes)")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise refuse("not a regular file (a pipe, device or socket)", "pass the .npz file that learn writes")
+    if zipfile.is_zipfile(path):
+        try:
+            npz.check(path)
+        except DataError as e:
+            raise refuse(f"{str(e).split(': ', 1)[1].split('; ')[0]}; it was left as it is",
+                         "pass a checkpoint written by learn") from e
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):

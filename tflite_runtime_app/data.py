@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from tflite_runtime_app import image_folder
+from tflite_runtime_app import image_folder, npz
 from tflite_runtime_app.checkpoint import describe_load_error, is_pickle_error
 from tflite_runtime_app.errors import from_os_error
 from tflite_runtime_app.image_folder import DataError
@@ -99,6 +99,17 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     """
     if os.path.isdir(path):
         raise DataError(f"{path}: is a folder, not an .npz file; pass the file (or a folder without the .npz name)")
+    npz.require_regular_file(path, ".npz file")
+    try:
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # the pickle protocol's first byte
+    except OSError:
+        pickled = False
+    if pickled:
+        raise DataError(f"{path}: holds pickled Python objects, which are never loaded (they can run code); save "
+                        "plain numeric or string arrays with np.savez")
+    if zipfile.is_zipfile(path):
+        npz.check(path)
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):

@@ -17,7 +17,6 @@ import io
 import math
 import re
 import socket
-import struct
 import threading
 import time
 import zipfile
@@ -32,6 +31,8 @@ from edgekt import atomic
 from edgekt.errors import UserError, describe
 from edgekt.evaluation import predict_logits
 from tflite_runtime_app import data as app_data
+from tflite_runtime_app import npz
+from tflite_runtime_app.image_folder import DataError
 
 # Temperatures outside this range make the softmax overflow or flatten to uniform.
 MIN_TEMPERATURE = 1e-3
@@ -145,9 +146,8 @@ def write_soft_labels(model: keras.Model, images: np.ndarray, class_names, out_p
 # --- The HTTP server -------------------------------------------------------------------------
 
 _ROUTES = {"/soft_labels": ("POST",), "/health": ("GET", "HEAD"), "/": ("GET", "HEAD")}
+_MAX_ARCHIVE_MEMBERS = 64  # an .npz of images needs a few
 _USAGE = "POST an .npz with an 'images' array to /soft_labels (GET /health checks the server)"
-_MAX_ARCHIVE_MEMBERS = 64
-_MAX_DIRECTORY_BYTES = 1 << 16
 
 
 class _Refusal(Exception):
@@ -445,33 +445,19 @@ def _query_temperature(query: str, default: float) -> float:
     return check_temperature(pairs[0][1]) if pairs else default
 
 
-def _check_zip_directory(body: bytes) -> None:
-    """Refuses an archive whose central directory is too large to be an .npz of a few arrays,
-    before zipfile parses it (a directory of a million members costs far more memory than its bytes)."""
-    end = body.rfind(b"PK\x05\x06", max(0, len(body) - 22 - 65535))
-    if end < 0 or len(body) < end + 22:
-        raise _Refusal(400, "request body: not an .npz archive (no zip directory); send the bytes np.savez or "
-                            "np.savez_compressed writes, with an 'images' array")
-    members, directory_bytes = struct.unpack("<HI", body[end + 10:end + 16])
-    if body[max(0, end - 20):end].startswith(b"PK\x06\x07") or members > _MAX_ARCHIVE_MEMBERS \
-            or directory_bytes > _MAX_DIRECTORY_BYTES:
-        raise _Refusal(400, f"request body: an archive of {members} members ({directory_bytes} bytes of directory), "
-                            f"over the {_MAX_ARCHIVE_MEMBERS} an .npz of images needs; send an .npz with an "
-                            "'images' array")
-
-
 def _images_from_npz(body: bytes, max_images_bytes: int) -> np.ndarray:
     """The `images` array of an .npz body, refused before decompressing when it would be larger
     than `max_images_bytes` (the zip member's size and the .npy header's shape x itemsize)."""
     if not body.startswith(b"PK"):
         raise _Refusal(400, f"request body: not an .npz archive (it starts with {body[:8]!r}); send the bytes "
                             "np.savez or np.savez_compressed writes, with an 'images' array")
-    _check_zip_directory(body)
     try:
-        archive = zipfile.ZipFile(io.BytesIO(body))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as e:
-        raise _Refusal(400, f"request body: not a readable .npz archive ({describe(e)[:200]}); send the bytes "
-                            "np.savez or np.savez_compressed writes, with an 'images' array") from None
+        npz.check(body, "request body", limit=max_images_bytes, max_members=_MAX_ARCHIVE_MEMBERS)
+    except npz.NpzTooLarge as e:
+        raise _Refusal(413, f"{describe(e).rsplit('; ', 1)[0]}; send fewer images per request") from None
+    except DataError as e:
+        raise _Refusal(400, describe(e)) from None
+    archive = zipfile.ZipFile(io.BytesIO(body))
     names = archive.namelist()
     member = next((n for n in ("images.npy", "images") if n in names), None)
     if member is None:
@@ -479,37 +465,12 @@ def _images_from_npz(body: bytes, max_images_bytes: int) -> np.ndarray:
         raise _Refusal(400, f"request body: no 'images' array (the .npz has {shown}); send an .npz with an "
                             "'images' array")
     info = archive.getinfo(member)
-    if info.flag_bits & 0x1:
-        raise _Refusal(400, "images: encrypted in the .npz; send an unencrypted .npz")
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise _Refusal(400, f"images: compressed with zip method {info.compress_type}; send the bytes np.savez or "
-                            "np.savez_compressed writes")
-    too_large = f"over the server's limit of {max_images_bytes} bytes; send fewer images per request"
-    if info.file_size > max_images_bytes:
-        raise _Refusal(413, f"images: {info.file_size} bytes once decompressed, {too_large}")
     try:
         with archive.open(info) as f:
-            major, _ = np.lib.format.read_magic(f)
-            if major not in (1, 2, 3):
-                raise ValueError(f".npy format version {major}")
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-    except (ValueError, zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
-        raise _Refusal(400, f"images: not a readable .npy array ({describe(e)[:200]}); send the bytes np.savez "
-                            "writes") from None
-    if dtype.hasobject:
-        raise _Refusal(400, "images: an object array (pickled Python objects), which the server does not load; "
-                            "send a numeric array of pixels 0..255")
-    if dtype.kind not in "biufc" or dtype.itemsize == 0:
-        raise _Refusal(400, f"images: dtype {dtype}; send uint8 pixels 0..255 (or floats)")
-    if any(d < 0 for d in shape):
-        raise _Refusal(400, f"images: shape {shape} has a negative size; send the bytes np.savez writes")
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > max_images_bytes:
-        raise _Refusal(413, f"images: shape {shape} of {dtype} is {nbytes} bytes, {too_large}")
-    try:
-        with archive.open(info) as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
+            images = np.lib.format.read_array(f, allow_pickle=False)
+        if images.dtype.kind not in "biufc":
+            raise _Refusal(400, f"images: dtype {images.dtype}; send uint8 pixels 0..255 (or floats)")
+        return images
     except (ValueError, zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
         raise _Refusal(400, f"images: not a readable .npy array ({describe(e)[:200]}); send the bytes np.savez "
                             "writes") from None

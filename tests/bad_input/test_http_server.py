@@ -219,7 +219,6 @@ BAD_REQUESTS = [
     ("pixel above 255", lambda im: http_request(body=npz(images=float_images(im, 300.0))), 400,
      ["images", "255", "300"]),
     ("negative pixel", lambda im: http_request(body=npz(images=float_images(im, -1.0))), 400, ["images", "-1"]),
-    ("int32 pixels", lambda im: http_request(body=npz(images=im.astype(np.int32))), 400, ["images", "int32"]),
     ("bool pixels", lambda im: http_request(body=npz(images=im > 0)), 400, ["images", "bool"]),
 ]
 
