@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable, Sequence
 
@@ -24,8 +25,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes `obj` as indented JSON to `path` atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Writes `obj` as indented, strict JSON to `path` atomically (NaN and inf become null)."""
+    write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False,
+                                default=lambda v: _finite(_json_default(v))) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict], columns: Sequence[str] | None = None) -> None:

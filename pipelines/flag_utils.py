@@ -33,6 +33,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     try:
         reject_extra_args(rest)
         _check_finite_floats()
+        _check_empty_values()
         _check_output_folder()
     except UserError as e:
         sys.exit(fail(e))
@@ -45,6 +46,20 @@ def _check_output_folder() -> None:
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"--out_dir={path}: a file is there, not a folder; pass the path of a folder (it is "
                             "created if missing)")
+        try:  # created now, so an unusable place fails before any model or data is read
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out_dir={path}: cannot be created ({(e.strerror or str(e)).lower()}); pass a folder "
+                            "in a writable place") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"--out_dir={path}: not writable; pass a folder in a writable place")
+
+
+def _check_empty_values() -> None:
+    for name in flags.FLAGS:
+        flag = flags.FLAGS[name]
+        if flag.present and isinstance(flag.value, str) and not flag.value.strip():
+            raise UserError(f"--{name}=: empty value; pass a value, or leave the flag out")
 
 
 def _flag_error_text(error: flags.Error) -> str:

@@ -339,17 +339,18 @@ def _finite(v) -> bool:
 def check_flags(args) -> None:
     """Refuses flag values out of range and flag combinations that make no sense, before any
     file is read."""
-    _must(args, "threads", lambda v: v >= 1, "an integer >= 1", 1)
+    _must(args, "threads", lambda v: 1 <= v <= 1024, "an integer in 1..1024", 1)
     _must(args, "epochs", lambda v: v >= 1, "an integer >= 1", 20)
     _must(args, "patience", lambda v: v >= 1, "an integer >= 1", 3)
     _must(args, "checkpoint_every", lambda v: v >= 1, "an integer >= 1", 50)
     _must(args, "top_k", lambda v: v >= 1, "an integer >= 1", 3)
     _must(args, "seed", lambda v: v >= 0, "an integer >= 0", 0)
-    _must(args, "lr", lambda v: _finite(v) and v > 0, "a finite number > 0", 0.01)
+    # Rates and temperatures reach the model as float32: they must stay normal numbers there.
+    _must(args, "lr", lambda v: _finite(v) and 1e-8 <= v <= 10, "a number in [1e-8, 10]", 0.01)
     _must(args, "min_delta", lambda v: _finite(v) and v >= 0, "a finite number >= 0", 0.002)
     _must(args, "val_fraction", lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)", _DEFAULT_VAL_FRACTION)
     _must(args, "replay_ratio", lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)", _DEFAULT_REPLAY_RATIO)
-    _must(args, "temperature", lambda v: _finite(v) and v > 0, "a finite number > 0", 2.0)
+    _must(args, "temperature", lambda v: _finite(v) and 1e-3 <= v <= 1e3, "a number in [0.001, 1000]", 2.0)
     if args.command in ("learn", "learn-unseen"):
         if args.val_fraction is not None and args.val_data:
             raise UserError(f"--val_fraction={args.val_fraction}: has no effect with --val_data={args.val_data} "

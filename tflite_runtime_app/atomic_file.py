@@ -18,6 +18,8 @@ import secrets
 import tempfile
 from typing import Iterator
 
+from tflite_runtime_app.errors import UserError
+
 
 def fsync_dir(directory: str) -> None:
     """Makes a rename in `directory` durable (where the platform allows opening folders)."""
@@ -115,6 +117,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
       suffix: suffix of the temporary name (some writers insist on one, e.g. `.keras`).
     """
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        kind = "a folder" if os.path.isdir(path) else "not a regular file (a pipe, device or socket)"
+        raise UserError(f"{path}: is {kind}, which a write would replace; write to a file path instead")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     remove_stale_temporaries(path, suffix)

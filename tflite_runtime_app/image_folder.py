@@ -24,6 +24,7 @@ import io
 import logging
 import os
 import posixpath
+import stat
 import tarfile
 import warnings
 import zipfile
@@ -87,6 +88,15 @@ def iter_directory(root: str) -> Iterator[tuple[tuple[str, ...], bool, Callable[
 
 
 def _read_file(path: str) -> bytes:
+    """A file's bytes; a pipe or device (which could block or never end) or a file larger than
+    any image is refused by name before it is read."""
+    mode_size = os.stat(path)
+    if not stat.S_ISREG(mode_size.st_mode):
+        raise DataError(f"{path}: not a regular file (a pipe, device or socket); remove it from the folder, or "
+                        "pass --skip_bad_files")
+    if mode_size.st_size > MAX_MEMBER_BYTES:
+        raise DataError(f"{path}: {mode_size.st_size} bytes, more than the {MAX_MEMBER_BYTES} an image file may have; "
+                        "remove it from the folder, or pass --skip_bad_files")
     with open(path, "rb") as f:
         return f.read()
 

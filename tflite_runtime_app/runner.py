@@ -81,6 +81,8 @@ def read_meta(model_path: str, meta_path: str | None = None) -> dict:
     if not os.path.exists(meta_path):
         raise ModelError(f"{meta_path}: metadata file not found; keep the model_meta.json exported with the model "
                          "beside it, or pass it with --meta")
+    if not os.path.isfile(meta_path):
+        raise ModelError(f"{meta_path}: not a regular file (a pipe, device or socket); pass the model_meta.json file")
     try:
         with open(meta_path, "rb") as f:
             meta = json.loads(f.read().decode("utf-8"))
@@ -91,8 +93,8 @@ def read_meta(model_path: str, meta_path: str | None = None) -> dict:
         raise ModelError(str(error)) from e
     except UnicodeDecodeError as e:
         raise ModelError(f"{meta_path}: not UTF-8 text ({e}); {_EXPORT_AGAIN}") from e
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{meta_path}: not valid JSON ({e}); {_EXPORT_AGAIN}") from e
+    except ValueError as e:  # invalid JSON, or a number too long to convert
+        raise ModelError(f"{meta_path}: not valid JSON ({' '.join(str(e).split())[:160]}); {_EXPORT_AGAIN}") from e
     except RecursionError as e:
         raise ModelError(f"{meta_path}: JSON nested too deeply; {_EXPORT_AGAIN}") from e
     if not isinstance(meta, dict):
@@ -153,6 +155,9 @@ def _check_model_file(model_path: str) -> None:
     if not os.path.exists(model_path):
         raise ModelError(f"{model_path}: model file not found; check the path (the export writes "
                          "model_trainable.tflite)")
+    if not os.path.isfile(model_path):
+        raise ModelError(f"{model_path}: not a regular file (a pipe, device or socket); pass the "
+                         "model_trainable.tflite file")
     try:
         with open(model_path, "rb") as f:
             head = f.read(8)

@@ -92,7 +92,7 @@ class TrainerOptions:
 
     def __post_init__(self):
         presets.check_fields(self, [
-            (self.batch_size >= 1, "batch_size", ">= 1"),
+            (1 <= self.batch_size <= 65536, "batch_size", "in 1..65536"),
             (self.trainable in ("all", "bn_classifier", "classifier")
              or re.fullmatch(r"last:[1-9]\d*", str(self.trainable)) is not None, "trainable",
              "'all', 'bn_classifier', 'classifier' or 'last:N' (N >= 1)"),

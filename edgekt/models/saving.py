@@ -44,6 +44,10 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise UserError(f"{path}: model files must end with .keras; name the output file *.keras")
+    bad = nonfinite_weights(model)
+    if bad:
+        raise UserError(f"{path}: not written, the model holds NaN or inf in {len(bad)} weight(s) (first: {bad[0]}), "
+                        "so training diverged; run again with a lower learning rate")
     atomic.write_with(path, float32_copy(model).save, suffix=".keras")
     return path
 
@@ -70,11 +74,23 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         raise UserError(f"{path}: holds Lambda layer(s) {lambdas}, whose Python code is not loaded from a file (it "
                         "could run anything); replace them with built-in layers")
     try:
-        return keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a bad archive.
         why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
         raise UserError(f"{path}: not a readable .keras model ({why}); pass a model saved by Keras 3 as .keras, "
                         "with any custom layers registered") from e
+    bad = nonfinite_weights(model)
+    if bad:
+        raise UserError(f"{path}: holds NaN or inf in {len(bad)} weight(s) (first: {bad[0]}), from training that "
+                        "diverged; train it again with a lower learning rate")
+    return model
+
+
+def nonfinite_weights(model: keras.Model) -> list[str]:
+    """Paths of the model's weights that hold NaN or inf."""
+    import numpy as np
+
+    return [v.path for v in model.weights if not np.isfinite(keras.ops.convert_to_numpy(v)).all()]
 
 
 SIDECAR = "metrics.json"

@@ -305,6 +305,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
             if len(self.raw_requestline) > 65536:
                 return self.send_error(414)
+            if not self.raw_requestline.strip():  # http.server would close without a word
+                return self._reply_line(400, "request line: empty; send METHOD PATH HTTP/1.x, e.g. "
+                                             "POST /soft_labels HTTP/1.1")
             if not self.parse_request():
                 return
             self._dispatch()
