@@ -69,7 +69,7 @@ class SweepConfig:
     def __post_init__(self):
         presets.check_fields(self, [
             (len(self.budgets) >= 1 and all(0 < b < 1 for b in self.budgets), "budgets", "fractions in (0, 1)"),
-            (len(set(self.budgets)) == len(self.budgets), "budgets", "distinct"),
+            (len(set(self.budgets)) == len(self.budgets), "budgets", "distinct fractions"),
             (len(self.methods) >= 1 and all(m in METHODS for m in self.methods), "methods", f"names in {list(METHODS)}"),
             (self.representative_size >= 1, "representative_size", ">= 1"),
             (self.latency_repeats >= 1, "latency_repeats", ">= 1"),

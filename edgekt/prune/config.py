@@ -112,7 +112,8 @@ class PruneConfig:
             (self.learning_rate > 0 and self.final_learning_rate > 0, "learning_rate", "> 0"),
             (self.transfer in TRANSFERS, "transfer", f"one of {TRANSFERS}"),
             (self.kd_temperature > 0, "kd_temperature", "> 0"),
-            (self.train_size is None or self.train_size >= self.batch_size, "train_size", ">= batch_size"),
+            (self.train_size is None or self.train_size >= self.batch_size, "train_size",
+             f">= batch_size ({self.batch_size})", "pass a smaller --batch_size or a larger --train_size"),
         ]
         presets.check_fields(self, checks)
 
