@@ -36,8 +36,14 @@ def problems(model: keras.Model, prune: bool = True) -> list[str]:
     try:
         DeviceTrainer(functional, TrainerOptions(batch_size=1))
     except (UnsupportedOnDeviceError, UnsupportedModelError) as e:
-        found += [p for p in e.problems if p not in found]
+        named = {_layer_of(p) for p in found} - {None}
+        found += [p for p in e.problems if p not in found and _layer_of(p) not in named]
     return found
+
+
+def _layer_of(problem: str) -> str | None:
+    """The `layer 'NAME'` a problem is about (one entry per layer in a listing)."""
+    return problem.split(" (", 1)[0] if problem.startswith("layer '") else None
 
 
 def file_problems(path: str, prune: bool = True) -> list[str]:

@@ -119,7 +119,7 @@ def test_device_data_parts_are_disjoint_and_short_classes_are_named(prepared):
     assert _rows(dd.kept_new_images) <= _rows(dd.new_images) and len(dd.kept_new_labels) == 30
     other = draw_device_data(pools.device, SPLIT.device_classes, SPLIT.old, SPLIT.new, SPLIT.unseen, seed=1, **kwargs)
     assert not np.array_equal(other.new_images, dd.new_images)
-    with pytest.raises(data.DataError, match="class 'ship' has 100 device-pool images; this protocol needs 130"):
+    with pytest.raises(data.DataError, match="class 'ship': has 100 device-pool images, this protocol needs 130"):
         draw_device_data(pools.device, SPLIT.device_classes, SPLIT.old, SPLIT.new, SPLIT.unseen, seed=0,
                          **{**kwargs, "unseen_per_class": 100})
 

@@ -41,8 +41,8 @@ def test_flops_of_a_hand_computed_model():
 def test_unsupported_layer_is_named():
     inp = keras.Input((8, 8, 3))
     out = keras.layers.Conv2DTranspose(2, 3, name="upsample")(inp)
-    with pytest.raises(ValueError, match=r"layer .upsample. of type Conv2DTranspose: it is not in edgekt.s layer "
-                                         r"table; known layer types: .*Conv2D"):
+    with pytest.raises(ValueError, match=r"layer .upsample. \(Conv2DTranspose\): cannot count its FLOPs, it is not "
+                                         r"in edgekt.s layer table; use the known layer types \(.*Conv2D"):
         flops.model_cost(keras.Model(inp, out))
 
 

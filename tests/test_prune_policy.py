@@ -154,7 +154,7 @@ def test_back_off_halves_what_a_step_cut_back_to_its_target_removed():
 
 
 def test_prune_config_checks():
-    with pytest.raises(ValueError, match=r"no policy given"):
+    with pytest.raises(ValueError, match=r"no pruning policy is given"):
         PruneConfig(target_params_ratio=None)
     with pytest.raises(ValueError, match=r"PruneConfig.criterion='taylor': must be one of"):
         PruneConfig(criterion="taylor")

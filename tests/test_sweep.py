@@ -8,6 +8,7 @@ import os
 import keras
 import pytest
 
+from edgekt.errors import UserError
 from edgekt import report, sweep
 from edgekt.flops import count_params
 
@@ -140,7 +141,7 @@ def test_a_validation_size_other_than_the_teachers_is_refused(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"config": {"val_size": 300, "seed": 4}}))
     assert flag_utils.load_teacher_and_split(path, None)[1:3] == (300, 4)
     assert flag_utils.load_teacher_and_split(path, 300)[1] == 300
-    with pytest.raises(app.UsageError, match="--val_size=500: the teacher .* held out 300"):
+    with pytest.raises(UserError, match="--val_size=500: the teacher .* held out 300"):
         flag_utils.load_teacher_and_split(path, 500)
 
 

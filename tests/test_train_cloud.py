@@ -121,7 +121,7 @@ def test_train_cloud_binary_writes_model_and_metrics(tmp_path, cifar, cache_dir)
 
 def test_train_cloud_binary_rejects_stray_arguments(tmp_path):
     proc = _run_pipeline(["--data=x", f"--out_dir={tmp_path}", "extra"])
-    assert proc.returncode != 0 and "unexpected arguments: extra" in proc.stderr
+    assert proc.returncode == 2 and "error: extra: unexpected arguments" in proc.stderr
 
 
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path, cifar, cache_dir):

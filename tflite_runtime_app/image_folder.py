@@ -52,7 +52,7 @@ _JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 # zip bomb of zeros would otherwise fill the memory).
 MAX_MEMBER_BYTES = 256 << 20
 # What the size error advises by default (the device app names its flag instead).
-RESIZE_ADVICE = "pass resize=True to resize them"
+RESIZE_ADVICE = "pass --resize to resize them"
 
 
 class DataError(UserError):

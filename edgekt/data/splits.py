@@ -183,8 +183,9 @@ def prepare_splits(splits: DataSplits, *, val_size: int, seed: int, train_size: 
     left = n - (val_size or 0) - device_pool_size
     if left < max(batch_size, 1):
         held = f"val_size={val_size or 0}" + (f" + device_pool_size={device_pool_size}" if device_pool_size else "")
-        raise DataError(f"{splits.source}: the train split has {n} images; holding out {held} leaves {max(left, 0)}, "
-                        f"fewer than one batch of {batch_size}; pass a smaller --val_size"
+        leaves = "leaves no training images" if left <= 0 else f"leaves {left}, fewer than one batch of {batch_size}"
+        raise DataError(f"{splits.source}: the train split has {n} images; holding out {held} {leaves}; pass a "
+                        "smaller --val_size"
                         f"{' or --device_pool_size' if device_pool_size else ''} or --batch_size, or more training "
                         "images")
     train, val, pool = splits["train"], None, None

@@ -165,8 +165,8 @@ def draw_device_data(pool: ClassPool, device_classes: Sequence[str], old: Sequen
         images = pool.images(c)
         need = sum(sizes)
         if len(images) < need:
-            raise DataError(f"class {c!r}: has {len(images)} device-pool images, this protocol needs {need}; "
-                            "(raise the cloud's device_pool_size or lower the per-class counts)")
+            raise DataError(f"class {c!r}: has {len(images)} device-pool images, this protocol needs {need}; raise "
+                            "the cloud's --device_pool_size or lower the per-class counts")
         perm = np.random.default_rng([seed, order.index(c), 17]).permutation(len(images))
         out, start = [], 0
         for size in sizes:

@@ -71,17 +71,18 @@ def distill(teacher: keras.Model, student: keras.Model, source: str | data.DataS
     """
     start = time.perf_counter()
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
-    prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size,
-                                   test_size=config.test_size, device_pool_size=device_pool_size,
-                                   batch_size=config.optimization.batch_size)
-    classes = len(prepared.class_names)
+    classes = len(splits.class_names)
+    shape = next(tuple(s.images.shape[1:]) for s in splits.values())
     for role, model in (("teacher", teacher), ("student", student)):
         if int(model.output_shape[-1]) != classes:
             raise UserError(f"the {role}: has {model.output_shape[-1]} outputs but the data has {classes} classes "
-                            f"({list(prepared.class_names)}); pass a {role} trained on the data's classes")
-        if tuple(model.input_shape[1:]) != tuple(prepared.train.images.shape[1:]):
+                            f"({list(splits.class_names)}); pass a {role} trained on the data's classes")
+        if tuple(model.input_shape[1:]) != shape:
             raise UserError(f"the {role}: takes images of shape {tuple(model.input_shape[1:])} but the data's are "
-                            f"{tuple(prepared.train.images.shape[1:])}; pass --resize to resize the images")
+                            f"{shape}; pass --resize to resize the images")
+    prepared = data.prepare_splits(splits, val_size=val_size, seed=split_seed, train_size=config.train_size,
+                                   test_size=config.test_size, device_pool_size=device_pool_size,
+                                   batch_size=config.optimization.batch_size)
     transfer = config.loss
     if transfer.at_weight > 0 and transfer.uses_teacher and not matching_feature_layers(student, teacher):
         logging.warning("attention transfer: the student and the teacher share no layer name at equal resolution; "
