@@ -54,15 +54,24 @@ def file_problems(path: str, prune: bool = True) -> list[str]:
     Raises:
       UserError: the file is missing or not a `.keras` archive.
     """
-    unknown = []
+    unknown, loadable = [], True
     for name, cls in saving.layer_classes(path):
         if cls in _CONTAINERS:
             unknown.append(f"layer {name!r} ({cls}) is a nested model (build the model flat)")
         elif cls == "Lambda":
+            loadable = False
             unknown.append(f"layer {name!r} (Lambda) holds Python code, which cannot be pruned, exported or loaded "
                            "safely (replace it with built-in layers)")
         elif cls not in layers.KNOWN:
             unknown.append(f"layer {name!r} ({cls}) is not in edgekt's layer table")
+    if unknown and loadable:
+        try:
+            model = saving.load_model(path)
+        except UserError:  # a custom layer Keras cannot rebuild: the listing from the config is all there is
+            return unknown
+        found = problems(model, prune=prune)
+        named = {_layer_of(p) for p in found}
+        return [p for p in unknown if _layer_of(p) not in named] + found
     if unknown:
         return unknown
     return problems(saving.load_model(path), prune=prune)

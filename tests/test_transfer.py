@@ -114,7 +114,7 @@ def test_transfer_binary_distils_a_new_student_on_real_images(cifar, cache_dir, 
     proc = _run_transfer(common + [f"--student={wrong}", f"--out_dir={tmp_path / 'w'}"], cache_dir)
     assert proc.returncode == 2 and "the student: has 7 outputs but the data has 10 classes" in proc.stderr
     proc = _run_transfer(common + ["--student=resnet", f"--out_dir={tmp_path / 'w'}"], cache_dir)
-    assert proc.returncode != 0 and "--student must be a .keras model file or wrn-DEPTH-WIDTH" in proc.stderr
+    assert proc.returncode == 2 and "--student=resnet: neither a .keras model file nor wrn-DEPTH-WIDTH" in proc.stderr
 
 
 def test_transfer_stage_preset_routes_overrides():

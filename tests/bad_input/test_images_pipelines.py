@@ -39,7 +39,7 @@ CASES = [
     Case("prune-too-few-images", "pipelines.prune", [*PRUNE, "--data={tree}"],
          ["{tree}", "60 images", "val_size=20", "--val_size"]),
     Case("train-cloud-too-few-images", "pipelines.train_cloud", ["--data={tree}", "--out_dir={out}"],
-         ["{tree}", "60 images", "one batch"]),
+         ["{tree}", "60 images", "no training images"]),
     Case("train-cloud-data-missing", "pipelines.train_cloud", ["--data={missing}", "--out_dir={out}"], ["{missing}"]),
     Case("export-data-other-size", "pipelines.export_tflite", ["--model={teacher}", "--out_dir={out}", "--data={big}"],
          ["{big}", "--resize"]),
