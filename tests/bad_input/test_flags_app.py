@@ -20,7 +20,7 @@ def _cases():
     predict = ["predict", "--model={model}", f"--images={MISSING}"]
     return [
         # (id, argv, names the error line must contain)
-        ("lr negative", learn + ["--lr=-0.1"], ["--lr=-0.1", "> 0"]),
+        ("lr negative", learn + ["--lr=-0.1"], ["--lr=-0.1", "[1e-8, 10]"]),
         ("lr zero", learn + ["--lr=0"], ["--lr=0"]),
         ("lr nan", learn + ["--lr=nan"], ["--lr=nan"]),
         ("lr inf", learn + ["--lr=inf"], ["--lr=inf"]),
@@ -42,8 +42,8 @@ def _cases():
         ("seed negative", learn + ["--seed=-1"], ["--seed=-1"]),
         ("augment unknown", learn + ["--augment=rotate"], ["--augment=rotate", "flip_crop"]),
         ("head_init unknown", learn + ["--head_init=random"], ["--head_init=random", "imprint"]),
-        ("temperature negative", unseen + ["--temperature=-4"], ["--temperature=-4", "> 0"]),
-        ("temperature zero", unseen + ["--temperature=0"], ["--temperature=0", "> 0"]),
+        ("temperature negative", unseen + ["--temperature=-4"], ["--temperature=-4", "[0.001, 1000]"]),
+        ("temperature zero", unseen + ["--temperature=0"], ["--temperature=0", "[0.001, 1000]"]),
         ("temperature nan", unseen + ["--temperature=nan"], ["--temperature=nan"]),
         ("temperature inf", unseen + ["--temperature=inf"], ["--temperature=inf"]),
         ("top_k zero", predict + ["--top_k=0"], ["--top_k=0"]),
