@@ -160,6 +160,10 @@ def pipeline_inputs(tmp_path_factory, cifar):
     out["lambda"] = user_model(str(root / "lambda.keras"), keras.layers.Lambda(lambda t: t * 2.0, name="double"))
     out["off_device"] = user_model(str(root / "off_device.keras"), keras.layers.LayerNormalization(name="norm"),
                                    keras.layers.ELU(name="elu"))
+    diverged = models.wrn(10, 1, num_classes=10)
+    diverged.layers[-1].kernel.assign(np.full(diverged.layers[-1].kernel.shape, np.nan, np.float32))
+    out["nan_weights"] = str(root / "nan_weights.keras")
+    diverged.save(out["nan_weights"])  # as a diverged run outside edgekt would (saving.save_model refuses)
     out["not_zip"] = str(root / "not_zip.keras")
     (root / "not_zip.keras").write_bytes(b"this is not a model")
     out["empty_model"] = str(root / "empty.keras")

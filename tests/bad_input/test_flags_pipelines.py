@@ -26,6 +26,8 @@ CASES = [
     Case("prune-unknown-flag", "pipelines.prune", [*P, "--no_such_flag=1"], ["--no_such_flag"]),
     Case("prune-stray-argument", "pipelines.prune", [*P, "stray"], ["stray"]),
     Case("prune-required-missing", "pipelines.prune", P[1:], ["--teacher"]),
+    Case("prune-empty-data-value", "pipelines.prune", ["--teacher={missing}.keras", "--data=", "--out_dir={out}"],
+         ["--data=", "empty value"]),
     Case("prune-out-dir-is-a-file", "pipelines.prune", ["--teacher={missing}.keras", "--data={missing}",
                                                         "--out_dir={out}/saved_earlier.json"],
          ["--out_dir={out}/saved_earlier.json", "not a folder"]),

@@ -497,3 +497,56 @@ def test_a_real_process_gets_one_line_and_exit_2(device_export, pictures, tmp_pa
     result = run_app_process("evaluate", f"--model={device_model_path(device_export)}", f"--data={path}")
     assert_user_error(result, "scaled.npz", "multiply them by 255")
     assert snapshot(tmp_path, device_export[0]) == before
+
+
+def _npz_with_header(path, shape, payload=b"\0" * 100):
+    """An .npz whose images.npy header claims `shape` (uint8) but holds only `payload`."""
+    header = {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)}
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images.npy", buffer.getvalue() + payload)
+        z.writestr("labels.npy", _npy(np.zeros(2, np.int64)))
+    return str(path)
+
+
+def _npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_hostile_files_in_data_are_refused_by_name(device_export, cifar, tmp_path):
+    """A pipe (would block), a link to an endless device, an .npz whose header claims 2.8 TiB,
+    and an .npz holding one array name twice: one line each, nothing read first."""
+    model = device_model_path(device_export)
+    images, labels = real_images(cifar, 4)
+    folder = tmp_path / "tree"
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (folder / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        (folder / CLASSES[label] / f"{i}.png").write_bytes(encode(image))
+    os.mkfifo(folder / CLASSES[labels[0]] / "pipe.png")
+    assert_user_error(run_app("evaluate", f"--model={model}", f"--data={folder}"), "pipe.png", "not a regular file")
+    os.remove(folder / CLASSES[labels[0]] / "pipe.png")
+    os.symlink("/dev/zero", folder / CLASSES[labels[0]] / "zero.png")
+    assert_user_error(run_app("evaluate", f"--model={model}", f"--data={folder}"), "zero.png", "not a regular file")
+    huge = _npz_with_header(tmp_path / "huge.npz", (10 ** 9, 32, 32, 3))
+    assert_user_error(run_app("evaluate", f"--model={model}", f"--data={huge}"), "huge.npz", "over the limit")
+    twice = tmp_path / "twice.npz"
+    with zipfile.ZipFile(twice, "w") as z:
+        z.writestr("images.npy", _npy(images))
+        z.writestr("labels.npy", _npy(labels))
+        with pytest.warns(UserWarning):  # zipfile warns about the duplicate name
+            z.writestr("images.npy", _npy(np.zeros_like(images)))
+    assert_user_error(run_app("evaluate", f"--model={model}", f"--data={twice}"), "twice.npz", "twice")
+
+
+def test_writes_never_replace_a_device_or_a_pipe(device_export, cifar, tmp_path):
+    model = device_model_path(device_export)
+    images, labels = real_images(cifar, 20)
+    data = write_npz(tmp_path / "d.npz", images=images, labels=labels)
+    fifo = tmp_path / "ck.npz"
+    os.mkfifo(fifo)
+    line = assert_user_error(run_app("learn", f"--model={model}", f"--data={data}", f"--checkpoint={fifo}",
+                                     "--epochs=1", "--restart"), str(fifo))
+    assert "regular file" in line and os.path.exists(fifo) and not os.path.isfile(fifo)

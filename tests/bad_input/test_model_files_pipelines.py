@@ -24,6 +24,11 @@ CASES = [
     Case("prune-teacher-lambda", "pipelines.prune", ["--teacher={lambda}", *ARGS["prune"]], ["{lambda}", "'double'"]),
     Case("prune-teacher-metrics-not-json", "pipelines.prune", ["--teacher={bad_meta}", *ARGS["prune"]],
          ["metrics.json", "unreadable"]),
+    Case("prune-teacher-nan-weights", "pipelines.prune", ["--teacher={nan_weights}", *ARGS["prune"]],
+         ["{nan_weights}", "NaN or inf"]),
+    Case("export-model-nan-weights", "pipelines.export_tflite", ["--model={nan_weights}", "--class_names="
+                                                                 + ",".join("abcdefghij"), *ARGS["export"]],
+         ["{nan_weights}", "NaN or inf"]),
     Case("export-model-missing", "pipelines.export_tflite", ["--model={missing}.keras", *ARGS["export"]],
          ["{missing}.keras"]),
     Case("export-model-lambda", "pipelines.export_tflite", ["--model={lambda}", "--class_names=" + ",".join("abcdefghij"),
