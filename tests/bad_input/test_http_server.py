@@ -137,6 +137,7 @@ def float_images(images, value, index=(0, 0, 0, 0)):
 
 # (id, request bytes from the two good images, status, names the reply must contain, half-close after sending)
 BAD_REQUESTS = [
+    ("empty request line", lambda im: b"\r\n\r\n", 400, ["request line", "POST /soft_labels"]),
     # paths and methods
     ("wrong path", lambda im: http_request(path="/labels", body=good_npz(im)), 404, ["'/labels'", "/soft_labels"]),
     ("GET soft_labels", lambda im: http_request("GET"), 405, ["GET /soft_labels", "POST"]),
