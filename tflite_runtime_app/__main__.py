@@ -350,7 +350,8 @@ def check_flags(args) -> None:
     _must(args, "min_delta", lambda v: _finite(v) and v >= 0, "a finite number >= 0", 0.002)
     _must(args, "val_fraction", lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)", _DEFAULT_VAL_FRACTION)
     _must(args, "replay_ratio", lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)", _DEFAULT_REPLAY_RATIO)
-    _must(args, "temperature", lambda v: _finite(v) and 1e-3 <= v <= 1e3, "a number in [0.001, 1000]", 2.0)
+    low, high = app_data.TEMPERATURE_RANGE
+    _must(args, "temperature", lambda v: _finite(v) and low <= v <= high, f"a number in [{low:g}, {high:g}]", 2.0)
     if args.command in ("learn", "learn-unseen"):
         if args.val_fraction is not None and args.val_data:
             raise UserError(f"--val_fraction={args.val_fraction}: has no effect with --val_data={args.val_data} "

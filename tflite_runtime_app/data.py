@@ -24,6 +24,9 @@ from tflite_runtime_app.errors import from_os_error
 from tflite_runtime_app.image_folder import DataError
 
 RESIZE_ADVICE = "pass --resize to resize them"
+# Soft-label temperatures: outside this range the softmax overflows or flattens to uniform
+# (float32 on the device). The file check, the app's flag and the soft-label server use it.
+TEMPERATURE_RANGE = (1e-3, 1e3)
 # How far a soft-label row may sum from 1 (float16 probabilities sum within ~1e-3).
 SOFT_SUM_TOLERANCE = 1e-2
 
@@ -311,9 +314,10 @@ def load_soft_labels(path: str, class_names: list[str], input_shape: tuple[int, 
         raise DataError(f"{path}: temperature must be one number. Received: dtype={temperature.dtype}, shape="
                         f"{temperature.shape}; write the soft labels again")
     temperature = float(temperature.reshape(()))
-    if not np.isfinite(temperature) or temperature <= 0:
-        raise DataError(f"{path}: temperature must be a finite number > 0. Received: {temperature}; write the soft "
-                        "labels again with a temperature > 0")
+    low, high = TEMPERATURE_RANGE
+    if not (np.isfinite(temperature) and low <= temperature <= high):
+        raise DataError(f"{path}: temperature {temperature} is not in [{low:g}, {high:g}]; write the soft labels again "
+                        "with a temperature such as 4")
     shared = [c for c in class_names if c in cloud]
     if not shared:
         raise DataError(f"{path}: none of the cloud classes {cloud[:10]} is a device class {class_names}; use soft "

@@ -34,9 +34,7 @@ from tflite_runtime_app import data as app_data
 from tflite_runtime_app import npz
 from tflite_runtime_app.image_folder import DataError
 
-# Temperatures outside this range make the softmax overflow or flatten to uniform.
-MIN_TEMPERATURE = 1e-3
-MAX_TEMPERATURE = 1e3
+MIN_TEMPERATURE, MAX_TEMPERATURE = app_data.TEMPERATURE_RANGE
 
 
 def check_temperature(temperature, what: str = "temperature") -> float:

@@ -115,7 +115,7 @@ SOFT_CASES = [
      ["soft_targets", "10 class names"]),
     ("text soft targets", {"soft_targets": lambda s: s.astype(str)}, ["soft_targets", "numbers"]),
     ("temperature NaN", {"temperature": np.float32(np.nan)}, ["temperature", "nan"]),
-    ("temperature zero", {"temperature": np.float32(0)}, ["temperature", "> 0"]),
+    ("temperature zero", {"temperature": np.float32(0)}, ["temperature", "[0.001, 1000]"]),
     ("temperature negative", {"temperature": np.float32(-4)}, ["temperature", "-4"]),
     ("temperature an array", {"temperature": np.array([2.0, 4.0])}, ["temperature", "one number"]),
     ("temperature text", {"temperature": np.array("warm")}, ["temperature"]),
