@@ -26,6 +26,8 @@ from tflite_runtime_app.train import AUGMENTATIONS, LearnConfig, Progress, Task,
 
 COMMANDS = ("learn", "learn-unseen", "evaluate", "predict", "info")
 # Flags whose default depends on other flags (None on the parser, so an explicit value is seen).
+# SGD rates above 10 are typing mistakes; below 1e-8 a float32 weight does not move.
+LEARNING_RATE_RANGE = (1e-8, 10.0)
 _DEFAULT_VAL_FRACTION = 0.1
 _DEFAULT_REPLAY_RATIO = 0.25
 
@@ -346,7 +348,8 @@ def check_flags(args) -> None:
     _must(args, "top_k", lambda v: v >= 1, "an integer >= 1", 3)
     _must(args, "seed", lambda v: v >= 0, "an integer >= 0", 0)
     # Rates and temperatures reach the model as float32: they must stay normal numbers there.
-    _must(args, "lr", lambda v: _finite(v) and 1e-8 <= v <= 10, "a number in [1e-8, 10]", 0.01)
+    low, high = LEARNING_RATE_RANGE
+    _must(args, "lr", lambda v: _finite(v) and low <= v <= high, f"a number in [{low:g}, {high:g}]", 0.01)
     _must(args, "min_delta", lambda v: _finite(v) and v >= 0, "a finite number >= 0", 0.002)
     _must(args, "val_fraction", lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)", _DEFAULT_VAL_FRACTION)
     _must(args, "replay_ratio", lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)", _DEFAULT_REPLAY_RATIO)

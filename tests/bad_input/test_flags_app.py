@@ -20,7 +20,7 @@ def _cases():
     predict = ["predict", "--model={model}", f"--images={MISSING}"]
     return [
         # (id, argv, names the error line must contain)
-        ("lr negative", learn + ["--lr=-0.1"], ["--lr=-0.1", "[1e-8, 10]"]),
+        ("lr negative", learn + ["--lr=-0.1"], ["--lr=-0.1", "[1e-08, 10]"]),
         ("lr zero", learn + ["--lr=0"], ["--lr=0"]),
         ("lr nan", learn + ["--lr=nan"], ["--lr=nan"]),
         ("lr inf", learn + ["--lr=inf"], ["--lr=inf"]),
