@@ -102,7 +102,7 @@ def read_meta(model_path: str, meta_path: str | None = None) -> dict:
     missing = [k for k in ("class_names", "batch_size", "input", "weight_names", "signature_version") if k not in meta]
     if missing:
         raise ModelError(f"{meta_path}: metadata has no {', '.join(repr(k) for k in missing)}; {_EXPORT_AGAIN}")
-    if meta["signature_version"] != SIGNATURE_VERSION:
+    if type(meta["signature_version"]) is not int or meta["signature_version"] != SIGNATURE_VERSION:
         raise ModelError(f"{meta_path}: signature_version is {json.dumps(meta['signature_version'])}, this app "
                          f"speaks version {SIGNATURE_VERSION}; export the model with the matching edgekt version")
     names = _string_list(meta, "class_names", meta_path)

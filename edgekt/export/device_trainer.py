@@ -231,6 +231,9 @@ class DeviceTrainer(tf.Module):
         if spec == "bn_classifier":
             return set(bns) | {classifier}
         k = int(spec.split(":")[1])
+        if k > len(weighted):
+            raise UserError(f"trainable={spec!r}: this model has only {len(weighted)} conv/dense layers; "
+                            f"pass --trainable=last:{len(weighted)} or --trainable=all")
         chosen = weighted[-k:]
         first = graph.order.index(chosen[0])
         return set(chosen) | {b for b in bns if graph.order.index(b) > first}

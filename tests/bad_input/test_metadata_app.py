@@ -68,6 +68,8 @@ CASES = [
     ("no class_names", _edit(class_names=_DELETE), ["model_meta.json", "class_names"]),
     ("no batch_size", _edit(batch_size=_DELETE), ["model_meta.json", "batch_size"]),
     ("signature version", _edit(signature_version=2), ["model_meta.json", "signature_version", "2"]),
+    ("signature version a boolean", _edit(signature_version=True), ["model_meta.json", "signature_version", "true"]),
+    ("signature version a float", _edit(signature_version=1.0), ["model_meta.json", "signature_version", "1.0"]),
     ("new classes unknown", _edit(new_class_names=["unicorn"]), ["model_meta.json", "new_class_names", "unicorn"]),
     ("classifier weights unknown", _edit(classifier_weights={"kernel": "head__w"}),
      ["model_meta.json", "classifier_weights", "head__w"]),

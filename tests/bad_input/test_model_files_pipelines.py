@@ -29,6 +29,9 @@ CASES = [
     Case("export-model-nan-weights", "pipelines.export_tflite", ["--model={nan_weights}", "--class_names="
                                                                  + ",".join("abcdefghij"), *ARGS["export"]],
          ["{nan_weights}", "NaN or inf"]),
+    Case("export-trainable-beyond-the-model", "pipelines.export_tflite",
+         ["--model={teacher}", "--class_names=" + ",".join("abcdefghij"), *ARGS["export"], "--trainable=last:100000"],
+         ["last:100000", "only 10 conv/dense layers", "--trainable=last:10"]),
     Case("export-model-missing", "pipelines.export_tflite", ["--model={missing}.keras", *ARGS["export"]],
          ["{missing}.keras"]),
     Case("export-model-lambda", "pipelines.export_tflite", ["--model={lambda}", "--class_names=" + ",".join("abcdefghij"),
