@@ -359,6 +359,11 @@ def check_flags(args) -> None:
         if args.val_fraction is not None and args.val_data:
             raise UserError(f"--val_fraction={args.val_fraction}: has no effect with --val_data={args.val_data} "
                             "(validation is that data); drop one of the two")
+        if args.val_data and getattr(args, "data", None) and \
+                os.path.realpath(args.val_data) == os.path.realpath(args.data):
+            raise UserError(f"--val_data={args.val_data}: is the training data (--data={args.data}); validating on the "
+                            "images it trains on cannot stop it in time or pick the best weights; pass held-out "
+                            "images, or drop --val_data to hold out a split of --data")
         if args.replay_ratio is not None and not args.replay:
             raise UserError(f"--replay_ratio={args.replay_ratio}: has no effect without --replay; pass --replay=FILE "
                             "or drop --replay_ratio")

@@ -34,6 +34,8 @@ def _cases():
         ("val_fraction zero", learn + ["--val_fraction=0"], ["--val_fraction=0"]),
         ("val_fraction one", learn + ["--val_fraction=1"], ["--val_fraction=1"]),
         ("val_fraction above one", learn + ["--val_fraction=1.5"], ["--val_fraction=1.5"]),
+        ("val_data is the training data", ["learn", "--model={model}", "--data={tmp}/d.npz", "--val_data={tmp}/./d.npz",
+                                           "--checkpoint={tmp}/ck.npz"], ["--val_data={tmp}/./d.npz", "training data"]),
         ("replay_ratio one", learn + ["--replay=r.npz", "--replay_ratio=1"], ["--replay_ratio=1"]),
         ("replay_ratio negative", learn + ["--replay=r.npz", "--replay_ratio=-0.2"], ["--replay_ratio=-0.2"]),
         ("checkpoint_every zero", learn + ["--checkpoint_every=0"], ["--checkpoint_every=0"]),
