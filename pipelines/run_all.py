@@ -32,7 +32,7 @@ _SWEEP = flags.DEFINE_bool("sweep", False, "Also prune the cloud model to severa
                            "Pareto figure.")
 _DEVICE_PYTHON = flags.DEFINE_string("device_python", sys.executable,
                                      "Python that runs the device app (e.g. a tflite-runtime venv).")
-_THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads on the device.", lower_bound=1)
+_THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads on the device.", lower_bound=1, upper_bound=1024)
 _RESIZE = flag_utils.define_resize()
 
 

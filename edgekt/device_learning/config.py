@@ -181,7 +181,7 @@ class DeviceLearningConfig:
             (0 <= self.replay_ratio < 1, "replay_ratio", "in [0, 1)"),
             (0 <= self.label_mix <= 1, "label_mix", "in [0, 1]"),
             (self.temperature > 0 and self.never_seen_temperature > 0, "temperature", "> 0"),
-            (self.threads >= 1, "threads", ">= 1"),
+            (1 <= self.threads <= 1024, "threads", "in 1..1024"),
             (set(self.students) <= set(STUDENTS), "students", f"a subset of {STUDENTS}"),
             (set(self.never_seen_losses) <= set(NEVER_SEEN_LOSSES), "never_seen_losses",
              f"a subset of {NEVER_SEEN_LOSSES}"),

@@ -64,6 +64,8 @@ CASES = [
     Case("run-all-device-python", "pipelines.run_all", [*T, "--device_python={missing}"], ["--device_python={missing}"]),
     Case("run-all-preset", "pipelines.run_all", [*T, "--preset=huge"], ["--preset=huge"]),
     Case("experiments-threads", "pipelines.experiments", [*T, "--threads=0"], ["--threads=0"]),
+    Case("experiments-threads-huge", "pipelines.experiments", [*T, "--threads=100000"], ["--threads=100000", "1..1024"]),
+    Case("run-all-threads-huge", "pipelines.run_all", [*T, "--threads=100000"], ["--threads=100000"]),
     Case("experiments-teacher-missing", "pipelines.experiments", [*T, "--teacher={missing}.keras"],
          ["--teacher={missing}.keras"]),
 ]
