@@ -81,6 +81,31 @@ def test_flat_class_folder_tree_is_one_split(tmp_path, small_cifar):
     np.testing.assert_array_equal(loaded["all"].images, small_cifar["train"].images)
 
 
+def test_flat_tree_may_have_classes_named_like_splits(tmp_path):
+    """A class folder called "test" or "val" that holds images is a class, not a split."""
+    root = tmp_path / "flat"
+    for i, cls in enumerate(("cat", "test", "val")):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "a.png").write_bytes(encode_png(np.full((8, 8, 3), 40 * i, np.uint8)))
+    loaded = data.load(str(root), use_cache=False)
+    assert list(loaded) == [data.FLAT_SPLIT] and loaded.class_names == ("cat", "test", "val")
+    np.testing.assert_array_equal(loaded["all"].images[:, 0, 0, 0], [0, 40, 80])
+
+
+def test_linked_class_folders_are_read_and_link_loops_refused(tmp_path, small_cifar):
+    top = write_tree(str(tmp_path), {"x": small_cifar["train"]}, small_cifar.class_names, per_class=8, wrapper=None)
+    flat = os.path.join(top, "x")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for cls in small_cifar.class_names:
+        os.symlink(os.path.join(flat, cls), linked / cls)
+    loaded = data.load(str(linked), use_cache=False)
+    np.testing.assert_array_equal(loaded["all"].images, small_cifar["train"].images)
+    os.symlink(str(linked), linked / small_cifar.class_names[0] / "loop")
+    with pytest.raises(data.DataError, match="loop"):
+        data.load(str(linked), use_cache=False)
+
+
 def test_cifar_batches_folder_loads(small_cifar, tmp_path):
     folder = str(tmp_path / "cifar-10-batches-py")
     cifar_batches.write_cifar_batches(folder, small_cifar)

@@ -69,17 +69,27 @@ def _is_ignored(parts: tuple[str, ...]) -> bool:
 
 def iter_directory(root: str) -> Iterator[tuple[tuple[str, ...], bool, Callable[[], bytes]]]:
     """Yields (relative path parts, is_dir, reader) for every entry under `root`, sorted.
+    Links to folders are followed (a data set is often a tree of links); a link that leads
+    back into a folder already read is refused.
 
     Raises:
       OSError: a folder cannot be listed (e.g. no permission); it is not skipped silently.
+      DataError: a folder loop made of links.
     """
     def refuse(error: OSError):
         raise error
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=refuse):
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=refuse, followlinks=True):
         dirnames.sort()
         rel = os.path.relpath(dirpath, root)
         base = () if rel == "." else tuple(rel.split(os.sep))
+        for d in dirnames:
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                raise DataError(f"{os.path.join(dirpath, d)}: links to {real}, a folder already read (a loop or a "
+                                "second copy); remove the link")
+            seen.add(real)
         for d in dirnames:
             yield base + (d,), True, None
         for f in sorted(filenames):
@@ -241,7 +251,9 @@ def _resolve_layout(dirs: set[tuple[str, ...]]) -> tuple[int, bool]:
     root: tuple[str, ...] = ()
     while True:
         kids = children.get(root, set())
-        if any(k.lower() in SPLIT_NAMES for k in kids):
+        # A split level holds class folders; a folder named like a split that holds images
+        # itself is a class of a flat tree (a class may be called "test").
+        if any(k.lower() in SPLIT_NAMES and children.get(root + (k,)) for k in kids):
             return len(root), True
         if len(kids) == 1:
             only = root + (next(iter(kids)),)
