@@ -156,7 +156,7 @@ def test_bad_inputs_get_clear_errors(device_model, tmp_path, cifar):
     big = tmp_path / "big.npz"
     np.savez(big, images=np.zeros((2, 40, 40, 3), np.uint8), labels=np.array([0, 1]))
     proc = app(*base, f"--data={big}")
-    assert proc.returncode == 2 and "images are 40x40, the model takes 32x32; pass --resize" in proc.stderr
+    assert proc.returncode == 2 and "images are 40x40 (HxW), the model takes 32x32; pass --resize" in proc.stderr
     assert last_json(app(*base, f"--data={big}", "--resize"))["n_images"] == 2
     nan = tmp_path / "nan.npz"
     bad = np.zeros((3, 32, 32, 3), np.float32)

@@ -57,7 +57,7 @@ def check_images(images: np.ndarray, source: str, shape: tuple[int, ...], resize
         raise DataError(f"{source}: no images (shape {images.shape}); add some images")
     if images.shape[1] == 0 or images.shape[2] == 0:
         raise DataError(f"{source}: images have no pixels (shape {images.shape}); save images of "
-                        f"{shape[0]}x{shape[1]}")
+                        f"{shape[0]}x{shape[1]} (HxW)")
     kind = images.dtype.kind
     if kind == "f":
         finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
@@ -84,7 +84,7 @@ def check_images(images: np.ndarray, source: str, shape: tuple[int, ...], resize
                         "save them as uint8")
     if tuple(images.shape[1:3]) != tuple(shape[:2]):
         if not resize:
-            raise DataError(f"{source}: images are {images.shape[1]}x{images.shape[2]}, the model takes "
+            raise DataError(f"{source}: images are {images.shape[1]}x{images.shape[2]} (HxW), the model takes "
                             f"{shape[0]}x{shape[1]}; {resize_advice}")
         from PIL import Image
 

@@ -215,7 +215,7 @@ def _to_rgb(im, name: str) -> np.ndarray:
     """8-bit RGB of a loaded Pillow image (see the module docstring)."""
     mode = im.mode
     if im.width == 0 or im.height == 0:
-        raise DataError(f"{name}: the image has no pixels ({im.width}x{im.height}); remove the file")
+        raise DataError(f"{name}: the image has no pixels ({im.height}x{im.width} (HxW)); remove the file")
     if mode == "F":
         raise DataError(f"{name}: floating-point pixels (image mode F) have no defined 8-bit range; save the image "
                         "with 8-bit or 16-bit integer pixels")

@@ -110,8 +110,8 @@ def load_for(source: str | DataSplits, input_shape, resize: bool = False, **kwar
         if got != shape:
             advice = ("pass --resize to resize them" if got[-1] == shape[-1]
                       else "convert the images to the model's channels")
-            raise DataError(f"{splits.source}: its {name} images are {'x'.join(map(str, got))}, the model takes "
-                            f"{'x'.join(map(str, shape))}; {advice}")
+            raise DataError(f"{splits.source}: its {name} images are {'x'.join(map(str, got))} (HxWxC), the model "
+                            f"takes {'x'.join(map(str, shape))}; {advice}")
     return splits
 
 
