@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 
 from tflite_runtime_app import image_folder, npz
-from tflite_runtime_app.checkpoint import describe_load_error, is_pickle_error
+from tflite_runtime_app.checkpoint import WEIGHT_PREFIX, describe_load_error, is_pickle_error
 from tflite_runtime_app.errors import from_os_error
 from tflite_runtime_app.image_folder import DataError
 
@@ -136,8 +136,14 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 
 def _require(z: dict, path: str, *keys: str) -> None:
     missing = [k for k in keys if k not in z]
-    if missing:
-        raise DataError(f"{path}: needs arrays {missing}; has {sorted(z)} (save them with np.savez)")
+    if not missing:
+        return
+    if any(k.startswith(WEIGHT_PREFIX) for k in z):
+        raise DataError(f"{path}: is a checkpoint of `learn` (weights), not data; pass it as --checkpoint and the "
+                        f"images as --data")
+    names = sorted(z)
+    shown = ", ".join(repr(k) for k in names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    raise DataError(f"{path}: needs arrays {missing}; has {shown or 'none'} (save them with np.savez)")
 
 
 def _names(values: np.ndarray, path: str, what: str) -> list[str]:

@@ -283,6 +283,15 @@ def test_evaluate_of_a_good_checkpoint_differs_from_the_export(device_export, tr
     assert exported["loss"] != trained_result["loss"]
 
 
+def test_a_checkpoint_given_as_data_is_named_as_one(device_export, trained):
+    """A checkpoint mistaken for data is called a checkpoint (not listed array by array)."""
+    _, good = trained
+    model = device_model_path(device_export)
+    line = assert_user_error(run_app("evaluate", f"--model={model}", f"--data={good}"), good, "checkpoint",
+                             "--checkpoint")
+    assert len(line) < 300, line
+
+
 def test_no_hard_links_still_keeps_the_previous_checkpoint(trained, tmp_path, monkeypatch):
     """File systems without hard links (FAT on a memory card): the previous checkpoint is copied."""
     _, good = trained
