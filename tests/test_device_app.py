@@ -7,6 +7,7 @@ import glob
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,15 @@ def new_data(tmp_path_factory, cifar):
     path = tmp_path_factory.mktemp("new") / "new.npz"
     np.savez(path, images=sub.images, labels=sub.labels)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def new_val_data(new_data):
+    """The same images in another file: validation on the training images, where a test needs
+    the first validation to equal an evaluation of the data (the app refuses the same path)."""
+    path = os.path.join(os.path.dirname(new_data), "new_val.npz")
+    shutil.copyfile(new_data, path)
+    return path
 
 
 def app(*args, python=sys.executable, env_extra=None, timeout=600):
@@ -236,11 +246,11 @@ def test_evaluate_groups_and_learn_unseen_with_labelled_validation(device_model,
     assert result["initial_val"] == pytest.approx(before["accuracy"])
 
 
-def test_val_groups_score_is_the_mean_of_group_accuracies(device_model, new_data, tmp_path):
+def test_val_groups_score_is_the_mean_of_group_accuracies(device_model, new_data, new_val_data, tmp_path):
     model_path, _ = device_model
     groups = "animals=bird,cat,deer,dog,frog,horse;vehicles=airplane,automobile,ship,truck"
     measured = last_json(app("evaluate", f"--model={model_path}", f"--data={new_data}", f"--groups={groups}"))
-    result = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_data}",
+    result = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_val_data}",
                            f"--val_groups={groups}", f"--checkpoint={tmp_path / 'g.npz'}", "--epochs=1"))
     expected = (measured["animals_recall"] + measured["vehicles_recall"]) / 2
     assert result["initial_val"] == pytest.approx(expected, abs=1e-9)
@@ -250,7 +260,7 @@ def test_val_groups_score_is_the_mean_of_group_accuracies(device_model, new_data
     assert proc.returncode == 2 and "classes ['unicorn'] are not the model's" in proc.stderr
 
 
-def test_imprinting_new_classes_through_the_cli(device_model, new_data, tmp_path, cifar):
+def test_imprinting_new_classes_through_the_cli(device_model, new_data, new_val_data, tmp_path, cifar):
     """A model exported with 6 classes and 4 added ones: `learn` imprints the added classes
     found in its data (and only once), the features output is the classifier's input, and the
     imprinted start is what the first validation measures."""
@@ -274,9 +284,9 @@ def test_imprinting_new_classes_through_the_cli(device_model, new_data, tmp_path
     np.testing.assert_allclose(device.features(images), classifier_input.predict(images, verbose=0), rtol=1e-4,
                                atol=1e-4)
 
-    plain = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_data}",
+    plain = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_val_data}",
                           f"--checkpoint={tmp_path / 'plain.npz'}", "--epochs=1", "--head_init=none"))
-    imprinted = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_data}",
+    imprinted = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_val_data}",
                               f"--checkpoint={tmp_path / 'imp.npz'}", "--epochs=1"))
     assert plain["prepared"] is None and imprinted["prepared"]["imprinted"] == names[6:]
     assert imprinted["prepared"]["images"] == 80  # 20 images of each added class
@@ -294,6 +304,6 @@ def test_imprinting_new_classes_through_the_cli(device_model, new_data, tmp_path
     recall_after = float((device.logits(new["images"][added]).argmax(1) == new["labels"][added]).mean())
     assert recall_before < 0.1 < recall_after
     # Starting from the imprinted run, every class is learned: nothing is imprinted again.
-    again = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_data}",
+    again = last_json(app("learn", f"--model={model_path}", f"--data={new_data}", f"--val_data={new_val_data}",
                           f"--init={tmp_path / 'imp.npz'}", f"--checkpoint={tmp_path / 'again.npz'}", "--epochs=1"))
     assert again["prepared"] == {"imprinted": [], "images": 0}

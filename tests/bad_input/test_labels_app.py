@@ -175,9 +175,10 @@ def test_val_groups_without_validation_images_is_refused(device_export, pictures
     images, labels = pictures
     keep = np.isin(labels, [0, 1, 8, 9])
     data = write_npz(tmp_path / "vehicles.npz", images=images[keep], labels=labels[keep])
+    val = write_npz(tmp_path / "vehicles_val.npz", images=images[keep], labels=labels[keep])
     before = snapshot(tmp_path)
     assert_user_error(run_app("learn", f"--model={device_model_path(device_export)}", f"--data={data}",
-                              f"--val_data={data}", "--val_groups=pets=cat,dog", f"--checkpoint={tmp_path / 'c.npz'}"),
+                              f"--val_data={val}", "--val_groups=pets=cat,dog", f"--checkpoint={tmp_path / 'c.npz'}"),
                       "--val_groups=pets=cat,dog", "validation")
     assert snapshot(tmp_path) == before
 
