@@ -319,7 +319,7 @@ def _kib(v) -> str:
 
 
 def _in_kib(v) -> str:
-    return f"{v / 1024:.1f} KiB"
+    return _kib(v) + " KiB"
 
 
 def _in_ms(v) -> str:
