@@ -308,9 +308,18 @@ def table(summary: dict) -> str:
                      f"{r.get('compute_epochs', r.get('epochs', 0)):.1f} | "
                      f"{_pruning_seconds(r):.0f} |")
     text = "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in _caveats(summary)) + "\n"
-    losses = where_default_loses(summary)
-    if losses:
-        text += "\nWhere the default loses:\n\n" + "\n".join(f"- {line}" for line in losses) + "\n"
+    methods = {r["method"] for r in summary["rows"]}
+    if "default" not in methods:
+        text += "\nThe default is not in this table: no comparison with it is made.\n"
+    else:
+        losses = where_default_loses(summary)
+        text += "\nWhere the default loses:\n\n" + ("\n".join(f"- {line}" for line in losses) if losses
+                                                    else "- nowhere in these columns") + "\n"
+    if {"default_labels_only", "tfmot"} <= methods:
+        losses = where_default_loses(summary, ours="default_labels_only", against=("tfmot",))
+        text += ("\nLike for like (both fine-tuned on labels only, no teacher): where default_labels_only loses to "
+                 "tfmot:\n\n" + ("\n".join(f"- {line}" for line in losses) if losses else "- nowhere in these columns")
+                 + "\n")
     return text
 
 
@@ -319,7 +328,7 @@ def _kib(v) -> str:
 
 
 def _in_kib(v) -> str:
-    return f"{v / 1024:.1f} KiB"
+    return _kib(v) + " KiB"
 
 
 def _in_ms(v) -> str:
@@ -341,13 +350,14 @@ _COMPARED = ((lambda r: r.get("test_accuracy"), "test top-1", 1, pct),
              (lambda r: r.get("int8_bytes"), "a smaller int8 file", -1, _in_kib),
              (lambda r: r.get("int8_gzip_bytes"), "a smaller gzipped int8 file", -1, _in_kib),
              (lambda r: r.get("int8_latency_ms"), "a lower int8 latency", -1, _in_ms),
-             (lambda r: r.get("compute_epochs"), "fewer compute epochs", -1, lambda v: f"{v:.1f}"),
-             (_pruning_seconds, "less pruning time", -1, lambda v: f"{v:.0f} s"))
+             (lambda r: r.get("epochs"), "fewer epochs", -1, lambda v: f"{v:.1f}"),
+             (lambda r: r.get("compute_epochs"), "fewer compute epochs", -1, lambda v: f"{v:.1f}"))
+# Pruning seconds are not compared: they are wall time under whatever load there was (see the caveats).
 
 
 def _curve_at(points: list[dict], key: str, cost) -> float | None:
-    """The best int8 test top-1 the default reaches at `cost` of `key`: its points' upper
-    envelope, log-linear between neighbours; None below its cheapest point."""
+    """The best int8 test top-1 a method's `points` reach at `cost` of `key`: their upper
+    envelope, log-linear between neighbours; None below the cheapest point."""
     pts = sorted((p[key], p["int8_test_accuracy"]) for p in points
                  if p.get(key) is not None and p.get("int8_test_accuracy") is not None)
     if cost is None or not pts or cost < pts[0][0]:
@@ -359,16 +369,28 @@ def _curve_at(points: list[dict], key: str, cost) -> float | None:
     return best
 
 
-def where_default_loses(summary: dict) -> list[str]:
-    """Every budget where another method beats the default on a column of the table (pruning
-    time included), and every point of another method above the default's curve of int8 test
-    top-1 against int8 bytes or latency (the int8 file's accuracy against the int8 file's costs)."""
+def _images(summary: dict, what: str) -> int | None:
+    """How many images an accuracy column of `what` counts (test or val), when known."""
+    if "val" in what:
+        return (summary.get("config") or {}).get("val_size")
+    return (summary.get("teacher") or {}).get("test_images")
+
+
+def where_default_loses(summary: dict, ours: str = "default", against: tuple[str, ...] | None = None) -> list[str]:
+    """Every budget where another method (those in `against`, or all) beats `ours` on a column of
+    the table (accuracy differences also in images, when the table knows how many), and every
+    point of another method above `ours`' curve of int8 test top-1 against int8 bytes, gzipped
+    int8 bytes or latency (the int8 file's accuracy against the int8 file's costs). Pruning
+    seconds are not compared (wall time under uneven load)."""
     rows = summary["rows"]
-    ours = {r["budget"]: r for r in rows if r["method"] == "default"}
+    name = ours
+    label = "the default" if name == "default" else name
+    ours = {r["budget"]: r for r in rows if r["method"] == name}
     if not ours:
         return []
     lines = []
-    others = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "default"))
+    others = [m for m in dict.fromkeys(r["method"] for r in rows if r["method"] != name)
+              if against is None or m in against]
     for method in others:
         theirs = sorted((r for r in rows if r["method"] == method and r["budget"] in ours), key=lambda r: -r["budget"])
         for get, what, sign, fmt in _COMPARED:
@@ -377,18 +399,23 @@ def where_default_loses(summary: dict) -> list[str]:
                     and sign * (get(r) - get(ours[r["budget"]])) > 0]
             if wins:
                 verb = f"has {what}" if sign < 0 else f"beats it on {what}"
+                n = _images(summary, what) if sign > 0 else None
                 lines.append(f"{method} {verb} at " + ", ".join(
-                    f"{100 * b:g}% ({fmt(a)} vs {fmt(o)})" for b, a, o in wins) + ".")
-        for key, what, fmt in (("int8_bytes", "int8 bytes", _in_kib), ("int8_latency_ms", "int8 latency", _in_ms)):
+                    f"{100 * b:g}% ({fmt(a)} vs {fmt(o)}" + (f", {round((a - o) * n)} of {n:,} images" if n else "")
+                    + ")" for b, a, o in wins) + ".")
+        for key, what, fmt in (("int8_bytes", "int8 bytes", _in_kib), ("int8_gzip_bytes", "gzipped int8 bytes", _in_kib),
+                               ("int8_latency_ms", "int8 latency", _in_ms)):
             above = []
             for r in theirs:
-                level = _curve_at(list(ours.values()), key, r.get(key))
+                if r.get(key) is None:
+                    continue
+                level = _curve_at(list(ours.values()), key, r[key])
                 if r.get("int8_test_accuracy") is not None and (level is None or r["int8_test_accuracy"] > level):
-                    above.append(f"{100 * r['budget']:g}% ({pct(r['int8_test_accuracy'])} at {fmt(r[key])}; default "
+                    above.append(f"{100 * r['budget']:g}% ({pct(r['int8_test_accuracy'])} at {fmt(r[key])}; {name} "
                                  + ("has no point that cheap" if level is None else f"{pct(level)} there") + ")")
             if above:
-                lines.append(f"{method} lies above the default's curve of int8 test top-1 against {what} (log-linear "
-                             f"between the default's budgets) at " + ", ".join(above) + ".")
+                lines.append(f"{method} lies above {label}'s curve of int8 test top-1 against {what} (log-linear "
+                             f"between {label}'s budgets) at " + ", ".join(above) + ".")
     return lines
 
 
@@ -428,9 +455,9 @@ def _caveats(summary: dict) -> list[str]:
         lines.append("time (wall seconds of the steps, with ours' validation passes and probes, and of every "
                      "budget's final fine-tuning, as recorded by completed work; int8 exports, test evaluation and "
                      "the work of killed runs not counted; other jobs may have shared the CPU, unevenly between "
-                     "methods): " + ", ".join(
+                     "methods, so these seconds are not compared between methods): " + ", ".join(
                          f"{m} {t['total']:.0f} s ({t['trajectory']:.0f} + {t['finals']:.0f})"
-                         for m, t in times.items()) + f"; all methods {total:.0f} s ({total / 3600:.1f} h).")
+                         for m, t in times.items()) + f"; these {len(times)} methods {total:.0f} s ({total / 3600:.1f} h).")
     lat = summary.get("latency")
     if not lat:
         lines.append("int8 latency: each file timed when it was made, under whatever load there was; the pass at "

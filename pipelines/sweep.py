@@ -20,7 +20,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _PRESET = flags.DEFINE_enum("preset", "smoke", ["smoke", "cpu", "paper"], "Sweep preset.")
 flags.DEFINE_list("budgets", None, "Fractions of the teacher's parameters kept, e.g. 0.5,0.25,0.1,0.05,0.02.")
 flags.DEFINE_list("methods", None, "Methods to run, in order (default, l1_global, l1_cost, l1_uniform, "
-                  "attention_global, attention_cost, attention_uniform, tfmot).")
+                  "attention_global, attention_cost, attention_uniform, default_labels_only, tfmot).")
 _VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default: the teacher's, from its metrics.json).")
 _REMEASURE = flags.DEFINE_bool("remeasure_latency", False, "Time every int8 file again in one pass (e.g. once the "
                                 "machine is idle); training already done is reused.")
