@@ -96,7 +96,7 @@ def markdown(summary: dict, preset: str | None) -> str:
         f"{_ms(tm.get('tflite_latency_ms'))} | {_ms(d.get('infer_batch_ms'))} per batch of {d.get('batch_size')} |",
         f"| train step (batch {d.get('batch_size')}, 1 thread) | – | – | – | {_ms(d.get('train_step_ms'))} |",
         "",
-        *_sweep_section(summary.get("sweep") or {}),
+        *_sweep_section(summary.get("sweep") or {}, summary.get("teacher") or {}),
         "## On-device learning (device models that never saw the classes they learn)",
         "",
         *(device_learning_report.method_table(dl) if dl.get("methods") else ["(not run)"]),
@@ -143,14 +143,21 @@ def _teacher_name(sweep_summary: dict) -> str:
     return f"`{path}`" if path else "(the cloud model)"
 
 
-def _sweep_section(sweep_summary: dict) -> list[str]:
-    """The Pareto sweep's table, when a sweep was run into the report's `sweep/` folder."""
+def _sweep_section(sweep_summary: dict, run_teacher: dict | None = None) -> list[str]:
+    """The Pareto sweep's table, when a sweep was run into the report's `sweep/` folder. A sweep
+    of another teacher than this run's cloud model says so."""
     if not sweep_summary.get("rows"):
         return []
     from edgekt import sweep
 
+    theirs = sweep_summary.get("teacher") or {}
+    ours = run_teacher or {}
+    other = any(theirs.get(k) is not None and ours.get(k) is not None and theirs[k] != ours[k]
+                for k in ("params", "test_accuracy"))
+    note = (f" (not this run's cloud model: {theirs['params']:,} parameters, test top-1 "
+            f"{100 * theirs['test_accuracy']:.2f}%)" if other else "")
     return ["## Pruning sweep: accuracy against parameters, FLOPs, int8 size and latency", "",
-            f"The teacher {_teacher_name(sweep_summary)} pruned to "
+            f"The teacher {_teacher_name(sweep_summary)}{note} pruned to "
             f"{', '.join(f'{100 * b:g}%' for b in sweep_summary['config']['budgets'])} of its parameters by each method "
             "(`sweep/sweep.md`, plot `sweep/sweep.png`). tfmot's parameters are its non-zero values; its file and "
             "latency are those of the dense model it stays.", "",

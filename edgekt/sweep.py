@@ -383,20 +383,19 @@ def where_default_loses(summary: dict, ours: str = "default", against: tuple[str
     int8 bytes or latency (the int8 file's accuracy against the int8 file's costs). Pruning
     seconds are not compared (wall time under uneven load)."""
     rows = summary["rows"]
-    name = ours
-    label = "the default" if name == "default" else name
-    ours = {r["budget"]: r for r in rows if r["method"] == name}
-    if not ours:
+    label = "the default" if ours == "default" else ours
+    base = {r["budget"]: r for r in rows if r["method"] == ours}
+    if not base:
         return []
     lines = []
-    others = [m for m in dict.fromkeys(r["method"] for r in rows if r["method"] != name)
+    others = [m for m in dict.fromkeys(r["method"] for r in rows if r["method"] != ours)
               if against is None or m in against]
     for method in others:
-        theirs = sorted((r for r in rows if r["method"] == method and r["budget"] in ours), key=lambda r: -r["budget"])
+        theirs = sorted((r for r in rows if r["method"] == method and r["budget"] in base), key=lambda r: -r["budget"])
         for get, what, sign, fmt in _COMPARED:
-            wins = [(r["budget"], get(r), get(ours[r["budget"]])) for r in theirs
-                    if get(r) is not None and get(ours[r["budget"]]) is not None
-                    and sign * (get(r) - get(ours[r["budget"]])) > 0]
+            wins = [(r["budget"], get(r), get(base[r["budget"]])) for r in theirs
+                    if get(r) is not None and get(base[r["budget"]]) is not None
+                    and sign * (get(r) - get(base[r["budget"]])) > 0]
             if wins:
                 verb = f"has {what}" if sign < 0 else f"beats it on {what}"
                 n = _images(summary, what) if sign > 0 else None
@@ -409,9 +408,9 @@ def where_default_loses(summary: dict, ours: str = "default", against: tuple[str
             for r in theirs:
                 if r.get(key) is None:
                     continue
-                level = _curve_at(list(ours.values()), key, r[key])
+                level = _curve_at(list(base.values()), key, r[key])
                 if r.get("int8_test_accuracy") is not None and (level is None or r["int8_test_accuracy"] > level):
-                    above.append(f"{100 * r['budget']:g}% ({pct(r['int8_test_accuracy'])} at {fmt(r[key])}; {name} "
+                    above.append(f"{100 * r['budget']:g}% ({pct(r['int8_test_accuracy'])} at {fmt(r[key])}; {ours} "
                                  + ("has no point that cheap" if level is None else f"{pct(level)} there") + ")")
             if above:
                 lines.append(f"{method} lies above {label}'s curve of int8 test top-1 against {what} (log-linear "

@@ -132,6 +132,20 @@ def test_table_says_when_the_default_is_absent_and_adds_the_like_for_like_block(
     assert "tfmot beats it on test top-1 at 50% (89.00% vs 88.00%)" in like
 
 
+def test_report_says_when_the_sweep_pruned_another_teacher():
+    from edgekt import report
+
+    row = {"method": "l1_global", "budget": 0.5, "params": 1000, "flops": 1e6, "val_accuracy": 0.9,
+           "test_accuracy": 0.9, "int8_test_accuracy": 0.9, "int8_bytes": 2048, "int8_latency_ms": 0.1,
+           "trajectory_seconds": 1.0, "final_seconds": 1.0}
+    summary = {"rows": [row], "config": {"budgets": [0.5]},
+               "teacher": {"path": "runs/t/model.keras", "params": 691_674, "flops": 101e6, "test_accuracy": 0.9224}}
+    other = "\n".join(report._sweep_section(summary, {"params": 691_674, "test_accuracy": 0.8774}))
+    assert "`runs/t/model.keras` (not this run's cloud model: 691,674 parameters, test top-1 92.24%)" in other
+    same = "\n".join(report._sweep_section(summary, {"params": 691_674, "test_accuracy": 0.9224}))
+    assert "not this run's cloud model" not in same
+
+
 def test_method_times_count_the_trajectory_once_and_every_final():
     rows = [{"method": "l1_global", "budget": b, "trajectory_seconds": t, "final_seconds": f}
             for b, t, f in ((0.5, 100.0, 40.0), (0.25, 180.0, 30.0), (0.1, 230.0, 20.0))]
