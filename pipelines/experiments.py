@@ -35,9 +35,9 @@ def main(argv):
 
     if _TEACHER.value is not None and not os.path.isfile(_TEACHER.value):
         raise UserError(f"--teacher={_TEACHER.value}: no such model file; pass the cloud model's .keras file")
-    if not os.path.isfile(_DEVICE_PYTHON.value) or not os.access(_DEVICE_PYTHON.value, os.X_OK):
-        raise UserError(f"--device_python={_DEVICE_PYTHON.value}: not an executable file; pass the Python of a venv "
-                        "with ai-edge-litert or tflite-runtime")
+    from edgekt.device_learning.device_runs import check_device_python
+
+    check_device_python(_DEVICE_PYTHON.value)
     config = flag_utils.config_from_flags(device_learning.preset, {"threads": "threads"}, _PRESET.value)
     flag_utils.log_config("experiments", config, preset=_PRESET.value, data=_DATA.value, out_dir=_OUT_DIR.value,
                           teacher=_TEACHER.value, device_python=_DEVICE_PYTHON.value)

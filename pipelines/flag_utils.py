@@ -24,8 +24,15 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     app.run(guarded(main), flags_parser=parse_flags)
 
 
+_HELP = {"--help": False, "-h": False, "-?": False, "--helpshort": False, "--helpfull": True}
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
-    """Parses the command line into FLAGS; a flag error exits 2 with one line."""
+    """Parses the command line into FLAGS; a flag error exits 2 with one line; a request for
+    help prints it and exits 0."""
+    asked = [_HELP[a] for a in argv[1:] if a in _HELP]
+    if asked:
+        app.usage(shorthelp=not any(asked), writeto_stdout=True, exitcode=0)
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
@@ -46,13 +53,33 @@ def _check_output_folder() -> None:
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"--out_dir={path}: a file is there, not a folder; pass the path of a folder (it is "
                             "created if missing)")
-        try:  # created now, so an unusable place fails before any model or data is read
-            os.makedirs(path, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out_dir={path}: cannot be created ({(e.strerror or str(e)).lower()}); pass a folder "
-                            "in a writable place") from None
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UserError(f"--out_dir={path}: not writable; pass a folder in a writable place")
+        # Not created here (a refused run leaves nothing behind): the nearest folder that exists
+        # must let this user create files, so that an unusable place fails before any work.
+        existing = os.path.abspath(path)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise UserError(f"--out_dir={path}: {existing} is a file, not a folder; pass a folder in a writable place")
+        probe_writable("--out_dir", path, existing)
+
+
+def probe_writable(flag: str, value: str, folder: str) -> None:
+    """Creates and removes a file in `folder`, so that a place this user cannot write (a read-only
+    or special file system, no permission) is refused by its flag before any work.
+
+    Raises:
+      UserError: names `--flag=value` and why the file could not be created.
+    """
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".edgekt-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        why = (e.strerror or str(e)).lower()
+        raise UserError(f"{flag}={value}: files cannot be created in {folder} ({why}); pass a path in a writable "
+                        "place") from None
 
 
 def _check_empty_values() -> None:
@@ -220,6 +247,10 @@ def load_teacher_and_split(path: str, val_size: int | None) -> tuple[object, int
     if val_size is not None and val_size < 0:
         raise UserError(f"--val_size={val_size}: must be >= 0; leave it unset to use the teacher's")
     teacher, info = load_teacher(path)
+    shape = tuple(teacher.input_shape) if not isinstance(teacher.input_shape, list) else None
+    if shape is None or len(shape) != 4:
+        raise UserError(f"--teacher={path}: takes inputs of shape {teacher.input_shape}, not images [N, H, W, C]; "
+                        "pass an image classifier")
     teacher_config = info.get("config", {})
     if val_size is None:
         val_size = teacher_config.get("val_size", 5000)

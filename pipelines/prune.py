@@ -49,8 +49,8 @@ def main(argv):
     from edgekt.prune import pruner
 
     cleared = {ratio: None for ratio in ("target_params_ratio", "target_flops_ratio") if flags.FLAGS[ratio].value == 0}
-    config = flag_utils.config_from_flags(config_lib.preset, {k: v for k, v in _FIELDS.items() if k not in cleared},
-                                          _PRESET.value, **cleared)
+    # A ratio of 0 clears that target (the override wins over the flag's 0; an error names the flag).
+    config = flag_utils.config_from_flags(config_lib.preset, _FIELDS, _PRESET.value, **cleared)
     teacher, val_size, split_seed, pool_size = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
     flag_utils.log_config("prune", config, preset=_PRESET.value, teacher=_TEACHER.value, data=_DATA.value,
                           out_dir=_OUT_DIR.value, val_size=val_size, split_seed=split_seed,

@@ -43,9 +43,9 @@ def main(argv):
         path = flags.FLAGS[flag].value
         if path is not None and not os.path.isfile(path):
             raise UserError(f"--{flag}={path}: no such model file; pass the path of a .keras file")
-    if not os.path.isfile(_DEVICE_PYTHON.value) or not os.access(_DEVICE_PYTHON.value, os.X_OK):
-        raise UserError(f"--device_python={_DEVICE_PYTHON.value}: not an executable file; pass the Python of a venv "
-                        "with ai-edge-litert or tflite-runtime")
+    from edgekt.device_learning.device_runs import check_device_python
+
+    check_device_python(_DEVICE_PYTHON.value)
 
     stages = (("cloud", "prune", "export", "device_learning") + (() if _SKIP_BASELINE.value else ("baseline",))
               + (("sweep",) if _SWEEP.value else ()) + ("report",))

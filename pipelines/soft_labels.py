@@ -33,7 +33,10 @@ _READ_TIMEOUT = flags.DEFINE_float("read_timeout", 10.0, "With --serve: seconds 
                                                          "its request is refused with 408.")
 _MAX_REQUEST_MB = flags.DEFINE_integer("max_request_mb", 64, "With --serve: the largest request body in MiB (413 "
                                                              "beyond); images may decompress to twice that.")
-_SERVE_ONLY = ("max_in_flight", "read_timeout", "max_request_mb")
+_REQUEST_TIMEOUT = flags.DEFINE_float("request_timeout", 120.0, "With --serve: seconds a client may take to send a "
+                                                               "request body (408 beyond); the request line and "
+                                                               "headers must come within twice --read_timeout.")
+_SERVE_ONLY = ("max_in_flight", "read_timeout", "request_timeout", "max_request_mb")
 
 
 def main(argv):
@@ -59,6 +62,7 @@ def _check_flags(soft_labels) -> None:
     flag_utils.check(0 <= _PORT.value <= 65535, "port", "in 0..65535")
     flag_utils.check(1 <= _MAX_IN_FLIGHT.value <= 1024, "max_in_flight", "in 1..1024")
     flag_utils.check(0 < _READ_TIMEOUT.value <= 3600, "read_timeout", "in (0, 3600] seconds")
+    flag_utils.check(0 < _REQUEST_TIMEOUT.value <= 86400, "request_timeout", "in (0, 86400] seconds")
     flag_utils.check(1 <= _MAX_REQUEST_MB.value <= 2048, "max_request_mb", "in 1..2048")
     if _CLASS_NAMES.value is not None:
         names = _CLASS_NAMES.value
@@ -101,6 +105,7 @@ def _check_flags(soft_labels) -> None:
         raise UserError(f"--out={out}: folder {folder} does not exist; create it or pass another --out")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"--out={out}: folder {folder} is not writable; pass an --out in a writable folder")
+    flag_utils.probe_writable("--out", out, folder)
 
 
 def _check_address(host: str, port: int) -> None:
@@ -180,7 +185,7 @@ def _serve(soft_labels, model, class_names) -> None:
     try:
         server = soft_labels.make_server(model, class_names, _HOST.value, _PORT.value, _TEMPERATURE.value,
                                          max_bytes=_MAX_REQUEST_MB.value << 20, max_in_flight=_MAX_IN_FLIGHT.value,
-                                         read_timeout=_READ_TIMEOUT.value)
+                                         read_timeout=_READ_TIMEOUT.value, request_timeout=_REQUEST_TIMEOUT.value)
     except OSError as e:
         error = _address_error(e, _HOST.value, _PORT.value)
         if error is None:

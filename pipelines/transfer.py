@@ -50,6 +50,7 @@ def main(argv):
     from edgekt.transfer import config as config_lib
     from edgekt.transfer import stage
 
+    stage.check_student(_STUDENT.value)   # before the teacher and the data are loaded
     config = flag_utils.config_from_flags(config_lib.preset, _FIELDS, _PRESET.value)
     teacher, val_size, split_seed, pool_size = flag_utils.load_teacher_and_split(_TEACHER.value, _VAL_SIZE.value)
     flag_utils.log_config("transfer", config, preset=_PRESET.value, teacher=_TEACHER.value, student=_STUDENT.value,

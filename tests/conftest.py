@@ -168,7 +168,15 @@ def pipeline_inputs(tmp_path_factory, cifar):
     (root / "not_zip.keras").write_bytes(b"this is not a model")
     out["empty_model"] = str(root / "empty.keras")
     (root / "empty.keras").write_bytes(b"")
+    vectors = keras.Input((10,))
+    out["not_images"] = saving.save_model(keras.Model(vectors, keras.layers.Dense(10)(vectors)),
+                                          str(root / "not_images.keras"))
     (root / "bad_meta").mkdir()
     out["bad_meta"] = saving.save_model(teacher, str(root / "bad_meta" / "model.keras"))
     (root / "bad_meta" / "metrics.json").write_text("{not json")
+    for name, text in (("meta_config_text", '{"config": "cpu"}'), ("meta_pool_list", '{"device_pool": [2000]}'),
+                       ("meta_val_size_text", '{"config": {"val_size": "5000"}}')):
+        (root / name).mkdir()
+        out[name] = saving.save_model(teacher, str(root / name / "model.keras"))
+        (root / name / "metrics.json").write_text(text)
     return out

@@ -6,6 +6,7 @@ Every command prints, as its last line, one JSON object with its result.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import time
 import numpy as np
 
 from tflite_runtime_app import checkpoint as ckpt
+from tflite_runtime_app.atomic_file import temp_name
 from tflite_runtime_app import data as app_data
 from tflite_runtime_app import heads, image_folder, metrics
 from tflite_runtime_app.errors import EXIT_INTERRUPTED, INTERRUPTED, UserError, fail, from_os_error
@@ -212,6 +214,10 @@ def _parse_groups(text: str, flag: str) -> dict[str, list[str]]:
                             "group as its name, '=' and its classes")
         if name.strip() in groups:
             raise UserError(f"{flag}={text}: group {name.strip()!r} is given twice; give each group once")
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        if twice:
+            raise UserError(f"{flag}={text}: group {name.strip()!r} lists {twice} more than once; name each class of "
+                            "a group once (a class may belong to several groups)")
         groups[name.strip()] = classes
     if not groups:
         raise UserError(f"{flag}={text}: no groups; write name=class,class;name=class")
@@ -231,12 +237,13 @@ def _groups(text: str, model: DeviceModel, flag: str = "--groups") -> dict[str, 
 
 def cmd_predict(args) -> dict:
     model = _model(args)
-    if os.path.isfile(args.images) and not args.images.endswith(".npz") and not image_folder.is_archive(args.images):
+    is_npz = args.images.lower().endswith(".npz")
+    if os.path.isfile(args.images) and not is_npz and not image_folder.is_archive(args.images):
         with open(args.images, "rb") as f:
             images = image_folder.decode_image(f.read(), args.images)[None]
         images = app_data.check_images(images, args.images, model.input_shape, args.resize)
         names = [os.path.basename(args.images)]
-    elif args.images.endswith(".npz") and os.path.exists(args.images):
+    elif is_npz and os.path.exists(args.images):
         images = app_data.load_unlabelled(args.images, model.input_shape, resize=args.resize)
         names = [str(i) for i in range(len(images))]
     else:
@@ -341,6 +348,9 @@ def _finite(v) -> bool:
 def check_flags(args) -> None:
     """Refuses flag values out of range and flag combinations that make no sense, before any
     file is read."""
+    for name, value in sorted(vars(args).items()):
+        if value == "" and name != "command":
+            raise UserError(f"--{name}=: an empty value; pass a value, or drop the flag (see --help)")
     _must(args, "threads", lambda v: 1 <= v <= 1024, "an integer in 1..1024", 1)
     _must(args, "epochs", lambda v: v >= 1, "an integer >= 1", 20)
     _must(args, "patience", lambda v: v >= 1, "an integer >= 1", 3)
@@ -381,7 +391,7 @@ def check_flags(args) -> None:
                         "--checkpoint the exported weights are used)")
     if args.command == "evaluate" and args.groups:
         _parse_groups(args.groups, "--groups")
-    if getattr(args, "split", None) and getattr(args, "data", "").endswith(".npz"):
+    if getattr(args, "split", None) and (getattr(args, "data", None) or "").lower().endswith(".npz"):
         raise UserError(f"--split={args.split}: has no effect on an .npz (--data={args.data}); drop --split (it "
                         "chooses a split folder of an image tree)")
 
@@ -393,10 +403,24 @@ def _check_output(args) -> None:
         raise UserError(f"--checkpoint={path}: is a folder; pass a file path such as "
                         f"{os.path.join(path, 'checkpoint.npz')}")
     parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
-        parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise UserError(f"--checkpoint={path}: {parent} is a file, not a folder; pass a path inside a folder")
+        existing = parent
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise UserError(f"--checkpoint={path}: {existing} is a file, not a folder; pass a path inside a folder")
+        raise UserError(f"--checkpoint={path}: its folder {parent} does not exist; create it, or pass a path inside "
+                        "an existing folder")
+    probe = temp_name(path)
+    try:  # the checkpoint is written next to a temporary file: both must be possible before any work
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        why = (e.strerror or os.strerror(e.errno or 0)).lower()
+        advice = ("pass a shorter file name" if e.errno == errno.ENAMETOOLONG
+                  else "pass a path in a folder this user can write")
+        raise UserError(f"--checkpoint={path}: cannot be written there ({why}); {advice}") from None
     inputs = {"--model": args.model, "--meta": args.meta, "--data": getattr(args, "data", None),
               "--val_data": args.val_data, "--replay": args.replay, "--soft_labels": getattr(args, "soft_labels", None)}
     target = os.path.realpath(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import stat
@@ -44,13 +45,51 @@ def previous_path(path: str) -> str:
 
 
 def first_non_finite(weights: dict[str, np.ndarray]) -> tuple[str, int] | None:
-    """(name, count) of the first weight (in name order) holding NaN or inf, or None."""
+    """(name, count) of the first weight (in name order) holding NaN or inf, or None; values
+    are judged as the model holds them (float32: 1e39 in a float64 array is inf there)."""
     for name in sorted(weights):
         value = np.asarray(weights[name])
         if value.dtype.kind in "fc":
-            bad = int(np.count_nonzero(~np.isfinite(value)))
+            with np.errstate(over="ignore", invalid="ignore"):
+                as_model = value.astype(np.complex64 if value.dtype.kind == "c" else np.float32)
+            bad = int(np.count_nonzero(~np.isfinite(as_model)))
             if bad:
                 return name, bad
+    return None
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# What `learn` writes into a checkpoint's state and reads back: key -> (check, what it must be).
+_STATE = {"task": (lambda v: isinstance(v, dict), "an object"),
+          "epoch": (_count, "an integer >= 0"), "step": (_count, "an integer >= 0"),
+          "global_step": (_count, "an integer >= 0"), "bad_epochs": (_count, "an integer >= 0"),
+          "best_epoch": (_count, "an integer >= 0"), "epoch_count": (_count, "an integer >= 0"),
+          "elapsed": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+          "best_elapsed": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+          "best": (_number, "a number"), "initial": (_number, "a number"), "epoch_loss": (_number, "a number"),
+          "done": (lambda v: isinstance(v, bool), "true or false"),
+          "history": (lambda v: isinstance(v, list), "a list")}
+_OPTIONAL_STATE = {"learned_classes": (lambda v: v is None or (isinstance(v, list) and all(isinstance(c, str)
+                                                                                          for c in v)),
+                                       "a list of class names"),
+                   "restored_best": (lambda v: isinstance(v, bool), "true or false")}
+
+
+def state_problem(state: dict) -> str | None:
+    """What is wrong with a checkpoint's state (a key missing or of the wrong type), or None."""
+    missing = [k for k in _STATE if k not in state]
+    if missing:
+        return f"lacks {', '.join(repr(k) for k in missing[:4])}"
+    for key, (ok, what) in (*_STATE.items(), *_OPTIONAL_STATE.items()):
+        if key in state and not ok(state[key]):
+            return f"has {key!r} = {json.dumps(state[key])[:60]}, not {what}"
     return None
 
 
@@ -112,8 +151,8 @@ def save(path: str, weights: dict[str, np.ndarray], state: dict, best: dict[str,
             raise
         why = (e.strerror or os.strerror(e.errno or 0)).lower()
         advice = str(error).rsplit("; ", 1)[-1]
-        raise CheckpointError(f"{path}: the checkpoint could not be written ({why}); {advice}; the previous "
-                              "checkpoint was kept as it was") from e
+        kept = "the previous checkpoint was kept as it was" if os.path.exists(path) else "none was there before"
+        raise CheckpointError(f"{path}: the checkpoint could not be written ({why}); {advice}; {kept}") from e
 
 
 def _keep_previous(path: str) -> None:
@@ -214,5 +253,8 @@ def load(path: str, expected_shapes: dict[str, tuple[int, ...]], *, advice: str 
             raise refuse(f"{group} {bad[0]!r} holds NaN or inf ({count}); it was left as it is")
     if best and set(best) != set(expected_shapes):
         raise refuse("its best weights belong to another model; it was left as it is")
+    problem = state_problem(state)
+    if problem:
+        raise refuse(f"its state {problem}; it was left as it is")
     return weights, state, best
 

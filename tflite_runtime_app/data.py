@@ -67,10 +67,10 @@ def check_images(images: np.ndarray, source: str, shape: tuple[int, ...], resize
                             "fix or remove those images")
         low, high = float(images.min()), float(images.max())
         if low < 0 or high > 255:
-            raise DataError(f"{source}: pixel values must be in [0, 255]. Received: min={low:.3g}, max={high:.3g}; "
+            raise DataError(f"{source}: pixel values must be in [0, 255]. Received: min={low:.6g}, max={high:.6g}; "
                             "save raw 0-255 pixels")
         if 0 < high <= 1:
-            raise DataError(f"{source}: pixel values are all within [0, 1] (max {high:.3g}), so they look scaled; "
+            raise DataError(f"{source}: pixel values are all within [0, 1] (max {high:.6g}), so they look scaled; "
                             "multiply them by 255 (the model takes raw 0-255 pixels)")
     elif kind in "iu":
         if images.dtype != np.uint8:
@@ -219,7 +219,7 @@ def load_labelled(path: str, class_names: list[str], input_shape: tuple[int, ...
     Raises:
       DataError: missing/empty/corrupt input, unknown class, bad values or shapes.
     """
-    if path.endswith(".npz") and os.path.exists(path):
+    if path.lower().endswith(".npz") and os.path.exists(path):
         z = read_npz(path)
         _require(z, path, "images", "labels")
         images = check_images(z["images"], path, input_shape, resize)
@@ -254,7 +254,7 @@ def load_labelled(path: str, class_names: list[str], input_shape: tuple[int, ...
 def load_unlabelled(path: str, input_shape: tuple[int, ...], *, resize: bool = False,
                     skip_bad_files: bool = False) -> np.ndarray:
     """Images without labels: any image files under a folder/archive, or `images` of an .npz."""
-    if path.endswith(".npz") and os.path.exists(path):
+    if path.lower().endswith(".npz") and os.path.exists(path):
         z = read_npz(path)
         _require(z, path, "images")
         return check_images(z["images"], path, input_shape, resize)

@@ -7,15 +7,19 @@ Every image becomes 8-bit RGB (`decode_image`):
   - RGB, grayscale (L), 1-bit, palette (P), CMYK, YCbCr, HSV and LAB images are converted to
     RGB as Pillow converts them;
   - 16-bit images keep their high byte (v >> 8, so an 8-bit value v stored as v * 257 comes
-    back as v): 16-bit grayscale (modes I;16*, and mode I when its values are within
-    0..65535) directly, 16-bit RGB(A) as Pillow reads it;
+    back as v): 16-bit grayscale (modes I;16*, or mode I read from 16-bit samples) directly,
+    16-bit RGB(A) as Pillow reads it; 32-bit integer grayscale (mode I from 32-bit samples,
+    e.g. a TIFF) is taken as 8-bit when its values lie within 0..255, as 16-bit when they lie
+    within 0..65535, and refused beyond;
   - transparency (an alpha channel, or a transparent palette entry or colour) is composited
     on black: each channel becomes round(value * alpha / 255), so opaque pixels are unchanged;
-  - floating-point images (mode F), 32-bit images with values outside 0..65535 and modes
-    Pillow cannot convert are refused, as are images over Pillow's decompression-bomb limit
-    (`PIL.Image.MAX_IMAGE_PIXELS` pixels);
+  - floating-point images (mode F) and modes Pillow cannot convert are refused, as are
+    images of more than `MAX_PIXELS` pixels (checked before they are decoded);
   - an EXIF orientation is applied; a multi-frame file (GIF, TIFF) gives its first frame.
-Archive members with `..` in their path, or larger than `MAX_MEMBER_BYTES`, are refused.
+Archive members with `..` in their path, or larger than `MAX_MEMBER_BYTES`, are refused, and so
+is an archive whose members unpack to more than `unpack_budget()` bytes before decoding (a
+quarter of the machine's memory: a tar stream's members are held until they are decoded; a
+zip member is read only when it is decoded).
 """
 
 from __future__ import annotations
@@ -51,6 +55,22 @@ _JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 # The largest archive member read (an image file beyond it is refused, not decompressed: a
 # zip bomb of zeros would otherwise fill the memory).
 MAX_MEMBER_BYTES = 256 << 20
+
+
+def unpack_budget() -> int:
+    """The most bytes of archive members or `.npz` arrays held in memory at once: a quarter
+    of this machine's physical memory (between 256 MiB and 16 GiB; 4 GiB where it is unknown)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 4 << 30
+    return max(256 << 20, min(16 << 30, total // 4))
+
+
+# The most pixels an image may have: 24 Mpx (6000x4000) decode to 72 MB of RGB; larger files
+# are refused before decoding, so that a small, highly compressed file cannot fill a board's memory.
+MAX_PIXELS = 24_000_000
+
 # What the size error advises by default (the device app names its flag instead).
 RESIZE_ADVICE = "pass --resize to resize them"
 
@@ -134,23 +154,39 @@ def iter_archive(path: str) -> Iterator[tuple[tuple[str, ...], bool, Callable[[]
             raise DataError(f"{path}: member {name!r} unpacks to {size} bytes, more than the {MAX_MEMBER_BYTES} "
                             "an image file may have (a zip bomb?); remove it from the archive")
 
+    budget, held = unpack_budget(), 0
+
+    def hold(name: str, size: int) -> None:
+        nonlocal held
+        held += size
+        if held > budget:
+            raise DataError(f"{path}: its members unpack to more than {budget} bytes (at {name!r}), more than this "
+                            "machine can hold before decoding them (a zip bomb?); unpack the archive to a folder and "
+                            "pass the folder, or split the archive")
+
     try:
         if path.lower().endswith(".zip"):
-            with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
-                    parts = member_parts(info.filename)
-                    if not parts:
-                        continue
-                    if info.is_dir():
-                        yield parts, True, None
-                    else:
-                        check_size(info.filename, info.file_size)
-                        try:
-                            data = zf.read(info)
-                        except (RuntimeError, NotImplementedError) as e:  # encrypted, unknown compression
-                            raise DataError(f"{path}: member {info.filename!r} cannot be unpacked ({e}); rebuild "
-                                            "the archive without encryption, with deflate or no compression") from e
-                        yield parts, False, (lambda data=data: data)
+            zf = zipfile.ZipFile(path)  # stays open for the readers; closed when they are gone
+
+            def read_member(info: zipfile.ZipInfo) -> bytes:
+                try:
+                    return zf.read(info)
+                except (RuntimeError, NotImplementedError) as e:  # encrypted, unknown compression
+                    raise DataError(f"{path}: member {info.filename!r} cannot be unpacked ({e}); rebuild the "
+                                    "archive without encryption, with deflate or no compression") from e
+                except (zipfile.BadZipFile, EOFError, zlib.error, LZMAError) as e:
+                    raise DataError(f"{path}: member {info.filename!r} is corrupted ({type(e).__name__}: "
+                                    f"{' '.join(str(e).split())}); check the file (download or copy it again)") from e
+
+            for info in zf.infolist():
+                parts = member_parts(info.filename)
+                if not parts:
+                    continue
+                if info.is_dir():
+                    yield parts, True, None
+                else:
+                    check_size(info.filename, info.file_size)
+                    yield parts, False, (lambda info=info: read_member(info))
             return
         with tarfile.open(path, mode="r|*") as tf:
             for member in tf:
@@ -161,6 +197,8 @@ def iter_archive(path: str) -> Iterator[tuple[tuple[str, ...], bool, Callable[[]
                     yield parts, True, None
                 elif member.isfile():
                     check_size(member.name, member.size)
+                    if not _is_ignored(parts):
+                        hold(member.name, member.size)
                     f = tf.extractfile(member)
                     data = f.read() if f is not None else b""
                     yield parts, False, (lambda data=data: data)
@@ -191,7 +229,14 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
+            if im.width * im.height > MAX_PIXELS:
+                raise DataError(f"{name}: too large: {im.height}x{im.width} (HxW) pixels, more than the "
+                                f"{MAX_PIXELS:,} an image may have; make the image smaller (e.g. to the model's "
+                                "input size) first")
+            rawmodes = {t[3][0] if isinstance(t[3], tuple) else t[3] for t in (im.tile or []) if len(t) > 3 and t[3]}
             im.load()
+    except DataError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{name}: too large to decode ({' '.join(str(e).split())}); use a smaller image") from e
     except Exception as e:  # noqa: BLE001 - whatever Pillow raises on these bytes, the file is bad
@@ -203,7 +248,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         ImageOps.exif_transpose(im, in_place=True)
     except Exception:  # noqa: BLE001 - a broken EXIF block leaves the pixels as stored
         logger.warning("%s: unreadable EXIF orientation; the image is used as stored", name)
-    return _to_rgb(im, name)
+    return _to_rgb(im, name, rawmodes)
 
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -211,8 +256,9 @@ _CONVERTIBLE_MODES = ("RGB", "L", "1", "P", "CMYK", "YCbCr", "HSV", "LAB", "RGBX
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
 
 
-def _to_rgb(im, name: str) -> np.ndarray:
-    """8-bit RGB of a loaded Pillow image (see the module docstring)."""
+def _to_rgb(im, name: str, rawmodes: set | None = None) -> np.ndarray:
+    """8-bit RGB of a loaded Pillow image (see the module docstring); `rawmodes`: the sample
+    formats of the file, as Pillow's tile list named them before loading."""
     mode = im.mode
     if im.width == 0 or im.height == 0:
         raise DataError(f"{name}: the image has no pixels ({im.height}x{im.width} (HxW)); remove the file")
@@ -220,12 +266,19 @@ def _to_rgb(im, name: str) -> np.ndarray:
         raise DataError(f"{name}: floating-point pixels (image mode F) have no defined 8-bit range; save the image "
                         "with 8-bit or 16-bit integer pixels")
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        values = np.asarray(im)
-        if mode == "I" and (values.min() < 0 or values.max() > 65535):
-            raise DataError(f"{name}: 32-bit integer pixels from {int(values.min())} to {int(values.max())} have no "
-                            "defined 8-bit range (16-bit images hold 0..65535); save the image with 8-bit or 16-bit "
-                            "pixels")
-        gray = (values.astype(np.uint32) >> 8).astype(np.uint8)
+        values = np.asarray(im).astype(np.int64)
+        sixteen = mode in _SIXTEEN_BIT_MODES or any(str(r).startswith("I;16") for r in rawmodes or ())
+        low, high = int(values.min()), int(values.max())
+        if not sixteen and 0 <= low and high <= 255:
+            gray = values.astype(np.uint8)   # 32-bit samples holding 8-bit values
+        elif 0 <= low and high <= 65535:
+            gray = (values >> 8).astype(np.uint8)
+        else:
+            raise DataError(f"{name}: 32-bit integer pixels from {low} to {high} have no defined 8-bit range (16-bit "
+                            "images hold 0..65535); save the image with 8-bit or 16-bit pixels")
+        transparent = im.info.get("transparency")
+        if isinstance(transparent, int):  # a transparent gray value: composited on black
+            gray = np.where(values == transparent, 0, gray).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode not in _ALPHA_MODES and mode not in _CONVERTIBLE_MODES:
         raise DataError(f"{name}: image mode {mode} is not supported; save the image as RGB or grayscale")

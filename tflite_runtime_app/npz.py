@@ -17,11 +17,11 @@ import zlib
 
 import numpy as np
 
-from tflite_runtime_app.image_folder import DataError
+from tflite_runtime_app.image_folder import DataError, unpack_budget
 
 MAX_MEMBERS = 16384          # a checkpoint of a large network holds a few thousand arrays
 MAX_DIRECTORY_BYTES = 8 << 20
-DEFAULT_LIMIT = 4 << 30      # bytes of all arrays together once decompressed
+DEFAULT_LIMIT = unpack_budget()  # bytes of all arrays together once decompressed
 _END = b"PK\x05\x06"
 
 

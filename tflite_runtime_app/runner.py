@@ -240,6 +240,21 @@ class DeviceModel:
             raise ModelError(f"{self.meta_path}: weight_names differ from the weights of "
                              f"{os.path.basename(model_path)} ({len(differ)} differ, e.g. {differ[:3]}); use the "
                              f"{meta_name} exported with this model")
+        classifier = self.meta.get("classifier_weights") or {}
+        kernel = self.weight_shapes.get(classifier.get("kernel"))
+        bias = self.weight_shapes.get(classifier.get("bias")) if "bias" in classifier else None
+        if (kernel is not None and (len(kernel) != 2 or kernel[1] != self.num_classes)) or \
+                (bias is not None and bias != (self.num_classes,)):
+            raise ModelError(f"{self.meta_path}: classifier_weights names {classifier.get('kernel')!r} of shape "
+                             f"{list(kernel or ())}" + (f" and {classifier.get('bias')!r} of shape {list(bias)}"
+                                                       if bias is not None else "")
+                             + f", not a classifier's [features, {self.num_classes}] kernel and "
+                             f"[{self.num_classes}] bias; use the {meta_name} exported with this model")
+        for name, value in sorted(self.get_weights().items()):
+            bad = int(np.count_nonzero(~np.isfinite(value))) if value.dtype.kind == "f" else 0
+            if bad:
+                raise ModelError(f"{model_path}: its weight {name!r} holds NaN or inf ({bad} value"
+                                 f"{'s' if bad > 1 else ''}); export the model again from a sound Keras model")
 
     # -- batching -----------------------------------------------------------------------------
 

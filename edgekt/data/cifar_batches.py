@@ -17,11 +17,27 @@ def is_cifar_batches_dir(path: str) -> bool:
         os.path.exists(os.path.join(path, "batches.meta")) or os.path.exists(os.path.join(path, "meta")))
 
 
+# The only classes a CIFAR batch pickle needs (numpy arrays); anything else in a pickle could
+# run code when it is loaded, so it is refused.
+_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR batch never holds (a pickle that "
+                                         "names other classes can run code when loaded); it was not loaded")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: str) -> dict:
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as e:
+            obj = _ArraysOnly(f, encoding="bytes").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError, KeyError, MemoryError) as e:
         raise DataError(f"{path}: not a readable CIFAR batch pickle ({type(e).__name__}: {e}); restore the file from "
                         "the original cifar-10-batches-py archive") from e
     if not isinstance(obj, dict):
@@ -70,7 +86,11 @@ def read_cifar_batches(path: str) -> DataSplits:
     if names_key not in meta:
         raise DataError(f"{path}: meta file has no {names_key!r} (keys: {sorted(meta)}); restore it from the original "
                         "archive")
-    class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key])
+    names = meta[names_key]
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (bytes, str)) for n in names):
+        raise DataError(f"{path}: the meta file's {names_key!r} is {type(names).__name__} "
+                        f"{str(names)[:60]}, not a list of class names; restore it from the original archive")
+    class_names = tuple(n.decode(errors="replace") if isinstance(n, bytes) else n for n in names)
     if not train_files and not test_files:
         raise DataError(f"{path}: no batch files (data_batch_1..5, test_batch, or train/test); pass the extracted "
                         "cifar-10-batches-py folder")

@@ -25,6 +25,34 @@ from edgekt.device_learning.pools import DeviceData
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+_PROBE = ("import numpy, PIL\n"
+          "from tflite_runtime_app import runner\n"
+          "print('runtime', runner.runtime_name())\n")
+
+
+def check_device_python(python: str, flag: str = "--device_python") -> str:
+    """Checks that `python` runs the device app (numpy, Pillow and a TFLite runtime import) before
+    hours of work depend on it; returns the runtime it uses.
+
+    Raises:
+      UserError: not an executable, or it cannot run the app (names what failed).
+    """
+    advice = "pass the Python of a venv with numpy, Pillow and ai-edge-litert or tflite-runtime"
+    if not os.path.isfile(python) or not os.access(python, os.X_OK):
+        raise UserError(f"{flag}={python}: not an executable file; {advice}")
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        proc = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                              timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"{flag}={python}: cannot be run ({type(e).__name__}: {e}); {advice}") from e
+    said = [line for line in proc.stdout.splitlines() if line.startswith("runtime ")]
+    if proc.returncode != 0 or not said:
+        last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"{flag}={python}: does not run the device app ({last[-200:]}); {advice}")
+    return said[-1].split(" ", 1)[1]
+
+
 class DeviceApp:
     """`python -m tflite_runtime_app ...` in a separate process; returns (result, wall seconds).
 
@@ -47,7 +75,16 @@ class DeviceApp:
                             f"{said[-1] if said else proc.stderr.strip()[-300:]}")
         if proc.returncode != 0:
             raise RuntimeError(f"device app {args[0]} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        try:
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError) as e:
+            raise UserError(f"device app ({self.python} -m tflite_runtime_app {args[0]}): printed no result "
+                            f"({proc.stdout.strip()[-200:] or 'no output'}); pass a --device_python that runs the "
+                            "device app") from e
+        if not isinstance(result, dict):
+            raise UserError(f"device app ({self.python} -m tflite_runtime_app {args[0]}): printed "
+                            f"{json.dumps(result)[:100]}, not a result; pass a --device_python that runs the device "
+                            "app")
         result["process_cpu_seconds"] = _children_cpu() - cpu_start
         return result, wall
 

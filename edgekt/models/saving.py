@@ -119,6 +119,18 @@ def read_sidecar(model_path: str | os.PathLike, required: bool = False) -> dict:
                         "or remove it and pass what it held by flags") from e
     if not isinstance(info, dict):
         raise UserError(f"{path}: not a JSON object; restore the metrics.json the stage wrote")
+    for key, fields in (("config", ("val_size", "seed")), ("device_pool", ("size",))):
+        part = info.get(key)
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            raise UserError(f"{path}: {key!r} is {json.dumps(part)[:60]}, not a JSON object; restore the metrics.json "
+                            "the stage wrote")
+        for field in fields:
+            value = part.get(field)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise UserError(f"{path}: {key}.{field} is {json.dumps(value)[:60]}, not an integer >= 0; restore "
+                                "the metrics.json the stage wrote")
     return info
 
 

@@ -173,7 +173,8 @@ def make_server(model: keras.Model, class_names, host: str = "127.0.0.1", port: 
         the connection is closed), so threads stay bounded.
       read_timeout: seconds a client may send nothing while the server waits for its request
         (408 beyond); also the limit for each piece of a reply to be sent.
-      request_timeout: seconds a client may take to send its whole request (408 beyond).
+      request_timeout: seconds a client may take to send its request body (408 beyond); the
+        request line and headers must come within twice `read_timeout`.
 
     Raises:
       UserError: class names that do not match the model, a bad temperature.
@@ -190,6 +191,7 @@ def make_server(model: keras.Model, class_names, host: str = "127.0.0.1", port: 
     server.max_bytes = int(max_bytes)
     server.max_images_bytes = int(max_images_bytes if max_images_bytes is not None else 2 * max_bytes)
     server.request_timeout = float(request_timeout)
+    server.header_timeout = 2 * float(read_timeout)
     server.model_lock = threading.Lock()  # one model call at a time
     return server
 
@@ -294,7 +296,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self._reader)
 
     def handle_one_request(self):
-        self._reader.deadline = time.monotonic() + self.server.request_timeout
+        # The request line and headers must arrive within the header deadline, the body within
+        # the request deadline: a client that trickles headers cannot hold a slot for long.
+        self._reader.deadline = time.monotonic() + min(self.server.request_timeout, self.server.header_timeout)
         self.close_connection, self._replying = True, False
         self.command, self.request_version, self.requestline = None, "HTTP/1.0", ""
         try:
@@ -308,13 +312,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                              "POST /soft_labels HTTP/1.1")
             if not self.parse_request():
                 return
+            self._reader.deadline = time.monotonic() + self.server.request_timeout
             self._dispatch()
         except TimeoutError:
             if self._replying:  # the client stopped reading the reply: nothing more can be said
                 return
             self._reply_line(408, "request: not complete before the server timed out (nothing arrived for "
-                                  f"{self.server.read_timeout:g} s, or over {self.server.request_timeout:g} s in "
-                                  "all); send the whole request promptly")
+                                  f"{self.server.read_timeout:g} s, the headers took over {self.server.header_timeout:g} s, "
+                                  f"or the body over {self.server.request_timeout:g} s); send the whole request "
+                                  "promptly")
 
     def _dispatch(self):
         try:
@@ -397,7 +403,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """The standard library's errors (a bad request line or headers), in one line."""
         message = (message or self.responses.get(code, ("error",))[0]).rstrip(".")
         message = message[:1].lower() + message[1:]
-        if code == 414:
+        if code == 505:  # a version parse_request does not serve: the client's request is at fault
+            self._reply_line(400, f"request line: {self.requestline[:100]!r}: HTTP version not supported; send "
+                                  "HTTP/1.0 or HTTP/1.1")
+        elif code == 414:
             self._reply_line(code, "request line: longer than 65536 bytes; send a shorter URL")
         elif code == 431:
             self._reply_line(code, f"request headers: {message}; send fewer and shorter headers")

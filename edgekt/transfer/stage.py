@@ -27,6 +27,26 @@ HISTORY_FILE = "history.csv"
 _WRN_NAME = re.compile(r"^wrn-(\d+)-(\d+)$", re.IGNORECASE)
 
 
+def check_student(student: str):
+    """The `wrn-DEPTH-WIDTH` match of a student name (None for a `.keras` path), checked before
+    anything is loaded.
+
+    Raises:
+      UserError: neither a `.keras` path nor a buildable WRN name.
+    """
+    match = _WRN_NAME.match(student.strip())
+    if match:
+        depth, width = int(match.group(1)), int(match.group(2))
+        if depth < 10 or (depth - 4) % 6 or width < 1:
+            raise UserError(f"--student={student}: a WRN has depth 6n+4 >= 10 (10, 16, 22, 28, 40, ...) and width "
+                            ">= 1; pass e.g. wrn-16-1")
+        return match
+    if not student.endswith(".keras"):
+        raise UserError(f"--student={student}: neither a .keras model file nor wrn-DEPTH-WIDTH; pass a .keras path "
+                        "or e.g. wrn-16-1")
+    return None
+
+
 def make_student(student: str, *, num_classes: int, train_images, input_shape=(32, 32, 3), seed: int = 0) -> keras.Model:
     """The student named by `student`: a `.keras` file, or `wrn-DEPTH-WIDTH` for a new WRN
     (random initialisation, input normalisation from `train_images`).
@@ -35,15 +55,12 @@ def make_student(student: str, *, num_classes: int, train_images, input_shape=(3
       ValueError: neither a `.keras` path nor a WRN name.
       FileNotFoundError: the `.keras` file is missing.
     """
-    match = _WRN_NAME.match(student.strip())
+    match = check_student(student)
     if match:
         keras.utils.set_random_seed(seed)
         mean, std = pipeline.channel_stats(train_images)
         return models.wrn(int(match.group(1)), int(match.group(2)), num_classes=num_classes,
                           input_shape=tuple(input_shape), mean=mean, std=std)
-    if not student.endswith(".keras"):
-        raise UserError(f"--student={student}: neither a .keras model file nor wrn-DEPTH-WIDTH; pass a .keras path "
-                        "or e.g. wrn-16-1")
     return saving.load_model(student)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -107,6 +108,27 @@ def _no_state(path):
     _rewrite(path, arrays)
 
 
+def _state_edit(**changes):
+    """A state with keys changed (None: removed), as a hand-edited checkpoint would have."""
+    def breaker(path):
+        arrays = _arrays(path)
+        state = json.loads(str(arrays["__state__"]))
+        for key, value in changes.items():
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        arrays["__state__"] = np.asarray(json.dumps(state))
+        _rewrite(path, arrays)
+    return breaker
+
+
+def _float64_overflow(path):
+    arrays = _arrays(path)
+    arrays["w/logits__kernel"] = np.full(arrays["w/logits__kernel"].shape, 1e39, np.float64)  # inf as float32
+    _rewrite(path, arrays)
+
+
 def _text_weights(path):
     arrays = _arrays(path)
     arrays["w/logits__bias"] = np.array(["a"] * 10)
@@ -135,6 +157,11 @@ CASES = [
     ("state not JSON", _state_not_json, ["state"]),
     ("state a list", _state_a_list, ["state"]),
     ("no state", _no_state, ["no state"]),
+    ("state lacks elapsed", _state_edit(elapsed=None), ["state", "elapsed"]),
+    ("state epoch a string", _state_edit(epoch="1"), ["state", "epoch", '"1"']),
+    ("state learned classes nested", _state_edit(learned_classes=[["airplane"]]), ["state", "learned_classes"]),
+    ("state done a number", _state_edit(done=3), ["state", "done"]),
+    ("float64 weight over float32", _float64_overflow, ["logits__kernel", "NaN or inf"]),
     ("text weights", _text_weights, ["logits__bias"]),
     ("single array", _single_array, []),
     ("zip of junk", _zip_of_junk, []),

@@ -77,6 +77,17 @@ def _cases():
          ["--checkpoint=", "mistyped.npz"]),
         ("groups syntax", evaluate + ["--groups=pets"], ["--groups=pets", "name=class"]),
         ("val_groups syntax", learn + ["--val_groups=animals;vehicles=car"], ["--val_groups=", "name=class"]),
+        ("groups class twice", evaluate + ["--groups=pets=cat,cat"], ["--groups=pets=cat,cat", "'pets'", "cat"]),
+        ("data empty", ["evaluate", "--model={model}", "--data="], ["--data=", "empty value"]),
+        ("model empty", ["info", "--model="], ["--model=", "empty value"]),
+        ("checkpoint empty", ["learn", "--model={model}", f"--data={MISSING}", "--checkpoint="],
+         ["--checkpoint=", "empty value"]),
+        ("checkpoint folder missing", ["learn", "--model={model}", f"--data={MISSING}",
+                                       "--checkpoint={tmp}/nowhere/ck.npz"], ["--checkpoint=", "does not exist"]),
+        ("checkpoint not writable there", ["learn", "--model={model}", f"--data={MISSING}",
+                                           "--checkpoint=/proc/ck.npz"], ["--checkpoint=/proc/ck.npz", "cannot be written"]),
+        ("checkpoint name too long", ["learn", "--model={model}", f"--data={MISSING}",
+                                      "--checkpoint={tmp}/" + "c" * 250 + ".npz"], ["--checkpoint=", "shorter file name"]),
     ]
 
 

@@ -16,7 +16,7 @@ CASES = [
     Case("prune-ratio-negative", "pipelines.prune", [*P, "--target_params_ratio=-0.2"], ["--target_params_ratio=-0.2"]),
     Case("prune-ratio-nan", "pipelines.prune", [*P, "--target_params_ratio=nan"], ["--target_params_ratio=nan"]),
     Case("prune-ratio-zero-and-no-policy", "pipelines.prune", [*P, "--target_params_ratio=0"],
-         ["target_params_ratio", "--max_accuracy_drop"]),
+         ["--target_params_ratio=0.0", "--max_accuracy_drop"]),
     Case("prune-flops-ratio-inf", "pipelines.prune", [*P, "--target_flops_ratio=inf"], ["--target_flops_ratio=inf"]),
     Case("prune-steps-not-int", "pipelines.prune", [*P, "--steps=abc"], ["--steps=abc"]),
     Case("prune-steps-zero", "pipelines.prune", [*P, "--steps=0"], ["--steps=0"]),
@@ -57,11 +57,19 @@ CASES = [
          ["--ce_weight=0.0"]),
     Case("transfer-epochs", "pipelines.transfer", ["--teacher={missing}.keras", "--student=wrn-10-1", *T, "--epochs=-1"],
          ["--epochs=-1"]),
+    Case("transfer-student-depth", "pipelines.transfer", ["--teacher={missing}.keras", "--student=wrn-12-1", *T],
+         ["--student=wrn-12-1", "6n+4"]),
+    Case("transfer-student-width-zero", "pipelines.transfer", ["--teacher={missing}.keras", "--student=WRN-16-0", *T],
+         ["--student=WRN-16-0", "width"]),
     Case("sweep-budgets-not-numbers", "pipelines.sweep", [*P, "--budgets=0.5,half"], ["--budgets=0.5,half"]),
     Case("sweep-budget-one", "pipelines.sweep", [*P, "--budgets=0.5,1"], ["--budgets=0.5,1"]),
     Case("sweep-unknown-method", "pipelines.sweep", [*P, "--methods=default,magic"], ["--methods=default,magic"]),
     Case("run-all-threads", "pipelines.run_all", [*T, "--threads=0"], ["--threads=0"]),
     Case("run-all-device-python", "pipelines.run_all", [*T, "--device_python={missing}"], ["--device_python={missing}"]),
+    Case("run-all-device-python-not-a-python", "pipelines.run_all", [*T, "--device_python=/bin/true"],
+         ["--device_python=/bin/true", "does not run the device app"]),
+    Case("experiments-device-python-not-a-python", "pipelines.experiments", [*T, "--device_python=/bin/echo"],
+         ["--device_python=/bin/echo", "does not run the device app"]),
     Case("run-all-preset", "pipelines.run_all", [*T, "--preset=huge"], ["--preset=huge"]),
     Case("experiments-threads", "pipelines.experiments", [*T, "--threads=0"], ["--threads=0"]),
     Case("experiments-threads-huge", "pipelines.experiments", [*T, "--threads=100000"], ["--threads=100000", "1..1024"]),
@@ -102,3 +110,19 @@ def test_export_without_data_writes_float16_and_says_so(pipeline_inputs, tmp_pat
     assert "float16" in result.stderr and "--data" in result.stderr
     assert (out / "model_float16.tflite").exists() and not (out / "model_int8.tflite").exists()
     assert json.loads((out / "metrics.json").read_text())["inference_quantization"] == "float16"
+
+
+def test_help_exits_0_and_a_refused_run_creates_no_out_dir(tmp_path):
+    """Asking for help is not an error; a run refused by its flags leaves no --out_dir behind."""
+    result = run_pipeline_process("pipelines.prune", "--help")
+    assert result.code == 0 and "--teacher" in result.stdout, result.stderr[-2000:]
+    out = tmp_path / "not" / "yet"
+    result = run_pipeline_process("pipelines.prune", "--teacher=t.keras", "--data=d", f"--out_dir={out}",
+                                  "--target_params_ratio=1.5")
+    assert_user_error(result, "--target_params_ratio=1.5")
+    assert not (tmp_path / "not").exists()
+
+
+def test_out_dir_where_files_cannot_be_created_is_refused_at_once():
+    result = run_pipeline_process("pipelines.prune", "--teacher=t.keras", "--data=d", "--out_dir=/proc/edgekt_out")
+    assert_user_error(result, "--out_dir=/proc/edgekt_out", "cannot be created")

@@ -76,6 +76,8 @@ CASES = [
     ("max_in_flight 0", [BARE, "--serve", "--max_in_flight=0"], ["--max_in_flight=0"]),
     ("read_timeout 0", [BARE, "--serve", "--read_timeout=0"], ["--read_timeout=0.0"]),
     ("max_request_mb 0", [BARE, "--serve", "--max_request_mb=0"], ["--max_request_mb=0"]),
+    ("request_timeout 0", [BARE, "--serve", "--request_timeout=0"], ["--request_timeout=0.0"]),
+    ("request_timeout without serve", [BARE, "--request_timeout=5"] + WRITE, ["--request_timeout=5.0", "--serve"]),
     ("serve with images", [BARE, "--serve", "--images={good}"], ["--images=", "--serve"]),
     ("serve with out", [BARE, "--serve", "--out={out}"], ["--out=", "--serve"]),
     ("read_timeout without serve", [BARE, "--read_timeout=5"] + WRITE, ["--read_timeout=5.0", "--serve"]),
@@ -128,3 +130,47 @@ def test_good_run_writes_what_the_device_app_reads(results, inputs):
     images, targets, temperature = load_soft_labels(inputs["out"], ["cat", "dog"], (32, 32, 3))
     assert images.shape == (3, 32, 32, 3) and targets.shape == (3, 2) and temperature == 2.0
     np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_the_binary_passes_its_limits_to_the_server(inputs):
+    """`pipelines.soft_labels --serve` as a user starts it: its --read_timeout, --request_timeout
+    and --max_in_flight reach the server (a stalled client gets 408 after the read timeout; with
+    one request in flight, another gets 503), and it serves."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    from harness import REPO_ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.soft_labels", f"--model={inputs['named']}", "--serve",
+                             "--port=0", "--read_timeout=1", "--request_timeout=3", "--max_in_flight=1"],
+                            cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        port, deadline = None, time.monotonic() + 300
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "the server exited before serving"
+            found = re.search(r"serving soft labels on http://127\.0\.0\.1:(\d+)/", line)
+            port = int(found.group(1)) if found else None
+        assert port
+        holder = socket.create_connection(("127.0.0.1", port), timeout=30)  # sends nothing
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as other:
+            other.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert other.recv(100).startswith(b"HTTP/1.0 503")
+        started = time.monotonic()
+        with holder:
+            assert holder.recv(100).startswith(b"HTTP/1.0 408")
+        assert time.monotonic() - started < 2.5
+        status, deadline = b"", time.monotonic() + 10  # the slot frees once the server has closed the holder
+        while b" 200 " not in status and time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                status = sock.recv(100).split(b"\r\n")[0]
+            time.sleep(0.2)
+        assert b" 200 " in status, status
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -103,6 +103,12 @@ def _decode_cases():
         ("16-bit gray PNG by hand", lambda img: png16(gray_of(img).astype(np.uint16) * 257, 0), gray3),
         ("16-bit gray low bits set", lambda img: png16(gray_of(img).astype(np.uint16) * 256 + 255, 0), gray3),
         ("32-bit int gray TIFF (mode I)", lambda img: encode(gray_of(img).astype(np.int32) * 257, "TIFF"), gray3),
+        ("32-bit int gray TIFF holding 8-bit values", lambda img: encode(gray_of(img).astype(np.int32), "TIFF"),
+         gray3),
+        ("16-bit gray PNG with a transparent gray",
+         lambda img: encode(Image.fromarray(gray_of(img).astype(np.uint16) * 257), "PNG",
+                            transparency=int(gray_of(img)[0, 0]) * 257),
+         lambda img: np.repeat(np.where(gray_of(img) == gray_of(img)[0, 0], 0, gray_of(img))[..., None], 3, axis=2)),
         ("16-bit RGB PNG", lambda img: png16(img.astype(np.uint16) * 257, 2), lambda img: img),
         ("16-bit RGBA PNG opaque", lambda img: png16(np.dstack([img, np.full(img.shape[:2], 255, np.uint8)]
                                                                ).astype(np.uint16) * 257, 6), lambda img: img),
@@ -164,6 +170,7 @@ REFUSED = [
     ("32-bit ints beyond 16 bits", lambda img: encode(gray_of(img).astype(np.int32) * 100000, "TIFF"), ["32-bit"]),
     ("decompression bomb", lambda img: bomb_png(), ["too large", "pixels"]),
     ("huge bomb", lambda img: bomb_png(20000), ["too large"]),
+    ("over 24 Mpx, under Pillow's limit", lambda img: bomb_png(6000), ["too large", "6000x6000", "24,000,000"]),
     ("not an image", lambda img: b"hello, world\n", ["not a readable image"]),
     ("empty file", lambda img: b"", ["not a readable image"]),
     ("truncated PNG", lambda img: encode(img)[:200], ["not a readable image"]),
@@ -550,3 +557,35 @@ def test_writes_never_replace_a_device_or_a_pipe(device_export, cifar, tmp_path)
     line = assert_user_error(run_app("learn", f"--model={model}", f"--data={data}", f"--checkpoint={fifo}",
                                      "--epochs=1", "--restart"), str(fifo))
     assert "regular file" in line and os.path.exists(fifo) and not os.path.isfile(fifo)
+
+
+def test_a_tar_whose_members_exceed_the_memory_budget_is_refused(device_export, tmp_path, monkeypatch):
+    """Members of a tar stream are held until decoded: their total is bounded (here patched to
+    1 MiB), so many members under the per-member limit cannot fill the memory either."""
+    from tflite_runtime_app import image_folder
+
+    monkeypatch.setattr(image_folder, "unpack_budget", lambda: 1 << 20)
+    path = tmp_path / "data.tar"
+    with tarfile.open(path, "w") as tf:
+        for i in range(3):
+            info = tarfile.TarInfo(f"mydata/cat/{i}.png")
+            info.size = 600 << 10
+            tf.addfile(info, _Zeros(info.size))
+    before = snapshot(tmp_path)
+    assert_user_error(run_app("evaluate", f"--model={device_model_path(device_export)}", f"--data={path}"),
+                      str(path), "unpack to more than 1048576 bytes", "mydata/cat/1.png")
+    assert snapshot(tmp_path) == before
+
+
+def test_zip_members_are_read_one_at_a_time(device_export, tmp_path, monkeypatch):
+    """A zip can be read member by member: the same members as above are not refused for their
+    total, each is read when it is decoded (and refused as not an image)."""
+    from tflite_runtime_app import image_folder
+
+    monkeypatch.setattr(image_folder, "unpack_budget", lambda: 1 << 20)
+    path = tmp_path / "data.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"mydata/cat/{i}.png", bytes(600 << 10))
+    assert_user_error(run_app("evaluate", f"--model={device_model_path(device_export)}", f"--data={path}"),
+                      "0.png", "not a readable image")

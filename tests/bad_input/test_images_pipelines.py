@@ -25,6 +25,32 @@ def _not_archive(out):
         f.write(b"Rar!")
 
 
+def _cifar_batches(meta):
+    """A cifar-10-batches-py folder whose batches.meta pickles `meta` (or `meta(out)`)."""
+    def prepare(out):
+        import pickle
+
+        import numpy as np
+
+        folder = os.path.join(out, "batches")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "batches.meta"), "wb") as f:
+            pickle.dump(meta(out) if callable(meta) else meta, f)
+        with open(os.path.join(folder, "test_batch"), "wb") as f:
+            pickle.dump({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}, f)
+    return prepare
+
+
+class _RunsCode:
+    """Unpickling it would run a command (as a malicious data file can): it would create `path`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.path}'",))
+
+
 PRUNE = ["--teacher={teacher}", "--out_dir={out}"]
 CASES = [
     Case("prune-data-missing", "pipelines.prune", [*PRUNE, "--data={missing}"], ["{missing}", "no such file"]),
@@ -45,6 +71,10 @@ CASES = [
          ["{big}", "--resize"]),
     Case("transfer-data-other-size", "pipelines.transfer",
          ["--teacher={teacher}", "--student=wrn-10-1", "--data={big}", "--out_dir={out}"], ["{big}", "--resize"]),
+    Case("prune-cifar-batches-meta-not-names", "pipelines.prune", [*PRUNE, "--data={out}/batches"],
+         ["batches", "label_names", "not a list of class names"], prepare=_cifar_batches({b"label_names": 5})),
+    Case("prune-cifar-batches-pickle-runs-code", "pipelines.prune", [*PRUNE, "--data={out}/batches"],
+         ["batches.meta", "system", "run code"], prepare=_cifar_batches(lambda out: {b"label_names": _RunsCode(os.path.join(out, "..", "pwned"))})),
     Case("sweep-data-missing", "pipelines.sweep", ["--teacher={teacher}", "--data={missing}", "--out_dir={out}"],
          ["{missing}"]),
 ]
@@ -58,6 +88,11 @@ def results(pipeline_inputs, tmp_path_factory):
 @pytest.mark.parametrize("case_id", [c.id for c in CASES])
 def test_bad_images(results, case_id):
     check_case(results, case_id)
+
+
+def test_a_pickle_that_runs_code_is_not_run(results):
+    out = results["prune-cifar-batches-pickle-runs-code"][2]
+    assert not os.path.exists(os.path.join(out, "..", "pwned"))
 
 
 def test_resize_reads_other_and_mixed_sizes(pipeline_inputs, tmp_path):

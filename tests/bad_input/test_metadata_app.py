@@ -73,6 +73,9 @@ CASES = [
     ("new classes unknown", _edit(new_class_names=["unicorn"]), ["model_meta.json", "new_class_names", "unicorn"]),
     ("classifier weights unknown", _edit(classifier_weights={"kernel": "head__w"}),
      ["model_meta.json", "classifier_weights", "head__w"]),
+    ("classifier weights a conv kernel", _edit(classifier_weights={"kernel": "stem_conv__kernel",
+                                                                   "bias": "logits__bias"}),
+     ["model_meta.json", "classifier_weights", "stem_conv__kernel", "[features, 10]"]),
     ("inference model not a string", _edit(inference_model=5), ["model_meta.json", "inference_model"]),
     ("options not an object", _edit(options=[1, 2]), ["model_meta.json", "options"]),
 ]

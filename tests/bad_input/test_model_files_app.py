@@ -57,6 +57,22 @@ def _inference_model(model):
     shutil.copyfile(os.path.join(os.path.dirname(model), "model_float16.tflite"), model)
 
 
+def _nan_in_weights(model):
+    # A NaN written over one value of the exported classifier kernel, inside the file itself.
+    import numpy as np
+
+    from tflite_runtime_app.runner import DeviceModel
+
+    kernel = np.ascontiguousarray(DeviceModel(model).get_weights()["logits__kernel"], np.float32).tobytes()
+    with open(model, "rb") as f:
+        blob = bytearray(f.read())
+    at = blob.find(kernel)
+    assert at > 0 and blob.find(kernel, at + 1) < 0
+    blob[at:at + 4] = np.float32(np.nan).tobytes()
+    with open(model, "wb") as f:
+        f.write(bytes(blob))
+
+
 CASES = [
     # (id, how to break model_trainable.tflite, names in the error)
     ("missing", _missing, ["model_trainable.tflite", "not found"]),
@@ -67,6 +83,7 @@ CASES = [
     ("truncated", _truncated, ["model_trainable.tflite"]),
     ("corrupt tables", _corrupt_body, ["model_trainable.tflite"]),
     ("inference model", _inference_model, ["model_trainable.tflite", "signatures"]),
+    ("NaN in its weights", _nan_in_weights, ["model_trainable.tflite", "logits__kernel", "NaN or inf"]),
 ]
 
 
