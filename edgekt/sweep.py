@@ -473,6 +473,11 @@ def where_default_loses(summary: dict, ours: str = "default", against: tuple[str
     return lines
 
 
+def _count(n: int, noun: str) -> str:
+    """`n` with its noun, singular for one."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _tie_note(theirs: dict, ours: dict) -> str:
     """For an int8 win: the tie-split figures when they do not keep the order."""
     a, o = theirs.get(_SPLIT), ours.get(_SPLIT)
@@ -519,12 +524,15 @@ def _caveats(summary: dict) -> list[str]:
     over = [r for r in summary["rows"] if teacher_params and r["params"] > int(r["budget"] * teacher_params)]
     if over:
         lines.append("over the budget (" + ", ".join(
-            f"{r['method']} at {100 * r['budget']:g}%: {r['params'] - int(r['budget'] * teacher_params):,} "
-            "parameters" for r in over) + "): tfmot rounds its sparsity layer by layer; ours stop at or below it.")
-    tied = [r["int8_test_tied"] for r in summary["rows"] if r.get("int8_test_tied") is not None]
+            f"{r['method']} at {100 * r['budget']:g}%: {_count(r['params'] - int(r['budget'] * teacher_params), 'parameter')}"
+            for r in over) + "): tfmot rounds its sparsity layer by layer; ours stop at or below it.")
+    tied = [r for r in summary["rows"] if r.get("int8_test_tied") is not None]
     if tied:
+        most = max(tied, key=lambda r: r["int8_test_tied"])
         lines.append("int8 test top-1: arg-max as the app takes it (a tie goes to the lowest class index); the "
-                     f"quantised outputs of each file tie on {min(tied)}-{max(tied)} test images, so differences of "
+                     f"quantised outputs of each file tie on {min(r['int8_test_tied'] for r in tied)} to "
+                     f"{most['int8_test_tied']} test images (the most: {most['method']} at {100 * most['budget']:g}%), "
+                     "so differences of "
                      "a few images can follow from tie-breaking: where splitting ties evenly reverses a comparison, "
                      "the line below says so.")
     times = method_times(summary["rows"])

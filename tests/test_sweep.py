@@ -142,7 +142,7 @@ def test_int8_wins_that_tie_breaking_decides_say_so():
                                        trajectory_seconds=1.0, final_seconds=1.0)
                                   for r in (row("default", 0.9176, 0.9177, 200), row("tfmot", 0.918, 0.9176, 700))],
                          "teacher": {"params": 1000, "flops": 1e6, "test_images": 5000}})
-    assert "tie on 25-25 test images" in table
+    assert "tie on 25 to 25 test images (the most: default at 50%)" in table
 
 
 def test_top1_figures_count_ties_and_split_them():
@@ -169,6 +169,9 @@ def test_table_names_rows_over_their_budget():
     text = sweep.table({"rows": [row("default", 49_990), row("tfmot", 50_002)],
                         "teacher": {"params": 1_000_000, "flops": 1e8}})
     assert "over the budget (tfmot at 5%: 2 parameters)" in text and "default at 5%" not in text
+    text = sweep.table({"rows": [row("default", 49_990), row("tfmot", 50_001)],
+                        "teacher": {"params": 1_000_000, "flops": 1e8}})
+    assert "over the budget (tfmot at 5%: 1 parameter)" in text
 
 
 def test_table_says_when_the_default_is_absent_and_adds_the_like_for_like_block():
