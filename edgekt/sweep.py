@@ -133,6 +133,7 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
     teacher_params = teacher_cost.params
     teacher_info = {"path": teacher_path, "params": teacher_params, "flops": teacher_cost.flops,
                     "test_images": len(prepared.test.labels) if prepared.test is not None else 0,
+                    "val_images": len(prepared.val.labels) if prepared.val is not None else 0,
                     **{f"{name}_accuracy": evaluation.evaluate(teacher, split.images, split.labels)["accuracy"]
                        for name, split in (("val", prepared.val), ("test", prepared.test)) if split is not None}}
     rows, seconds = [], {}
@@ -166,28 +167,33 @@ def run(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, confi
                              **{k: r[k] for k in ("val_accuracy", "test_accuracy", "int8_bytes", "int8_gzip_bytes",
                                                   "int8_latency_ms", "int8_test_accuracy", "trajectory_seconds",
                                                   "final_seconds")}})
+                rows[-1].update(_file_top1(os.path.join(out_dir, rows[-1]["int8_file"]), prepared))
         else:
             pcfg = method_config(config, method)
             results = pruner.prune_milestones(teacher, prepared, method_dir, pcfg, holdout=holdout,
                                               teacher_path=teacher_path, verbose=verbose)
             n_train = len(prepared.train.labels)
             probe_epochs = min(pcfg.probe_images, n_train) / n_train if pcfg.candidates else 0.0
-            ways = max(len(pcfg.candidates), 1)
+            with open(os.path.join(method_dir, pruner.LOG_FILE)) as f:
+                log = json.load(f)["steps"][1:]
             for r in results:
+                # Every step up to this budget (discarded ones too) and every way it probed.
+                steps_run = _steps_until(log, r["steps_taken"])
+                probes = sum(len(e.get("probe") or {}) for e in steps_run)
                 folder = os.path.join(method_dir, f"budget_{r['budget_ratio']:g}")
                 model_path = os.path.join(folder, pruner.PRUNED_FILE)
-                figures = _int8_figures(model_path, representative, prepared, config.latency_repeats)
+                figures = _int8_figures(model_path, representative, config.latency_repeats)
                 rows.append({"method": method, "budget": r["budget_ratio"], "params": r["params"],
                              "int8_file": os.path.relpath(os.path.join(folder, "model_int8.tflite"), out_dir),
                              "stored_params": r["params"], "flops": r["flops"], "val_accuracy": r["val_accuracy"],
                              "test_accuracy": r["test_accuracy"], "int8_bytes": figures["bytes"],
                              "int8_gzip_bytes": figures["gzip_bytes"], "int8_latency_ms": figures["latency_ms"],
-                             "int8_test_accuracy": figures.get("test_accuracy"),
                              "epochs": r["steps_taken"] * (pcfg.step_epochs + probe_epochs) + pcfg.final_epochs,
-                             "compute_epochs": (r["steps_taken"] * (pcfg.step_epochs + ways * probe_epochs)
+                             "compute_epochs": (len(steps_run) * pcfg.step_epochs + probes * probe_epochs
                                                 + pcfg.final_epochs),
                              "trajectory_seconds": r["trajectory_seconds"], "final_seconds": r["final_seconds"],
                              "steps": r["steps_taken"], "channels": r.get("channels")})
+                rows[-1].update(_file_top1(os.path.join(out_dir, rows[-1]["int8_file"]), prepared))
         seconds[method] = time.perf_counter() - t0
         summary = _write(out_dir, config, rows, seconds, teacher_info, time.perf_counter() - start)
         logging.info("sweep: %s done in %.0f s", method, seconds[method])
@@ -249,9 +255,45 @@ def steps_to_budgets(config, teacher_params: int, teacher_flops: int) -> list[in
     return out
 
 
-def _int8_figures(model_path: str, representative, prepared, repeats: int) -> dict:
-    """The int8 file of a pruned model and its figures (kept beside it, redone when the model
-    or the calibration images changed)."""
+def _steps_until(log: list[dict], accepted: int) -> list[dict]:
+    """The steps of a pruning log (after the teacher's entry) up to its `accepted`-th accepted one."""
+    out, n = [], 0
+    for e in log:
+        if n == accepted:
+            break
+        out.append(e)
+        n += bool(e.get("accepted", True))
+    return out
+
+
+def _file_top1(path: str, prepared) -> dict:
+    """Test top-1 of an int8 file with its tie count and tie-split top-1 (`measure.top1_figures`),
+    kept beside it and redone when the file changed."""
+    import hashlib
+
+    from edgekt.export import measure
+
+    if prepared.test is None:
+        return {}
+    with open(path, "rb") as f:
+        blob = f.read()
+    digest = hashlib.sha256(blob).hexdigest()
+    cache = os.path.splitext(path)[0] + "_top1.json"
+    if os.path.exists(cache):
+        with open(cache) as f:
+            saved = json.load(f)
+        if saved.get("sha256") == digest and saved.get("test_images") == len(prepared.test.labels):
+            return saved["figures"]
+    top1 = measure.top1_figures(measure.tflite_scores(blob, prepared.test.images), prepared.test.labels)
+    figures = {"int8_test_accuracy": top1["accuracy"], "int8_test_tied": top1["tied"],
+               "int8_test_accuracy_ties_split": top1["accuracy_ties_split"]}
+    atomic.write_json(cache, {"sha256": digest, "test_images": len(prepared.test.labels), "figures": figures})
+    return figures
+
+
+def _int8_figures(model_path: str, representative, repeats: int) -> dict:
+    """The int8 file of a pruned model and its bytes and latency (kept beside it, redone when
+    the model or the calibration images changed; its top-1: `_file_top1`)."""
     import hashlib
 
     from edgekt.export import measure
@@ -261,16 +303,15 @@ def _int8_figures(model_path: str, representative, prepared, repeats: int) -> di
         digest = hashlib.sha256(f.read()).hexdigest()
     calibration = hashlib.sha256(np.ascontiguousarray(representative).tobytes()).hexdigest()
     figures_path = os.path.join(os.path.dirname(model_path), "int8.json")
+    int8_path = os.path.join(os.path.dirname(model_path), "model_int8.tflite")
     if os.path.exists(figures_path):
         with open(figures_path) as f:
             figures = json.load(f)
         if figures.get("model_sha256") == digest and figures.get("calibration_sha256") == calibration:
             return figures
     blob = measure.inference_file(saving.load_model(model_path), "int8", representative)
-    atomic.write_bytes(os.path.join(os.path.dirname(model_path), "model_int8.tflite"), blob)
-    figures = {**measure.file_figures(blob, prepared.test.images if prepared.test else None,
-                                      prepared.test.labels if prepared.test else None, repeats=repeats),
-               "model_sha256": digest, "calibration_sha256": calibration}
+    atomic.write_bytes(int8_path, blob)
+    figures = {**measure.file_figures(blob, repeats=repeats), "model_sha256": digest, "calibration_sha256": calibration}
     atomic.write_json(figures_path, figures)
     return figures
 
@@ -355,11 +396,10 @@ _COMPARED = ((lambda r: r.get("test_accuracy"), "test top-1", 1, pct),
 # Pruning seconds are not compared: they are wall time under whatever load there was (see the caveats).
 
 
-def _curve_at(points: list[dict], key: str, cost) -> float | None:
-    """The best int8 test top-1 a method's `points` reach at `cost` of `key`: their upper
-    envelope, log-linear between neighbours; None below the cheapest point."""
-    pts = sorted((p[key], p["int8_test_accuracy"]) for p in points
-                 if p.get(key) is not None and p.get("int8_test_accuracy") is not None)
+def _curve_at(points: list[dict], key: str, cost, accuracy: str = "int8_test_accuracy") -> float | None:
+    """The best `accuracy` a method's `points` reach at `cost` of `key`: their upper envelope,
+    log-linear between neighbours; None below the cheapest point."""
+    pts = sorted((p[key], p[accuracy]) for p in points if p.get(key) is not None and p.get(accuracy) is not None)
     if cost is None or not pts or cost < pts[0][0]:
         return None
     best = max(a for c, a in pts if c <= cost)
@@ -371,17 +411,26 @@ def _curve_at(points: list[dict], key: str, cost) -> float | None:
 
 def _images(summary: dict, what: str) -> int | None:
     """How many images an accuracy column of `what` counts (test or val), when known."""
-    if "val" in what:
-        return (summary.get("config") or {}).get("val_size")
-    return (summary.get("teacher") or {}).get("test_images")
+    return (summary.get("teacher") or {}).get("val_images" if "val" in what else "test_images")
+
+
+# The curves each method's points are checked against: (cost, its name, how it is printed, accuracy).
+_CURVES = (("params", "parameters", lambda v: f"{v:,}", "test_accuracy"),
+           ("flops", "FLOPs", lambda v: f"{v / 1e6:.1f}M", "test_accuracy"),
+           ("int8_bytes", "int8 bytes", _in_kib, "int8_test_accuracy"),
+           ("int8_gzip_bytes", "gzipped int8 bytes", _in_kib, "int8_test_accuracy"),
+           ("int8_latency_ms", "int8 latency", _in_ms, "int8_test_accuracy"))
+_SPLIT = "int8_test_accuracy_ties_split"
 
 
 def where_default_loses(summary: dict, ours: str = "default", against: tuple[str, ...] | None = None) -> list[str]:
     """Every budget where another method (those in `against`, or all) beats `ours` on a column of
     the table (accuracy differences also in images, when the table knows how many), and every
-    point of another method above `ours`' curve of int8 test top-1 against int8 bytes, gzipped
-    int8 bytes or latency (the int8 file's accuracy against the int8 file's costs). Pruning
-    seconds are not compared (wall time under uneven load)."""
+    point of another method above `ours`' curve of test top-1 against parameters or FLOPs, or of
+    int8 test top-1 against int8 bytes, gzipped int8 bytes or latency (the int8 file's accuracy
+    against the int8 file's costs). Int8 figures are arg-max top-1 as the app takes it; where
+    splitting tied top scores evenly would not keep the order, the line says so. Pruning seconds
+    are not compared (wall time under uneven load)."""
     rows = summary["rows"]
     label = "the default" if ours == "default" else ours
     base = {r["budget"]: r for r in rows if r["method"] == ours}
@@ -393,29 +442,48 @@ def where_default_loses(summary: dict, ours: str = "default", against: tuple[str
     for method in others:
         theirs = sorted((r for r in rows if r["method"] == method and r["budget"] in base), key=lambda r: -r["budget"])
         for get, what, sign, fmt in _COMPARED:
-            wins = [(r["budget"], get(r), get(base[r["budget"]])) for r in theirs
-                    if get(r) is not None and get(base[r["budget"]]) is not None
+            wins = [r for r in theirs if get(r) is not None and get(base[r["budget"]]) is not None
                     and sign * (get(r) - get(base[r["budget"]])) > 0]
             if wins:
                 verb = f"has {what}" if sign < 0 else f"beats it on {what}"
                 n = _images(summary, what) if sign > 0 else None
-                lines.append(f"{method} {verb} at " + ", ".join(
-                    f"{100 * b:g}% ({fmt(a)} vs {fmt(o)}" + (f", {round((a - o) * n)} of {n:,} images" if n else "")
-                    + ")" for b, a, o in wins) + ".")
-        for key, what, fmt in (("int8_bytes", "int8 bytes", _in_kib), ("int8_gzip_bytes", "gzipped int8 bytes", _in_kib),
-                               ("int8_latency_ms", "int8 latency", _in_ms)):
+                parts = []
+                for r in wins:
+                    a, o = get(r), get(base[r["budget"]])
+                    parts.append(f"{100 * r['budget']:g}% ({fmt(a)} vs {fmt(o)}"
+                                 + (f", {round((a - o) * n)} of {n:,} images" if n else "")
+                                 + (_tie_note(r, base[r["budget"]]) if what == "int8 test top-1" else "") + ")")
+                lines.append(f"{method} {verb} at " + ", ".join(parts) + ".")
+        for key, what, fmt, accuracy in _CURVES:
             above = []
             for r in theirs:
-                if r.get(key) is None:
+                if r.get(key) is None or r.get(accuracy) is None:
                     continue
-                level = _curve_at(list(base.values()), key, r[key])
-                if r.get("int8_test_accuracy") is not None and (level is None or r["int8_test_accuracy"] > level):
-                    above.append(f"{100 * r['budget']:g}% ({pct(r['int8_test_accuracy'])} at {fmt(r[key])}; {ours} "
-                                 + ("has no point that cheap" if level is None else f"{pct(level)} there") + ")")
+                level = _curve_at(list(base.values()), key, r[key], accuracy)
+                if level is None or r[accuracy] > level:
+                    split = _curve_at(list(base.values()), key, r[key], _SPLIT) if accuracy != "test_accuracy" else None
+                    kept = (split is None or r.get(_SPLIT) is None or r[_SPLIT] > split)
+                    above.append(f"{100 * r['budget']:g}% ({pct(r[accuracy])} at {fmt(r[key])}; {ours} "
+                                 + ("has no point that cheap" if level is None else f"{pct(level)} there")
+                                 + ("" if kept else "; not above with tied top scores split evenly") + ")")
             if above:
-                lines.append(f"{method} lies above {label}'s curve of int8 test top-1 against {what} (log-linear "
+                name = "test top-1" if accuracy == "test_accuracy" else "int8 test top-1"
+                lines.append(f"{method} lies above {label}'s curve of {name} against {what} (log-linear "
                              f"between {label}'s budgets) at " + ", ".join(above) + ".")
     return lines
+
+
+def _count(n: int, noun: str) -> str:
+    """`n` with its noun, singular for one."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _tie_note(theirs: dict, ours: dict) -> str:
+    """For an int8 win: the tie-split figures when they do not keep the order."""
+    a, o = theirs.get(_SPLIT), ours.get(_SPLIT)
+    if a is None or o is None or a > o:
+        return ""
+    return f"; with tied top scores split evenly {pct(a)} vs {pct(o)}"
 
 
 def method_times(rows: list[dict]) -> dict[str, dict]:
@@ -440,14 +508,33 @@ def _caveats(summary: dict) -> list[str]:
              "and the final fine-tuning, measured while other jobs may share the CPU."]
     if "default" in methods or "default_labels_only" in methods:
         lines.append("default: each step keeps, of several ways, the one best on the validation split after a short "
-                     "probe, so its val top-1 is that of a choice made on the same images (compare methods on test).")
+                     "probe, so its val top-1 is that of a choice made on the same images (compare methods on test). "
+                     "Every method steps through the sweep's budgets in turn, so a row is the default policy on that "
+                     "schedule, not a run of `pipelines.prune` to that budget alone (equal steps to it).")
     if "tfmot" in methods:
         lines.append("tfmot: magnitude pruning of the dense model (non-zero parameters counted; its file and latency "
-                     "stay dense), fine-tuned on labels only with our data, epochs, batch size and optimizer (SGD, "
-                     "Nesterov 0.9, cosine decay per phase, L2 on kernels: the pruning preset's); ours distil from "
-                     "the teacher" + (" (default_labels_only: ours on labels only, the like-for-like row)"
-                                      if "default_labels_only" in methods else "")
+                     "stay dense), fine-tuned on labels only with our data, batch size and optimizer (SGD, "
+                     "Nesterov 0.9, cosine decay per phase, L2 on kernels: the pruning preset's) and the epochs of "
+                     "our steps and final fine-tuning, not of the short probes with which the default chooses a way "
+                     "at each step (the epochs column shows the difference); ours distil from the teacher"
+                     + (" (default_labels_only: ours on labels only, the like-for-like row)"
+                        if "default_labels_only" in methods else "")
                      + ". Neither side's learning rate was tuned.")
+    teacher_params = (summary.get("teacher") or {}).get("params")
+    over = [r for r in summary["rows"] if teacher_params and r["params"] > int(r["budget"] * teacher_params)]
+    if over:
+        lines.append("over the budget (" + ", ".join(
+            f"{r['method']} at {100 * r['budget']:g}%: {_count(r['params'] - int(r['budget'] * teacher_params), 'parameter')}"
+            for r in over) + "): tfmot rounds its sparsity layer by layer; ours stop at or below it.")
+    tied = [r for r in summary["rows"] if r.get("int8_test_tied") is not None]
+    if tied:
+        most = max(tied, key=lambda r: r["int8_test_tied"])
+        lines.append("int8 test top-1: arg-max as the app takes it (a tie goes to the lowest class index); the "
+                     f"quantised outputs of each file tie on {min(r['int8_test_tied'] for r in tied)} to "
+                     f"{most['int8_test_tied']} test images (the most: {most['method']} at {100 * most['budget']:g}%), "
+                     "so differences of "
+                     "a few images can follow from tie-breaking: where splitting ties evenly reverses a comparison, "
+                     "the line below says so.")
     times = method_times(summary["rows"])
     if times:
         total = sum(t["total"] for t in times.values())

@@ -59,6 +59,11 @@ def test_sweep_measures_every_method_at_every_budget(small_sweep):
     assert all(r["int8_latency_ms"] == latency["latency_ms"][r["int8_file"]] for r in summary["rows"])
     for r in summary["rows"]:
         assert r["compute_epochs"] >= r["epochs"] and (r["compute_epochs"] > r["epochs"]) == (r["method"] == "default")
+        # The int8 file's top-1 with its ties: the tie-split figure lies within what the ties allow.
+        n, tied = summary["teacher"]["test_images"], r["int8_test_tied"]
+        assert 0 <= tied <= n
+        assert r["int8_test_accuracy"] - tied / n <= r["int8_test_accuracy_ties_split"] <= r["int8_test_accuracy"] + tied / n
+    assert summary["teacher"]["val_images"] == 150
 
 
 def test_sweep_resumes_without_training_again(small_sweep, three_classes):
@@ -97,6 +102,9 @@ def test_where_the_default_loses_names_every_column_and_the_points_above_its_cur
     text = "\n".join(lines)
     assert "l1_global beats it on test top-1 at 50% (91.00% vs 90.00%)" in text
     assert "l1_global has fewer FLOPs at 50% (40.0M vs 50.0M)." in text
+    # At 40M FLOPs the default's test curve gives 80% + 10 * log(4)/log(5) = 88.61%.
+    assert "l1_global lies above the default's curve of test top-1 against FLOPs (log-linear between the default's " \
+           "budgets) at 50% (91.00% at 40.0M; default 88.61% there)." in text
     assert "pruning time" not in text  # wall seconds under uneven load are not compared
     assert "l1_global has a smaller int8 file at 10% (8.0 KiB vs 10.0 KiB)" in text
     assert "l1_global lies above the default's curve of int8 test top-1 against int8 bytes" in text
@@ -115,6 +123,56 @@ def test_where_the_default_loses_names_every_column_and_the_points_above_its_cur
                                      against=("tfmot",))
     assert like and all(l.startswith("tfmot ") for l in like)
     assert any("above default_labels_only's curve of int8 test top-1 against int8 bytes" in l for l in like)
+
+
+def test_int8_wins_that_tie_breaking_decides_say_so():
+    def row(method, int8, split, kib):
+        return {"method": method, "budget": 0.5, "test_accuracy": 0.9, "int8_test_accuracy": int8,
+                "int8_test_accuracy_ties_split": split, "int8_test_tied": 25, "int8_bytes": kib * 1024}
+    lines = sweep.where_default_loses({"rows": [row("default", 0.9176, 0.9177, 200), row("tfmot", 0.9180, 0.9176, 700),
+                                                row("l1_global", 0.9200, 0.9190, 300)],
+                                       "teacher": {"test_images": 5000}})
+    text = "\n".join(lines)
+    assert ("tfmot beats it on int8 test top-1 at 50% (91.80% vs 91.76%, 2 of 5,000 images; with tied top scores "
+            "split evenly 91.76% vs 91.77%)") in text
+    assert "l1_global beats it on int8 test top-1 at 50% (92.00% vs 91.76%, 12 of 5,000 images)." in text
+    # Beyond the default's largest file its curve stays at its best point: tfmot lies above it only by tie-breaking.
+    assert "at 50% (91.80% at 700.0 KiB; default 91.76% there; not above with tied top scores split evenly)" in text
+    assert "at 50% (92.00% at 300.0 KiB; default 91.76% there)." in text
+    table = sweep.table({"rows": [dict(r, params=1, flops=1, val_accuracy=0.9, int8_latency_ms=0.1,
+                                       trajectory_seconds=1.0, final_seconds=1.0)
+                                  for r in (row("default", 0.9176, 0.9177, 200), row("tfmot", 0.918, 0.9176, 700))],
+                         "teacher": {"params": 1000, "flops": 1e6, "test_images": 5000}})
+    assert "tie on 25 to 25 test images (the most: default at 50%)" in table
+
+
+def test_top1_figures_count_ties_and_split_them():
+    from edgekt.export import measure
+
+    scores = [[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 3.0, 3.0], [0.0, 0.0, 1.0]]
+    top1 = measure.top1_figures(scores, [1, 1, 2, 0])
+    assert top1["accuracy"] == 0.25 and top1["tied"] == 2   # arg-max takes class 0 on both ties
+    assert top1["accuracy_ties_split"] == pytest.approx((0.5 + 1 + 1 / 3 + 0) / 4)
+
+
+def test_steps_until_counts_discarded_steps_up_to_the_kept_one():
+    log = [{"step": 1, "accepted": True}, {"step": 2, "accepted": False}, {"step": 3, "accepted": True},
+           {"step": 4, "accepted": True}]
+    assert [e["step"] for e in sweep._steps_until(log, 2)] == [1, 2, 3]
+    assert [e["step"] for e in sweep._steps_until(log, 1)] == [1]
+
+
+def test_table_names_rows_over_their_budget():
+    def row(method, params):
+        return {"method": method, "budget": 0.05, "params": params, "flops": 1e6, "val_accuracy": 0.8,
+                "test_accuracy": 0.8, "int8_bytes": 2048, "int8_latency_ms": 0.1, "trajectory_seconds": 1.0,
+                "final_seconds": 1.0}
+    text = sweep.table({"rows": [row("default", 49_990), row("tfmot", 50_002)],
+                        "teacher": {"params": 1_000_000, "flops": 1e8}})
+    assert "over the budget (tfmot at 5%: 2 parameters)" in text and "default at 5%" not in text
+    text = sweep.table({"rows": [row("default", 49_990), row("tfmot", 50_001)],
+                        "teacher": {"params": 1_000_000, "flops": 1e8}})
+    assert "over the budget (tfmot at 5%: 1 parameter)" in text
 
 
 def test_table_says_when_the_default_is_absent_and_adds_the_like_for_like_block():

@@ -33,8 +33,8 @@ def tflite_latency_ms(blob: bytes, repeats: int = 50, threads: int = 1) -> float
     return float(np.median(times) * 1000)
 
 
-def tflite_top1(blob: bytes, images: np.ndarray, labels: np.ndarray, threads: int = 1) -> float:
-    """Top-1 of a batch-1 model (float input of raw pixels; logits or probabilities out)."""
+def tflite_scores(blob: bytes, images: np.ndarray, threads: int = 1) -> np.ndarray:
+    """The outputs of a batch-1 model (float input of raw pixels) for every image, float32."""
     interpreter = _interpreter(blob, threads)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
@@ -43,8 +43,21 @@ def tflite_top1(blob: bytes, images: np.ndarray, labels: np.ndarray, threads: in
         interpreter.set_tensor(inp["index"], np.asarray(image, np.float32)[None])
         interpreter.invoke()
         scores.append(np.asarray(interpreter.get_tensor(out["index"]), np.float32)[0])
-    # Logits and probabilities have the same arg-max.
-    return float(np.mean(np.argmax(np.stack(scores), axis=-1) == np.asarray(labels)))
+    return np.stack(scores)
+
+
+def top1_figures(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Top-1 of `scores` (logits or probabilities: the same arg-max) as the app takes it (a tie
+    goes to the lowest class index), how many images have a tied top score (quantised outputs
+    tie often), and the top-1 with every tie split evenly between the tied classes."""
+    scores = np.asarray(scores)
+    labels = np.asarray(labels)
+    top = scores.max(axis=-1, keepdims=True)
+    tied = scores == top
+    ways = tied.sum(axis=-1)
+    return {"accuracy": float(np.mean(np.argmax(scores, axis=-1) == labels)),
+            "tied": int(np.sum(ways > 1)),
+            "accuracy_ties_split": float(np.mean(tied[np.arange(len(labels)), labels] / ways))}
 
 
 def inference_file(model: keras.Model, quantization: str = "int8", representative: np.ndarray | None = None) -> bytes:
@@ -58,9 +71,12 @@ def inference_file(model: keras.Model, quantization: str = "int8", representativ
 
 def file_figures(blob: bytes, test_images: np.ndarray | None = None, test_labels: np.ndarray | None = None,
                  repeats: int = 50, threads: int = 1) -> dict:
-    """Bytes, gzip bytes, latency and (given test images) top-1 of a `.tflite` file."""
+    """Bytes, gzip bytes, latency and (given test images) top-1 of a `.tflite` file (with its tie
+    count and tie-split top-1: `top1_figures`)."""
     out = {"bytes": len(blob), "gzip_bytes": len(gzip.compress(blob)),
            "latency_ms": tflite_latency_ms(blob, repeats=repeats, threads=threads)}
     if test_images is not None:
-        out["test_accuracy"] = tflite_top1(blob, test_images, test_labels, threads=threads)
+        top1 = top1_figures(tflite_scores(blob, test_images, threads), test_labels)
+        out.update(test_accuracy=top1["accuracy"], test_tied=top1["tied"],
+                   test_accuracy_ties_split=top1["accuracy_ties_split"])
     return out
