@@ -335,7 +335,7 @@ def table(summary: dict) -> str:
     the methods beyond the table's columns."""
     t = summary.get("teacher") or {}
     n_test = f" ({t['test_images']:,} images)" if t.get("test_images") else ""
-    lines = [f"| method | budget | params (non-zero) | MFLOPs (executed) | val top-1 | test top-1{n_test} | "
+    lines = [f"| method | budget | params (non-zero) | MFLOPs (multiply-adds executed) | val top-1 | test top-1{n_test} | "
              "int8 test top-1 | int8 KiB | int8 gzip KiB | int8 latency ms | epochs | compute epochs | pruning s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if t:
@@ -428,7 +428,8 @@ def where_default_loses(summary: dict, ours: str = "default", against: tuple[str
     the table (accuracy differences also in images, when the table knows how many), and every
     point of another method above `ours`' curve of test top-1 against parameters or FLOPs, or of
     int8 test top-1 against int8 bytes, gzipped int8 bytes or latency (the int8 file's accuracy
-    against the int8 file's costs). Int8 figures are arg-max top-1 as the app takes it; where
+    against the int8 file's costs); a point cheaper than all of `ours`, where no curve reaches, only
+    when it beats one of them outright. Int8 figures are arg-max top-1 as the app takes it; where
     splitting tied top scores evenly would not keep the order, the line says so. Pruning seconds
     are not compared (wall time under uneven load)."""
     rows = summary["rows"]
@@ -450,26 +451,44 @@ def where_default_loses(summary: dict, ours: str = "default", against: tuple[str
                 parts = []
                 for r in wins:
                     a, o = get(r), get(base[r["budget"]])
-                    parts.append(f"{100 * r['budget']:g}% ({fmt(a)} vs {fmt(o)}"
+                    shown = (f"{fmt(a)} vs {fmt(o)}" if fmt(a) != fmt(o) or "file" not in what
+                             else f"{a:,} vs {o:,} bytes")
+                    parts.append(f"{100 * r['budget']:g}% ({shown}"
                                  + (f", {round((a - o) * n)} of {n:,} images" if n else "")
                                  + (_tie_note(r, base[r["budget"]]) if what == "int8 test top-1" else "") + ")")
                 lines.append(f"{method} {verb} at " + ", ".join(parts) + ".")
         for key, what, fmt, accuracy in _CURVES:
-            above = []
+            above, dominates = [], []
+            name = "test top-1" if accuracy == "test_accuracy" else "int8 test top-1"
             for r in theirs:
                 if r.get(key) is None or r.get(accuracy) is None:
                     continue
+                where = f"{100 * r['budget']:g}% ({pct(r[accuracy])} at {fmt(r[key])}"
                 level = _curve_at(list(base.values()), key, r[key], accuracy)
-                if level is None or r[accuracy] > level:
-                    split = _curve_at(list(base.values()), key, r[key], _SPLIT) if accuracy != "test_accuracy" else None
-                    kept = (split is None or r.get(_SPLIT) is None or r[_SPLIT] > split)
-                    above.append(f"{100 * r['budget']:g}% ({pct(r[accuracy])} at {fmt(r[key])}; {ours} "
-                                 + ("has no point that cheap" if level is None else f"{pct(level)} there")
-                                 + ("" if kept else "; not above with tied top scores split evenly") + ")")
+                if level is not None:
+                    if r[accuracy] > level:
+                        split = (_curve_at(list(base.values()), key, r[key], _SPLIT)
+                                 if accuracy != "test_accuracy" else None)
+                        kept = split is None or r.get(_SPLIT) is None or r[_SPLIT] > split
+                        above.append(f"{where}; {ours} {pct(level)} there"
+                                     + ("" if kept else "; not above with tied top scores split evenly") + ")")
+                    continue
+                # Cheaper than every point of ours: no curve there, but it may still beat one of our points outright.
+                beaten = [b for b in sorted(base.values(), key=lambda b: b[key] if b.get(key) is not None else 0)
+                          if b.get(key) is not None and b.get(accuracy) is not None and b[accuracy] < r[accuracy]]
+                if beaten:
+                    b = beaten[0]
+                    kept = (accuracy == "test_accuracy" or r.get(_SPLIT) is None or b.get(_SPLIT) is None
+                            or r[_SPLIT] > b[_SPLIT])
+                    dominates.append(f"{where}; {ours} at {100 * b['budget']:g}%: {pct(b[accuracy])} at "
+                                     f"{fmt(b[key])}" + ("" if kept else "; not with tied top scores split evenly")
+                                     + ")")
             if above:
-                name = "test top-1" if accuracy == "test_accuracy" else "int8 test top-1"
                 lines.append(f"{method} lies above {label}'s curve of {name} against {what} (log-linear "
                              f"between {label}'s budgets) at " + ", ".join(above) + ".")
+            if dominates:
+                lines.append(f"{method} beats a point of {label}'s outright (higher {name} with fewer {what}, "
+                             f"cheaper than all of {label}'s points) at " + ", ".join(dominates) + ".")
     return lines
 
 
@@ -510,7 +529,7 @@ def _caveats(summary: dict) -> list[str]:
         lines.append("default: each step keeps, of several ways, the one best on the validation split after a short "
                      "probe, so its val top-1 is that of a choice made on the same images (compare methods on test). "
                      "Every method steps through the sweep's budgets in turn, so a row is the default policy on that "
-                     "schedule, not a run of `pipelines.prune` to that budget alone (equal steps to it).")
+                     "schedule, not a separate run of `pipelines.prune` to that budget alone, whose steps would differ.")
     if "tfmot" in methods:
         lines.append("tfmot: magnitude pruning of the dense model (non-zero parameters counted; its file and latency "
                      "stay dense), fine-tuned on labels only with our data, batch size and optimizer (SGD, "
@@ -529,12 +548,17 @@ def _caveats(summary: dict) -> list[str]:
     tied = [r for r in summary["rows"] if r.get("int8_test_tied") is not None]
     if tied:
         most = max(tied, key=lambda r: r["int8_test_tied"])
-        lines.append("int8 test top-1: arg-max as the app takes it (a tie goes to the lowest class index); the "
+        lines.append("int8 test top-1: arg-max, a tie going to the lowest class index (as the app's `evaluate` "
+                     "counts; the int8 file takes raw 0-255 pixels as the app feeds them); the "
                      f"quantised outputs of each file tie on {min(r['int8_test_tied'] for r in tied)} to "
                      f"{most['int8_test_tied']} test images (the most: {most['method']} at {100 * most['budget']:g}%), "
                      "so differences of "
                      "a few images can follow from tie-breaking: where splitting ties evenly reverses a comparison, "
                      "the line below says so.")
+    if "default" in methods:
+        lines.append("the default's curves (below the table) join its budgets' points log-linearly; a point of "
+                     "another method cheaper than all of the default's is listed only where it beats one of them "
+                     "outright.")
     times = method_times(summary["rows"])
     if times:
         total = sum(t["total"] for t in times.values())

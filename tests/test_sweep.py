@@ -107,13 +107,20 @@ def test_where_the_default_loses_names_every_column_and_the_points_above_its_cur
            "budgets) at 50% (91.00% at 40.0M; default 88.61% there)." in text
     assert "pruning time" not in text  # wall seconds under uneven load are not compared
     assert "l1_global has a smaller int8 file at 10% (8.0 KiB vs 10.0 KiB)" in text
-    assert "l1_global lies above the default's curve of int8 test top-1 against int8 bytes" in text
-    assert "10% (70.00% at 8.0 KiB; default has no point that cheap)" in text
+    assert ("l1_global lies above the default's curve of int8 test top-1 against int8 bytes (log-linear between the "
+            "default's budgets) at 50% (91.00% at 120.0 KiB; default 90.00% there).") in text
+    assert "10% (70.00% at 8.0 KiB" not in text   # cheaper than every default point, and less accurate than each
     tfmot_bytes = [l for l in lines if l.startswith("tfmot lies above") and "int8 bytes" in l]
     assert len(tfmot_bytes) == 1 and "50% (86.00% at 30.0 KiB; default 84.77% there)" in tfmot_bytes[0]
     assert "10%" not in tfmot_bytes[0] and not any(l.startswith("tfmot lies above") and "latency" in l for l in lines)
     assert not any(l.startswith("attention_global lies above") for l in lines)
     assert sweep.where_default_loses({"rows": rows[2:]}) == []   # no default, nothing to compare
+    # Cheaper than every default point and more accurate than one of them: it beats that point outright.
+    text = "\n".join(sweep.where_default_loses({"rows": rows[:2] + [row("l1_uniform", 0.1, 0.85, 9.99, 0.09, 9e6)]}))
+    assert ("l1_uniform beats a point of the default's outright (higher test top-1 with fewer FLOPs, cheaper than all "
+            "of the default's points) at 10% (85.00% at 9.0M; default at 10%: 80.00% at 10.0M).") in text
+    # Files equal in KiB to one decimal are told apart in bytes.
+    assert "l1_uniform has a smaller int8 file at 10% (10,229.76 vs 10,240 bytes)" in text
     # Accuracy differences in images when the table knows how many were counted.
     counted = "\n".join(sweep.where_default_loses({"rows": rows, "teacher": {"test_images": 5000}}))
     assert "l1_global beats it on test top-1 at 50% (91.00% vs 90.00%, 50 of 5,000 images)" in counted
