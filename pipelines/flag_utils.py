@@ -42,6 +42,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         _check_finite_floats()
         _check_empty_values()
         _check_output_folder()
+        _check_outputs_are_not_inputs()
     except UserError as e:
         sys.exit(fail(e))
     return rest
@@ -60,7 +61,76 @@ def _check_output_folder() -> None:
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing):
             raise UserError(f"--out_dir={path}: {existing} is a file, not a folder; pass a folder in a writable place")
+        _check_path_length("--out_dir", path, existing)
         probe_writable("--out_dir", path, existing)
+
+
+def _check_path_length(flag: str, path: str, existing: str) -> None:
+    """A path the file system cannot hold (a name or the whole path too long) is refused by its
+    flag before any work (the folder does not exist yet, so the probe alone would not show it)."""
+    try:
+        name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    longest = max((os.fsencode(part) for part in os.path.abspath(path).split(os.sep)), key=len)
+    if len(longest) > name_max:
+        raise UserError(f"{flag}={path[:80]}...: a folder name of {len(longest)} bytes, more than the {name_max} the "
+                        "file system allows; use a shorter path")
+    # Room for the names of the files written inside it.
+    if len(os.fsencode(os.path.abspath(path))) + name_max + 1 > path_max:
+        raise UserError(f"{flag}={path[:80]}...: {len(os.fsencode(os.path.abspath(path)))} bytes long, too long for "
+                        f"files inside it (the file system allows paths of {path_max} bytes); use a shorter path")
+
+
+_OUTPUT_FLAGS = ("out_dir", "out")
+# Inputs a binary writes files of the same names beside (a stage's metrics.json, model files).
+_MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".json")
+
+
+def _input_files() -> list[tuple[str, str]]:
+    """(flag, path) of every input flag naming a file or folder that exists, with a .keras
+    model's metrics.json beside it (its training record, read by later stages)."""
+    found = []
+    for name in flags.FLAGS:
+        flag = flags.FLAGS[name]
+        if name in _OUTPUT_FLAGS or not flag.present or not isinstance(flag.value, str) or not flag.value.strip():
+            continue
+        path = flag.value
+        if not os.path.exists(path):
+            continue
+        found.append((f"--{name}={path}", path))
+        if path.lower().endswith(".keras") and os.path.isfile(path):
+            sidecar = os.path.join(os.path.dirname(path) or ".", "metrics.json")
+            if os.path.isfile(sidecar):
+                found.append((f"the metrics.json of --{name}={path}", sidecar))
+    return found
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_outputs_are_not_inputs() -> None:
+    """An output flag must not name an input: a binary would replace the file it reads (or, for
+    --out_dir, the model files and metrics.json beside an input model) and the input is lost."""
+    if "out" in flags.FLAGS and flags.FLAGS.out and os.path.exists(flags.FLAGS.out):
+        for what, path in _input_files():
+            if _same(flags.FLAGS.out, path):
+                raise UserError(f"--out={flags.FLAGS.out}: is {what}, which writing the output would replace; pass "
+                                "another path")
+    if "out_dir" in flags.FLAGS and flags.FLAGS.out_dir and os.path.isdir(flags.FLAGS.out_dir):
+        out_dir = flags.FLAGS.out_dir
+        for what, path in _input_files():
+            if os.path.isdir(path) and _same(path, out_dir):
+                raise UserError(f"--out_dir={out_dir}: is the input folder {what}; pass another folder for the "
+                                "outputs")
+            if (os.path.isfile(path) and path.lower().endswith(_MODEL_SUFFIXES)
+                    and _same(os.path.dirname(path) or ".", out_dir)):
+                raise UserError(f"--out_dir={out_dir}: holds {what}, and this binary writes its model files and "
+                                "metrics.json there, which would replace the input's; pass another folder")
 
 
 def probe_writable(flag: str, value: str, folder: str) -> None:
@@ -96,8 +166,18 @@ def _flag_error_text(error: flags.Error) -> str:
     if text.startswith("flag --") and ": " in text:
         what, why = text[len("flag "):].split(": ", 1)
         name = what.split("=", 1)[0]
+        value = what[len(name) + 1:]
+        if value.startswith("[") and value.endswith("]"):  # a list flag: shown as typed, comma-separated
+            import ast
+
+            try:
+                what = f"{name}={','.join(map(str, ast.literal_eval(value)))}"
+            except (ValueError, SyntaxError):
+                pass
         if "must have a value other than None" in why:
             return f"{name}: required flag is missing; pass {name}=..."
+        if "; " in why:  # the check already says what to do
+            return f"{what}: {why.rstrip('.')}"
         return f"{what}: {why.rstrip('.')}; see --helpshort for what {name} accepts"
     if text.startswith("Missing value for flag "):
         name = text.rsplit(" ", 1)[-1]

@@ -175,7 +175,8 @@ def _load_images(soft_labels, model):
     from tflite_runtime_app import data as app_data
 
     try:
-        images = app_data.load_unlabelled(_IMAGES.value, tuple(model.input_shape[1:]), resize=_RESIZE.value)
+        images = app_data.load_unlabelled(_IMAGES.value, tuple(model.input_shape[1:]), resize=_RESIZE.value,
+                                          offer_skip=False)
         return soft_labels.check_images(images, model, _IMAGES.value)
     except UserError as e:
         raise soft_labels.with_advice(e, "check --images") from e

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from edgekt.errors import UserError
 from pipelines import flag_utils
 
 _TEACHER = flags.DEFINE_string("teacher", None, "The unpruned .keras model.", required=True)
@@ -28,16 +27,37 @@ _PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Fin
 flag_utils.define_resize()
 
 
+def _budgets_problem(values) -> str | None:
+    """What is wrong with --budgets (checked as the flags are parsed, before TensorFlow loads)."""
+    if values is None:
+        return None
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return "not a list of numbers; pass fractions of the parameters kept, e.g. --budgets=0.5,0.1"
+    if not numbers or not all(0 < b < 1 for b in numbers):
+        return "must be fractions in (0, 1); pass fractions of the parameters kept, e.g. --budgets=0.5,0.1"
+    if len(set(numbers)) != len(numbers):
+        return "must be distinct fractions; give each budget once"
+    return None
+
+
+def _check_budgets(values) -> bool:
+    problem = _budgets_problem(values)
+    if problem:
+        raise flags.ValidationError(problem)
+    return True
+
+
+flags.register_validator("budgets", _check_budgets)
+
+
 def main(argv):
     from edgekt import sweep
 
     overrides = {}
-    if flags.FLAGS["budgets"].present:
-        try:
-            overrides["budgets"] = tuple(float(b) for b in flags.FLAGS.budgets)
-        except ValueError:
-            raise UserError(f"--budgets={','.join(flags.FLAGS.budgets)}: not a list of numbers; pass fractions of "
-                            "the parameters kept, e.g. --budgets=0.5,0.1") from None
+    if flags.FLAGS["budgets"].present:  # numbers, checked as the flags were parsed
+        overrides["budgets"] = tuple(float(b) for b in flags.FLAGS.budgets)
     if flags.FLAGS["methods"].present:
         overrides["methods"] = tuple(flags.FLAGS.methods)
     config = flag_utils.config_from_flags(sweep.preset, {"budgets": "budgets", "methods": "methods"}, _PRESET.value,

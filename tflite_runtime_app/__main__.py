@@ -239,8 +239,8 @@ def cmd_predict(args) -> dict:
     model = _model(args)
     is_npz = args.images.lower().endswith(".npz")
     if os.path.isfile(args.images) and not is_npz and not image_folder.is_archive(args.images):
-        with open(args.images, "rb") as f:
-            images = image_folder.decode_image(f.read(), args.images)[None]
+        data = image_folder.read_image_file(args.images, "pass an image file, or a folder or archive of them")
+        images = image_folder.decode_image(data, args.images)[None]
         images = app_data.check_images(images, args.images, model.input_shape, args.resize)
         names = [os.path.basename(args.images)]
     elif is_npz and os.path.exists(args.images):

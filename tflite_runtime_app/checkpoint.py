@@ -230,7 +230,7 @@ def load(path: str, expected_shapes: dict[str, tuple[int, ...]], *, advice: str 
         raise refuse("not an edgekt device checkpoint (no state); it was left as it is")
     try:
         state = json.loads(str(arrays[STATE_KEY]))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise refuse(f"its state is not valid JSON ({e}); it was left as it is") from e
     if not isinstance(state, dict):
         raise refuse(f"its state is a {type(state).__name__}, not a JSON object; it was left as it is")
@@ -245,8 +245,9 @@ def load(path: str, expected_shapes: dict[str, tuple[int, ...]], *, advice: str 
             if name in expected_shapes and tuple(value.shape) != tuple(expected_shapes[name]):
                 raise refuse(f"{group} {name!r} has shape {tuple(value.shape)}, the model needs "
                              f"{tuple(expected_shapes[name])}; it was left as it is")
-            if value.dtype.kind not in "fiu":
-                raise refuse(f"{group} {name!r} holds {value.dtype} values, not numbers; it was left as it is")
+            if value.dtype.kind != "f":
+                raise refuse(f"{group} {name!r} holds {value.dtype} values, not floating-point weights (learn writes "
+                             "float32); it was left as it is")
         bad = first_non_finite(values)
         if bad is not None:
             count = f"{bad[1]} value{'s' if bad[1] > 1 else ''}"

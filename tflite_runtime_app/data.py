@@ -2,8 +2,8 @@
 soft labels from the cloud, checked against the model before any training starts.
 
 Pixels are raw RGB values in 0..255: uint8, any integer type within 0..255, or floats within
-0..255. Float images whose values all lie within 0..1 are refused (they were almost certainly
-scaled already; the model scales inside).
+0..255. Float images whose values all lie within 0..1 are refused, whether all images or any
+one of them (they were almost certainly scaled already; the model scales inside).
 
 Labels in an .npz are class indices or class names. Indices may be stored as integers or as
 floats with whole values (3.0); a fractional, NaN or infinite label is refused, and so are
@@ -72,6 +72,14 @@ def check_images(images: np.ndarray, source: str, shape: tuple[int, ...], resize
         if 0 < high <= 1:
             raise DataError(f"{source}: pixel values are all within [0, 1] (max {high:.6g}), so they look scaled; "
                             "multiply them by 255 (the model takes raw 0-255 pixels)")
+        # One image scaled among raw ones is as wrong: judged image by image (a black image, all 0, is fine).
+        peak = images.reshape(len(images), -1).max(axis=1)
+        scaled = (peak > 0) & (peak <= 1)
+        if scaled.any():
+            first = int(np.flatnonzero(scaled)[0])
+            raise DataError(f"{source}: {int(scaled.sum())} of {len(images)} images have every pixel within [0, 1] "
+                            f"(first: index {first}, max {float(peak[first]):.6g}), so they look scaled; multiply "
+                            "them by 255 (the model takes raw 0-255 pixels)")
     elif kind in "iu":
         if images.dtype != np.uint8:
             low, high = int(images.min()), int(images.max())
@@ -252,14 +260,16 @@ def load_labelled(path: str, class_names: list[str], input_shape: tuple[int, ...
 
 
 def load_unlabelled(path: str, input_shape: tuple[int, ...], *, resize: bool = False,
-                    skip_bad_files: bool = False) -> np.ndarray:
-    """Images without labels: any image files under a folder/archive, or `images` of an .npz."""
+                    skip_bad_files: bool = False, offer_skip: bool = True) -> np.ndarray:
+    """Images without labels: any image files under a folder/archive, or `images` of an .npz
+    (`offer_skip`: whether an error may advise --skip_bad_files)."""
     if path.lower().endswith(".npz") and os.path.exists(path):
         z = read_npz(path)
         _require(z, path, "images")
         return check_images(z["images"], path, input_shape, resize)
     images, _ = image_folder.read_images(path, image_size=input_shape[:2], resize=resize,
-                                         skip_bad_files=skip_bad_files, resize_advice=RESIZE_ADVICE)
+                                         skip_bad_files=skip_bad_files, resize_advice=RESIZE_ADVICE,
+                                         offer_skip=offer_skip)
     return check_images(images, path, input_shape, resize)
 
 

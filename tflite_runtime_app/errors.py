@@ -35,9 +35,11 @@ def fail(error: BaseException | str) -> int:
     """Prints `error: ...` for `error` and returns the exit code for user errors.
 
     A file name that is not valid text (undecodable bytes) is printed with escapes, so the
-    line itself can always be written.
+    line itself can always be written; control characters (an escape sequence in a file name)
+    are printed as escapes too, never sent to the terminal.
     """
     text = " ".join(error.split()) if isinstance(error, str) else describe(error)
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
     encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
     try:
         text.encode(encoding)

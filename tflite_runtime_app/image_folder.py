@@ -28,6 +28,7 @@ import io
 import logging
 import os
 import posixpath
+import re
 import stat
 import tarfile
 import warnings
@@ -114,19 +115,18 @@ def iter_directory(root: str) -> Iterator[tuple[tuple[str, ...], bool, Callable[
             yield base + (d,), True, None
         for f in sorted(filenames):
             full = os.path.join(dirpath, f)
-            yield base + (f,), False, (lambda full=full: _read_file(full))
+            yield base + (f,), False, (lambda full=full: read_image_file(full))
 
 
-def _read_file(path: str) -> bytes:
+def read_image_file(path: str, todo: str = "remove it from the folder, or pass --skip_bad_files") -> bytes:
     """A file's bytes; a pipe or device (which could block or never end) or a file larger than
-    any image is refused by name before it is read."""
+    any image is refused by name before it is read (`todo`: what the message advises)."""
     mode_size = os.stat(path)
     if not stat.S_ISREG(mode_size.st_mode):
-        raise DataError(f"{path}: not a regular file (a pipe, device or socket); remove it from the folder, or "
-                        "pass --skip_bad_files")
+        raise DataError(f"{path}: not a regular file (a pipe, device or socket); {todo}")
     if mode_size.st_size > MAX_MEMBER_BYTES:
         raise DataError(f"{path}: {mode_size.st_size} bytes, more than the {MAX_MEMBER_BYTES} an image file may have; "
-                        "remove it from the folder, or pass --skip_bad_files")
+                        f"{todo}")
     with open(path, "rb") as f:
         return f.read()
 
@@ -318,7 +318,7 @@ def _resolve_layout(dirs: set[tuple[str, ...]]) -> tuple[int, bool]:
 
 def read_image_tree(entries: Iterable[tuple[tuple[str, ...], bool, Callable[[], bytes]]], source: str,
                     image_size: tuple[int, int] | None = None, resize: bool = False, skip_bad_files: bool = False,
-                    *, resize_advice: str = RESIZE_ADVICE,
+                    *, resize_advice: str = RESIZE_ADVICE, offer_skip: bool = True,
                     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
     """Reads an image tree into arrays.
 
@@ -336,6 +336,8 @@ def read_image_tree(entries: Iterable[tuple[tuple[str, ...], bool, Callable[[], 
         raising.
       resize_advice: what the error about an image of another size advises (e.g. the flag
         that sets `resize`).
+      offer_skip: whether errors about a bad file may advise --skip_bad_files (False for a
+        caller without that flag).
 
     Returns:
       ({split: (uint8 images [N, H, W, 3], int64 labels [N])}, class names).
@@ -403,7 +405,7 @@ def read_image_tree(entries: Iterable[tuple[tuple[str, ...], bool, Callable[[], 
         if missing:
             logger.warning("%s: split %r has no folder for classes %s", source, split, missing)
 
-    decode = _Decoder(image_size, resize, skip_bad_files, resize_advice)
+    decode = _Decoder(image_size, resize, skip_bad_files, resize_advice, offer_skip)
     out = {}
     for split in sorted(by_split):
         images, labels = [], []
@@ -448,14 +450,20 @@ def _check_exists(path: str) -> None:
         raise DataError(f"{path}: not a regular file or folder; pass a folder of images or an archive")
 
 
+# The advice to skip a bad file, in the messages of the reader and the decoder (removed for
+# callers without --skip_bad_files).
+_SKIP_ADVICE = re.compile(r",? or pass --skip_bad_files( to skip it)?")
+
+
 class _Decoder:
     """Decodes files one by one and holds every image to one size (the first image's, unless
     given): other sizes are resized or refused, unreadable files skipped or refused."""
 
-    def __init__(self, image_size, resize: bool, skip_bad_files: bool, resize_advice: str = RESIZE_ADVICE):
+    def __init__(self, image_size, resize: bool, skip_bad_files: bool, resize_advice: str = RESIZE_ADVICE,
+                 offer_skip: bool = True):
         self.expected = tuple(int(d) for d in image_size) if image_size is not None else None
         self.first: str | None = None
-        self.resize, self.skip, self.advice = resize, skip_bad_files, resize_advice
+        self.resize, self.skip, self.advice, self.offer_skip = resize, skip_bad_files, resize_advice, offer_skip
 
     def __call__(self, reader: Callable[[], bytes], name: str) -> np.ndarray | None:
         try:
@@ -469,7 +477,9 @@ class _Decoder:
             img = decode_image(data, name)
         except DataError as e:
             if not self.skip:
-                raise
+                if self.offer_skip:
+                    raise
+                raise DataError(_SKIP_ADVICE.sub("", str(e))) from e
             logger.warning("skipped %s", e)
             return None
         if self.expected is None:
@@ -490,7 +500,8 @@ def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def read_images(path: str, image_size: tuple[int, int] | None = None, resize: bool = False,
-                skip_bad_files: bool = False, *, resize_advice: str = RESIZE_ADVICE) -> tuple[np.ndarray, list[str]]:
+                skip_bad_files: bool = False, *, resize_advice: str = RESIZE_ADVICE,
+                offer_skip: bool = True) -> tuple[np.ndarray, list[str]]:
     """Reads every image file under a folder or archive, in sorted path order, ignoring any
     class structure (for unlabelled images). Returns (uint8 images, file names).
 
@@ -504,7 +515,7 @@ def read_images(path: str, image_size: tuple[int, int] | None = None, resize: bo
     entries = iter_archive(path) if os.path.isfile(path) else iter_directory(path)
     files = sorted(((parts, reader) for parts, is_dir, reader in entries if not is_dir and not _is_ignored(parts)),
                    key=lambda item: item[0])
-    decode = _Decoder(image_size, resize, skip_bad_files, resize_advice)
+    decode = _Decoder(image_size, resize, skip_bad_files, resize_advice, offer_skip)
     images, names = [], []
     for parts, reader in files:
         img = decode(reader, os.path.join(path, *parts))

@@ -70,5 +70,5 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: 
         out[f"{group}_recall"] = float(correct[mask].mean()) if mask.any() else None
         out[f"{group}_images"] = int(mask.sum())
         # A class of the group that is never predicted counts as precision 0 (not skipped).
-        out[f"{group}_precision"] = float(np.mean([precision[names[i]] or 0.0 for i in idx]))
+        out[f"{group}_precision"] = float(np.mean([precision[names[i]] or 0.0 for i in idx])) if idx else None
     return out

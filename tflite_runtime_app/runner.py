@@ -6,16 +6,28 @@ fixed batch size with zero-weight examples, so callers pass any number of images
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import sys
+import tempfile
 
 import numpy as np
 
 from tflite_runtime_app.errors import UserError, from_os_error
 
 
+# model_meta.json holds names and shapes: a few KiB, up to a few MiB for a large network.
+MAX_META_BYTES = 64 << 20
+
+
 class ModelError(UserError):
     """The model or its metadata is missing, unreadable or inconsistent."""
+
+
+class NonFiniteOutputs(ModelError):
+    """The model's outputs overflow to NaN or inf (weights finite but far too large)."""
 
 
 def _interpreter_class():
@@ -83,6 +95,10 @@ def read_meta(model_path: str, meta_path: str | None = None) -> dict:
                          "beside it, or pass it with --meta")
     if not os.path.isfile(meta_path):
         raise ModelError(f"{meta_path}: not a regular file (a pipe, device or socket); pass the model_meta.json file")
+    size = os.path.getsize(meta_path)
+    if size > MAX_META_BYTES:
+        raise ModelError(f"{meta_path}: {size} bytes, more than the {MAX_META_BYTES} a metadata file may have; pass "
+                         "the model_meta.json exported with the model")
     try:
         with open(meta_path, "rb") as f:
             meta = json.loads(f.read().decode("utf-8"))
@@ -142,8 +158,63 @@ def read_meta(model_path: str, meta_path: str | None = None) -> dict:
         if key in meta and not isinstance(meta[key], kind):
             raise ModelError(f"{meta_path}: {key!r} must be a JSON {'string' if kind is str else 'object'}. "
                              f"Received: {json.dumps(meta[key])[:120]}; {_EXPORT_AGAIN}")
+    inference = meta.get("inference_model")
+    if inference is not None and (inference in ("", ".", "..") or os.path.basename(inference) != inference
+                                  or "/" in inference or "\\" in inference):
+        raise ModelError(f"{meta_path}: 'inference_model' must name a file beside the model, not a path. Received: "
+                         f"{json.dumps(inference)[:120]}; {_EXPORT_AGAIN}")
     _string_list(meta, "trainable_weights", meta_path, required=False)
     return meta
+
+
+# What the runtimes print on stderr when all is well (their C++ logging, which Python cannot
+# configure); kept off stderr so that an error is the only line there.
+_NOTICES = re.compile(r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.\s*|"
+                      r"INFO: Initialized TensorFlow Lite runtime\.\s*")
+
+
+@contextlib.contextmanager
+def _quiet_runtime_notices():
+    """Captures what the runtime writes to stderr (file descriptor 2) meanwhile and passes it on,
+    less the routine notices (`_NOTICES`); without a temporary file, passes everything."""
+    try:
+        capture = tempfile.TemporaryFile()
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    sys.stderr.flush()
+    os.dup2(capture.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        capture.seek(0)
+        text = _NOTICES.sub("", capture.read().decode("utf-8", "replace"))
+        capture.close()
+        if text.strip():
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+
+class _QuietFirstCall:
+    """A signature runner whose first call (where the runtime applies its delegate and says so
+    on stderr) runs under `_quiet_runtime_notices`."""
+
+    def __init__(self, runner):
+        self._runner, self._first = runner, True
+
+    def __call__(self, **inputs):
+        if self._first:
+            self._first = False
+            with _quiet_runtime_notices():
+                return self._runner(**inputs)
+        return self._runner(**inputs)
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
 
 
 def _check_model_file(model_path: str) -> None:
@@ -203,7 +274,8 @@ class DeviceModel:
             raise ModelError(f"{model_path}: not a trainable edgekt model (missing signatures {missing}; has "
                              f"{sorted(signatures)}); pass the model_trainable.tflite written by the export")
         try:
-            self._runners = {name: self.interpreter.get_signature_runner(name) for name in _SIGNATURES}
+            self._runners = {name: _QuietFirstCall(self.interpreter.get_signature_runner(name))
+                             for name in _SIGNATURES}
             details = {name: (runner.get_input_details(), runner.get_output_details())
                        for name, runner in self._runners.items()}
         except (ValueError, RuntimeError) as e:
@@ -276,7 +348,13 @@ class DeviceModel:
             chunk = images[start:start + self.batch_size]
             x, _, _ = self._pad(chunk)
             out.append(self._runners["infer"](x=x)["logits"][: len(chunk)])
-        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+        logits = np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+        bad = ~np.isfinite(logits).all(axis=1)
+        if bad.any():
+            raise NonFiniteOutputs(f"{self.path}: its outputs are NaN or inf for {int(bad.sum())} of {len(logits)} images "
+                             "(its weights, or the checkpoint's, are too large: finite but overflowing); use another "
+                             "checkpoint, or export the model again")
+        return logits
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """The classifier's input [N, F] of any number of raw-pixel images.

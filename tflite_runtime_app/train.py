@@ -19,7 +19,7 @@ import numpy as np
 
 from tflite_runtime_app import checkpoint as ckpt
 from tflite_runtime_app.errors import UserError
-from tflite_runtime_app.runner import DeviceModel
+from tflite_runtime_app.runner import DeviceModel, NonFiniteOutputs
 
 
 class TrainingError(UserError):
@@ -241,7 +241,10 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
                 on_step(state["global_step"])
             if state["global_step"] % config.checkpoint_every == 0 and state["step"] < len(batches):
                 save()
-        score = validation_score(model, task)
+        try:
+            score = validation_score(model, task)
+        except NonFiniteOutputs:
+            raise diverged("the validation outputs became NaN or inf", epoch, len(batches)) from None
         elapsed = time.perf_counter() - start
         mean_loss = state["epoch_loss"] / max(state["epoch_count"], 1)
         state["history"].append({"epoch": epoch + 1, "loss": mean_loss, "val": score, "elapsed": elapsed})

@@ -13,7 +13,8 @@ __all__ = ["ARCHIVE_SUFFIXES", "FLAT_SPLIT", "SPLIT_NAMES", "decode_image", "is_
 
 
 def read_splits(entries, source: str, image_size=None, resize: bool = False) -> DataSplits:
-    """`read_image_tree` as `DataSplits` (see `tflite_runtime_app.image_folder`)."""
-    arrays, class_names = read_image_tree(entries, source, image_size=image_size, resize=resize)
+    """`read_image_tree` as `DataSplits` (see `tflite_runtime_app.image_folder`); the pipelines
+    have no --skip_bad_files, so errors do not advise it."""
+    arrays, class_names = read_image_tree(entries, source, image_size=image_size, resize=resize, offer_skip=False)
     return DataSplits({name: make_split(images, labels, class_names) for name, (images, labels) in arrays.items()},
                       class_names, source)

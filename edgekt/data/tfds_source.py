@@ -44,7 +44,12 @@ def read_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
     except Exception as e:  # tfds raises its own DatasetNotFoundError and friends.
         raise DataError(f"tfds:{name}: unknown data set ({type(e).__name__}: {str(e)[:120]}...); check the name "
                         "(e.g. tfds:cifar10)") from e
-    if download:
+    if download and not _prepared(builder):
+        host = _unreachable_download_host()
+        if host is not None:
+            raise DataError(f"--data=tfds:{name}: not prepared in {builder.data_dir} and {host} cannot be reached "
+                            "(no internet?); pass a local copy: --data=PATH/cifar10.tar.gz, an image-folder tree or a "
+                            "cifar-10-batches-py folder")
         try:
             builder.download_and_prepare()
         except Exception as e:
@@ -73,3 +78,26 @@ def read_tfds(name: str, data_dir: str | None = None, download: bool = True) -> 
     if not out:
         raise DataError(f"tfds:{name}: has neither a 'train' nor a 'test' split; use a data set with them")
     return DataSplits(out, class_names, f"{TFDS_PREFIX}{name}")
+
+
+# Where tfds downloads from; tested before a download, which would otherwise retry for minutes.
+_DOWNLOAD_HOSTS = (("storage.googleapis.com", 443), ("www.cs.toronto.edu", 443))
+
+
+def _prepared(builder) -> bool:
+    try:
+        return bool(builder.is_prepared())
+    except Exception:  # noqa: BLE001 - an older tfds without is_prepared: let it try
+        return False
+
+
+def _unreachable_download_host(timeout: float = 5.0) -> str | None:
+    """The first download host that cannot be reached within `timeout` seconds, else None."""
+    import socket
+
+    for host, port in _DOWNLOAD_HOSTS:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError:
+            return host
+    return None

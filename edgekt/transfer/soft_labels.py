@@ -199,8 +199,9 @@ def make_server(model: keras.Model, class_names, host: str = "127.0.0.1", port: 
 class _SoftLabelServer(http.server.ThreadingHTTPServer):
     """A threading HTTP server with at most `max_in_flight` requests served at once, as many
     more answered 503 at once, and the rest closed; each connection is closed only after its
-    reply was sent and what the client still sends was drained for a moment, so the client
-    reads the reply instead of a reset."""
+    reply was sent and what the client still sends was drained for a moment (up to 4 x
+    `max_in_flight` connections at once, the request slot already free), so the client reads
+    the reply instead of a reset."""
 
     daemon_threads = True
     block_on_close = False
@@ -211,6 +212,7 @@ class _SoftLabelServer(http.server.ThreadingHTTPServer):
         self.read_timeout = read_timeout
         self._serving = threading.BoundedSemaphore(self.max_in_flight)
         self._refusing = threading.BoundedSemaphore(self.max_in_flight)
+        self._lingering = threading.BoundedSemaphore(4 * self.max_in_flight)
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):
@@ -237,8 +239,16 @@ class _SoftLabelServer(http.server.ThreadingHTTPServer):
         except Exception:  # a bug: logged with its traceback, the server keeps serving
             logging.exception("soft-label server: error while serving %s", client_address[0])
         finally:
-            self._close_lingering(request)
+            # The slot is free once the reply is sent: the next request of the same client must not
+            # find it taken while this connection drains what its client still sends.
             slots.release()
+            if self._lingering.acquire(blocking=False):
+                try:
+                    self._close_lingering(request)
+                finally:
+                    self._lingering.release()
+            else:  # too many connections draining at once: close this one now
+                self.close_request(request)
 
     def _busy(self, request, client_address):
         text = (f"soft-label server: busy with {self.max_in_flight} requests; "
@@ -340,7 +350,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply_line(e.status, e.text, e.headers)
         except UserError as e:
             self._reply_line(400, describe(e))
-        except TimeoutError:
+        except (TimeoutError, ConnectionError):  # the client went away: the server's loop logs one line
             raise
         except Exception as e:  # a bug: logged with its traceback, one line for the client
             logging.exception("soft-label server: error on %s %s", self.command, self.path[:200])

@@ -129,6 +129,18 @@ def _float64_overflow(path):
     _rewrite(path, arrays)
 
 
+def _int_weights(path):
+    arrays = _arrays(path)
+    arrays["w/logits__kernel"] = np.ones(arrays["w/logits__kernel"].shape, np.int32)
+    _rewrite(path, arrays)
+
+
+def _state_nested_deep(path):
+    arrays = _arrays(path)
+    arrays["__state__"] = np.asarray("[" * 200_000 + "]" * 200_000)
+    _rewrite(path, arrays)
+
+
 def _text_weights(path):
     arrays = _arrays(path)
     arrays["w/logits__bias"] = np.array(["a"] * 10)
@@ -163,6 +175,8 @@ CASES = [
     ("state done a number", _state_edit(done=3), ["state", "done"]),
     ("float64 weight over float32", _float64_overflow, ["logits__kernel", "NaN or inf"]),
     ("text weights", _text_weights, ["logits__bias"]),
+    ("integer weights", _int_weights, ["logits__kernel", "int32"]),
+    ("state nested 200,000 deep", _state_nested_deep, ["state"]),
     ("single array", _single_array, []),
     ("zip of junk", _zip_of_junk, []),
 ]
@@ -346,3 +360,25 @@ def test_a_real_process_gets_one_line_and_exit_2(device_export, trained, tmp_pat
                              f"--checkpoint={ck}")
     assert_user_error(result, str(ck), "logits__kernel", "NaN")
     assert snapshot(tmp_path) == before
+
+
+def _huge_weights(path):
+    """Finite weights far too large: every output overflows to inf or NaN."""
+    arrays = _arrays(path)
+    for key in arrays:
+        if key.startswith("w/") and key.endswith("kernel"):
+            arrays[key] = arrays[key] * np.float32(1e30)
+    _rewrite(path, arrays)
+
+
+@pytest.mark.parametrize("use", ["evaluate", "predict"])
+def test_weights_that_overflow_every_output_are_refused(device_export, trained, tmp_path, use):
+    data, good = trained
+    ck = tmp_path / "ck.npz"
+    shutil.copyfile(good, ck)
+    _huge_weights(str(ck))
+    before = snapshot(device_export[0], tmp_path, data)
+    model = device_model_path(device_export)
+    assert_user_error(run_app(*USES[use](model, data, ck, tmp_path)), model, "NaN or inf", "checkpoint")
+    assert snapshot(device_export[0], tmp_path, data) == before
+

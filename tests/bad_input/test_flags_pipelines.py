@@ -4,6 +4,8 @@ differently), and nothing in the output folder changes."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from harness import Case, assert_user_error, check_case, run_cases, run_pipeline_process
@@ -63,6 +65,9 @@ CASES = [
          ["--student=WRN-16-0", "width"]),
     Case("sweep-budgets-not-numbers", "pipelines.sweep", [*P, "--budgets=0.5,half"], ["--budgets=0.5,half"]),
     Case("sweep-budget-one", "pipelines.sweep", [*P, "--budgets=0.5,1"], ["--budgets=0.5,1"]),
+    Case("sweep-budgets-twice", "pipelines.sweep", [*P, "--budgets=0.5,0.5"], ["--budgets=0.5,0.5", "distinct"]),
+    Case("prune-out-dir-name-too-long", "pipelines.prune",
+         ["--teacher={missing}.keras", "--data={missing}", "--out_dir={out}/" + "a" * 300], ["--out_dir=", "300 bytes"]),
     Case("sweep-unknown-method", "pipelines.sweep", [*P, "--methods=default,magic"], ["--methods=default,magic"]),
     Case("run-all-threads", "pipelines.run_all", [*T, "--threads=0"], ["--threads=0"]),
     Case("run-all-device-python", "pipelines.run_all", [*T, "--device_python={missing}"], ["--device_python={missing}"]),
@@ -95,6 +100,37 @@ def test_flag_errors_come_before_tensorflow_loads(tmp_path):
                                   "--target_params_ratio=1.5")
     assert_user_error(result, "--target_params_ratio=1.5")
     assert not any(tmp_path.iterdir())
+
+
+def test_sweep_budget_errors_come_before_tensorflow_loads(tmp_path):
+    result = run_pipeline_process("pipelines.sweep", "--teacher=t.keras", "--data=d", f"--out_dir={tmp_path}",
+                                  "--budgets=0.5,0.5")
+    assert_user_error(result, "--budgets=0.5,0.5")
+    assert result.stderr.strip().splitlines() == result.error_lines, result.stderr
+
+
+def test_outputs_that_would_replace_inputs_are_refused(pipeline_inputs, tmp_path):
+    """An output flag naming an input (the model, its metrics.json, the images) or an output
+    folder holding the input model is refused before anything is written: nothing is lost."""
+    import shutil
+
+    import numpy as np
+
+    from harness import run_pipelines, snapshot, write_npz
+
+    folder = tmp_path / "teacher"
+    shutil.copytree(os.path.dirname(pipeline_inputs["teacher"]), folder)
+    model, metrics = str(folder / "model.keras"), str(folder / "metrics.json")
+    images = write_npz(folder / "images.npz", images=np.zeros((4, 32, 32, 3), np.uint8))
+    before = snapshot(folder)
+    soft = [[f"--model={model}", f"--images={images}", f"--out={out}"] for out in (model, metrics, images)]
+    for result, out in zip(run_pipelines("pipelines.soft_labels", soft), (model, metrics, images)):
+        assert_user_error(result, f"--out={out}", "replace")
+    for module, flag in (("pipelines.export_tflite", "--model"), ("pipelines.prune", "--teacher")):
+        argv = [f"{flag}={model}", f"--out_dir={folder}"] + (["--data=d"] if module == "pipelines.prune" else [])
+        result, = run_pipelines(module, [argv])
+        assert_user_error(result, f"--out_dir={folder}", f"{flag}={model}", "another folder")
+    assert snapshot(folder) == before
 
 
 def test_export_without_data_writes_float16_and_says_so(pipeline_inputs, tmp_path):

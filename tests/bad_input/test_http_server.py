@@ -221,6 +221,8 @@ BAD_REQUESTS = [
      ["images", "255", "300"]),
     ("negative pixel", lambda im: http_request(body=npz(images=float_images(im, -1.0))), 400, ["images", "-1"]),
     ("bool pixels", lambda im: http_request(body=npz(images=im > 0)), 400, ["images", "bool"]),
+    ("one image scaled among raw ones", lambda im: http_request(body=npz(images=np.stack(
+        [im[0].astype(np.float32), im[1].astype(np.float32) / 255]))), 400, ["images", "1 of 2 images", "index 1"]),
     ("HTTP/2.0", lambda im: b"POST /soft_labels HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", 400,
      ["HTTP/2.0", "HTTP version not supported", "HTTP/1.1"]),
 ]

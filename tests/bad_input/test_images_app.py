@@ -316,6 +316,19 @@ def _app_cases():
             f.write(blob[: len(blob) // 2])
         return path, ["data.tar.gz", "truncated"]
 
+    def escape_in_member_name(tmp, images, labels):
+        members = tree_members(images, labels)
+        members["mydata/cat/\x1b[31mred.png"] = b"not an image"
+        return write_zip(tmp / "data.zip", members), ["data.zip", "\\x1b[31mred.png"]
+
+    def sparse_file(name, size):
+        def build(tmp, images, labels):
+            path = tmp / name
+            with open(path, "wb") as f:
+                f.truncate(size)
+            return str(path), [name, f"{size} bytes"]
+        return build
+
     def fifo(tmp, images, labels):
         path = tmp / "pipe"
         os.mkfifo(path)
@@ -371,6 +384,12 @@ def _app_cases():
         ("predict: a bomb", raw_file("bomb.png", lambda x, y: bomb_png()), "predict"),
         ("predict: folder with a text file", folder_with("cat/readme.txt", lambda img: b"hello"), "predict"),
         ("predict: npz scaled to 0..1", npz_with(images=lambda x, y: x.astype(np.float64) / 255), "predict"),
+        ("npz one image scaled among raw ones", npz_with(images=lambda x, y: np.concatenate(
+            [x[:3].astype(np.float32), x[3:4].astype(np.float32) / 255, x[4:].astype(np.float32)])), "evaluate"),
+        ("predict: one image scaled among raw ones", npz_with(images=lambda x, y: np.concatenate(
+            [x[:3].astype(np.float32), x[3:4].astype(np.float32) / 255, x[4:].astype(np.float32)])), "predict"),
+        ("predict: an image file larger than any image", sparse_file("big.png", 300 << 20), "predict"),
+        ("escape sequence in a member name", escape_in_member_name, "evaluate"),
     ]
 
 
@@ -385,6 +404,8 @@ EXTRA_NAMES = {
     "npz scaled to 0..1": ["multiply them by 255"],
     "predict: npz scaled to 0..1": ["multiply them by 255"],
     "npz of pickled objects": ["pickled"],
+    "npz one image scaled among raw ones": ["1 of 10 images", "index 3", "multiply them by 255"],
+    "predict: one image scaled among raw ones": ["1 of 10 images", "index 3", "multiply them by 255"],
     "bomb PNG in a class folder": ["too large"],
     "float TIFF in a class folder": ["mode F"],
     "npz 16-bit ints": ["int64"],

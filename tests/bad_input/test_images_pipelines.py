@@ -15,6 +15,18 @@ def _empty(out):
     os.makedirs(os.path.join(out, "empty_data", "cat"), exist_ok=True)
 
 
+def _text_among_images(out):
+    """A class folder holding a text file named like an image."""
+    import numpy as np
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        os.makedirs(os.path.join(out, "bad_tree", cls), exist_ok=True)
+        Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(os.path.join(out, "bad_tree", cls, "0.png"))
+    with open(os.path.join(out, "bad_tree", "cat", "notes.png"), "w") as f:
+        f.write("not an image")
+
+
 def _corrupt(out):
     with open(os.path.join(out, "data.tar.gz"), "wb") as f:
         f.write(b"\x1f\x8b\x08\x00 not really gzip" * 20)
@@ -75,6 +87,8 @@ CASES = [
          ["batches", "label_names", "not a list of class names"], prepare=_cifar_batches({b"label_names": 5})),
     Case("prune-cifar-batches-pickle-runs-code", "pipelines.prune", [*PRUNE, "--data={out}/batches"],
          ["batches.meta", "system", "run code"], prepare=_cifar_batches(lambda out: {b"label_names": _RunsCode(os.path.join(out, "..", "pwned"))})),
+    Case("prune-data-text-file-among-images", "pipelines.prune", [*PRUNE, "--data={out}/bad_tree"],
+         ["notes.png", "not a readable image"], prepare=_text_among_images),
     Case("sweep-data-missing", "pipelines.sweep", ["--teacher={teacher}", "--data={missing}", "--out_dir={out}"],
          ["{missing}"]),
 ]
@@ -87,7 +101,8 @@ def results(pipeline_inputs, tmp_path_factory):
 
 @pytest.mark.parametrize("case_id", [c.id for c in CASES])
 def test_bad_images(results, case_id):
-    check_case(results, case_id)
+    line = check_case(results, case_id)
+    assert "--skip_bad_files" not in line  # a flag of the device app, not of the pipelines
 
 
 def test_a_pickle_that_runs_code_is_not_run(results):
@@ -103,3 +118,12 @@ def test_resize_reads_other_and_mixed_sizes(pipeline_inputs, tmp_path):
                                              for k in ("big", "mixed")])
     for result in runs:
         assert result.code == 2 and "60 images" in result.stderr and "--resize" not in result.error_lines[0]
+
+
+def test_tfds_without_a_prepared_copy_or_a_network_fails_at_once(tmp_path, monkeypatch):
+    """`--data=tfds` on a machine that cannot download: one named error, not minutes of retries."""
+    from edgekt.data import DataError, tfds_source
+
+    monkeypatch.setattr(tfds_source, "_DOWNLOAD_HOSTS", (("127.0.0.1", 9),))  # nothing listens there
+    with pytest.raises(DataError, match=r"tfds:cifar10: not prepared in .* 127\.0\.0\.1 cannot be reached"):
+        tfds_source.read_tfds("cifar10", data_dir=str(tmp_path))

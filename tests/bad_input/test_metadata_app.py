@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from harness import (assert_user_error, copy_device_model, real_images, run_app, run_app_process, snapshot,
@@ -78,6 +79,8 @@ CASES = [
      ["model_meta.json", "classifier_weights", "stem_conv__kernel", "[features, 10]"]),
     ("inference model not a string", _edit(inference_model=5), ["model_meta.json", "inference_model"]),
     ("options not an object", _edit(options=[1, 2]), ["model_meta.json", "options"]),
+    ("inference model a path out of the folder", _edit(inference_model="../../../../etc/shadow"),
+     ["model_meta.json", "inference_model", "../../../../etc/shadow"]),
 ]
 
 RAW_CASES = [
@@ -165,3 +168,37 @@ def test_a_real_process_gets_one_line_and_exit_2(device_export, tmp_path, data):
     assert_user_error(run_app_process("predict", f"--model={model}", f"--images={data[1]}"),
                       "model_meta.json", "11", "10")
     assert snapshot(os.path.dirname(model)) == before
+
+
+def test_a_metadata_file_too_large_to_be_one_is_refused_unread(device_export, tmp_path, data):
+    model = copy_device_model(device_export, tmp_path)
+    meta_path = os.path.join(os.path.dirname(model), "model_meta.json")
+    with open(meta_path, "r+b") as f:  # sparse: 8 GiB on paper, nothing on disk
+        f.truncate(8 << 30)
+    assert_user_error(_run("info", model, data), "model_meta.json", "bytes")
+
+
+def test_every_class_new_evaluates_without_warnings(device_export, tmp_path, data):
+    """Metadata calling every class new leaves the learned group empty: its figures are null."""
+    model = copy_device_model(device_export, tmp_path)
+    meta_path = os.path.join(os.path.dirname(model), "model_meta.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["new_class_names"] = list(meta["class_names"])
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    result = run_app_process("evaluate", f"--model={model}", f"--data={data[0]}", "--quiet")
+    assert result.code == 0 and result.stderr.strip() == "", result.stderr[-2000:]
+
+
+def test_a_real_process_prints_only_the_error_line(device_export, tmp_path, data):
+    """Nothing else on stderr: not the runtime's notice that it created its delegate (which it
+    prints when the model first runs), not a warning."""
+    model = copy_device_model(device_export, tmp_path)
+    scaled = write_npz(tmp_path / "scaled.npz", images=np.full((4, 32, 32, 3), 0.5, np.float32))
+    result = run_app_process("predict", f"--model={model}", f"--images={scaled}")
+    assert_user_error(result, "scaled.npz", "scaled")
+    assert result.stderr.strip().splitlines() == result.error_lines, result.stderr
+    result = run_app_process("evaluate", f"--model={model}", f"--data={data[0]}", "--quiet")
+    assert result.code == 0 and result.stderr.strip() == "", result.stderr[-2000:]
+
