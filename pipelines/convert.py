@@ -28,6 +28,11 @@ flags.register_validator("val_size", lambda v: v >= 1, "must be >= 1 (pruning ch
 flags.register_validator("batch_size", lambda v: v >= 1, "must be >= 1")
 
 
+# Files this binary writes in --out_dir (an input there under one of these names is refused at once).
+OUTPUTS = ("prune/pruned.keras", "prune/metrics.json", "export/model_trainable.tflite", "export/model_meta.json",
+           "export/metrics.json", "export/model_int8.tflite")
+
+
 def main(argv):
     del argv
     if not _CHECK_ONLY.value and (not _DATA.value or not _OUT_DIR.value):
@@ -54,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flag_utils.run(main)
+    flag_utils.run(main, OUTPUTS)

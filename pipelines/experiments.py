@@ -29,6 +29,10 @@ _THREADS = flags.DEFINE_integer("threads", None, "Interpreter threads on the dev
 flag_utils.define_resize()
 
 
+# Files this binary writes in --out_dir (an input there under one of these names is refused at once).
+OUTPUTS = ("results.json", "results.md")
+
+
 def main(argv):
     del argv
     from edgekt import device_learning
@@ -51,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flag_utils.run(main)
+    flag_utils.run(main, OUTPUTS)

@@ -36,6 +36,11 @@ _OPTION_FLAGS = {"batch_size": "batch_size", "trainable": "trainable", "bn_mode"
                  "weight_decay": "weight_decay"}
 
 
+# Files this binary writes in --out_dir (an input there under one of these names is refused at once).
+OUTPUTS = ("model_trainable.tflite", "model_meta.json", "model_int8.tflite", "model_float16.tflite", "metrics.json",
+           "replay.npz")
+
+
 def main(argv):
     del argv
     from edgekt.export import pipeline
@@ -67,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flag_utils.run(main)
+    flag_utils.run(main, OUTPUTS)

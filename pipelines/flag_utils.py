@@ -14,22 +14,31 @@ from typing import Callable, Mapping, Sequence
 
 from absl import app, flags, logging
 
+from edgekt.atomic import forget_inputs, input_at, protect_inputs, refuse_input
 from edgekt.errors import EXIT_INTERRUPTED, INTERRUPTED, UserError, fail, from_os_error
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
+def run(main: Callable[[Sequence[str]], None], outputs: Sequence[str] = ()) -> None:
     """`app.run(main)` under the error convention: a bad flag, file or data prints one line
     `error: <what>: <why>; <what to do>` and exits with code 2, before any data is loaded
-    where the flags alone show it; only bugs show a traceback."""
-    app.run(guarded(main), flags_parser=parse_flags)
+    where the flags alone show it; only bugs show a traceback.
+
+    Args:
+      main: the binary's main.
+      outputs: the files the binary writes in its --out_dir, relative to it (an input
+        there under one of these names is refused at once; every other write refuses inputs
+        as it comes).
+    """
+    app.run(guarded(main), flags_parser=lambda argv: parse_flags(argv, outputs))
 
 
 _HELP = {"--help": False, "-h": False, "-?": False, "--helpshort": False, "--helpfull": True}
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
+def parse_flags(argv: Sequence[str], outputs: Sequence[str] = ()) -> list[str]:
     """Parses the command line into FLAGS; a flag error exits 2 with one line; a request for
-    help prints it and exits 0."""
+    help prints it and exits 0. `outputs`: see `run`."""
+    forget_inputs()
     asked = [_HELP[a] for a in argv[1:] if a in _HELP]
     if asked:
         app.usage(shorthelp=not any(asked), writeto_stdout=True, exitcode=0)
@@ -42,7 +51,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         _check_finite_floats()
         _check_empty_values()
         _check_output_folder()
-        _check_outputs_are_not_inputs()
+        _check_outputs_are_not_inputs(outputs)
     except UserError as e:
         sys.exit(fail(e))
     return rest
@@ -83,12 +92,10 @@ def _check_path_length(flag: str, path: str, existing: str) -> None:
 
 
 _OUTPUT_FLAGS = ("out_dir", "out")
-# Inputs a binary writes files of the same names beside (a stage's metrics.json, model files).
-_MODEL_SUFFIXES = (".keras", ".h5", ".tflite", ".json")
 
 
 def _input_files() -> list[tuple[str, str]]:
-    """(flag, path) of every input flag naming a file or folder that exists, with a .keras
+    """(what, path) of every input flag naming a file or folder that exists, with a .keras
     model's metrics.json beside it (its training record, read by later stages)."""
     found = []
     for name in flags.FLAGS:
@@ -100,37 +107,32 @@ def _input_files() -> list[tuple[str, str]]:
             continue
         found.append((f"--{name}={path}", path))
         if path.lower().endswith(".keras") and os.path.isfile(path):
-            sidecar = os.path.join(os.path.dirname(path) or ".", "metrics.json")
-            if os.path.isfile(sidecar):
-                found.append((f"the metrics.json of --{name}={path}", sidecar))
+            # Beside the path given and, for a link, beside the file it names.
+            for folder in dict.fromkeys((os.path.dirname(os.path.abspath(path)),
+                                         os.path.dirname(os.path.realpath(path)))):
+                sidecar = os.path.join(folder, "metrics.json")
+                if os.path.isfile(sidecar):
+                    found.append((f"the metrics.json of --{name}={path}", sidecar))
     return found
 
 
-def _same(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_outputs_are_not_inputs() -> None:
-    """An output flag must not name an input: a binary would replace the file it reads (or, for
-    --out_dir, the model files and metrics.json beside an input model) and the input is lost."""
-    if "out" in flags.FLAGS and flags.FLAGS.out and os.path.exists(flags.FLAGS.out):
-        for what, path in _input_files():
-            if _same(flags.FLAGS.out, path):
-                raise UserError(f"--out={flags.FLAGS.out}: is {what}, which writing the output would replace; pass "
-                                "another path")
-    if "out_dir" in flags.FLAGS and flags.FLAGS.out_dir and os.path.isdir(flags.FLAGS.out_dir):
+def _check_outputs_are_not_inputs(outputs: Sequence[str]) -> None:
+    """No output may replace an input. Every input file is registered (`protect_inputs`: by
+    identity, so links and other spellings of a path count), and every write refuses one; what
+    the flags show already is refused now: an --out that is an input, and an --out_dir holding
+    an input under a name this binary writes there (`outputs`)."""
+    protect_inputs(_input_files())
+    if "out" in flags.FLAGS and flags.FLAGS.out:
+        refuse_input(flags.FLAGS.out, "--out")
+    if "out_dir" in flags.FLAGS and flags.FLAGS.out_dir and outputs:
         out_dir = flags.FLAGS.out_dir
-        for what, path in _input_files():
-            if os.path.isdir(path) and _same(path, out_dir):
-                raise UserError(f"--out_dir={out_dir}: is the input folder {what}; pass another folder for the "
-                                "outputs")
-            if (os.path.isfile(path) and path.lower().endswith(_MODEL_SUFFIXES)
-                    and _same(os.path.dirname(path) or ".", out_dir)):
-                raise UserError(f"--out_dir={out_dir}: holds {what}, and this binary writes its model files and "
-                                "metrics.json there, which would replace the input's; pass another folder")
+        # As the folder will be created and written: "x/new/.." is x.
+        folder = os.path.realpath(os.path.normpath(os.path.abspath(out_dir)))
+        for name in outputs:
+            what = input_at(os.path.join(folder, name))
+            if what is not None:
+                raise UserError(f"--out_dir={out_dir}: this binary writes {name} there, which is {what}; pass "
+                                "another folder")
 
 
 def probe_writable(flag: str, value: str, folder: str) -> None:

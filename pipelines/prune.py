@@ -44,6 +44,10 @@ _FIELDS = {n: n for n in ("target_params_ratio", "target_flops_ratio", "max_accu
                           "transfer", "steps", "step_epochs", "final_epochs", "calibration_size", "seed")}
 
 
+# Files this binary writes in --out_dir (an input there under one of these names is refused at once).
+OUTPUTS = ("pruned.keras", "metrics.json", "prune_log.json", "prune_log.csv", "prune_plot.png")
+
+
 def main(argv):
     from edgekt.prune import config as config_lib
     from edgekt.prune import pruner
@@ -64,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flag_utils.run(main)
+    flag_utils.run(main, OUTPUTS)

@@ -36,6 +36,10 @@ _THREADS = flags.DEFINE_integer("threads", 1, "Interpreter threads on the device
 _RESIZE = flag_utils.define_resize()
 
 
+# Files this binary writes in --out_dir (an input there under one of these names is refused at once).
+OUTPUTS = ("report.md", "report.html", "summary.json", "manifest.json")
+
+
 def main(argv):
     from edgekt import workflow
 
@@ -62,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flag_utils.run(main)
+    flag_utils.run(main, OUTPUTS)

@@ -47,10 +47,13 @@ def main(argv):
         _check_address(_HOST.value, _PORT.value)
     model = _load_model(_MODEL.value)
     class_names = _class_names(model)
-    if _SERVE.value:
-        return _serve(soft_labels, model, class_names)
-    images = _load_images(soft_labels, model)
-    soft_labels.write_soft_labels(model, images, class_names, _OUT.value, _TEMPERATURE.value)
+    try:
+        if _SERVE.value:
+            return _serve(soft_labels, model, class_names)
+        images = _load_images(soft_labels, model)
+        soft_labels.write_soft_labels(model, images, class_names, _OUT.value, _TEMPERATURE.value)
+    except soft_labels.ModelOutputError as e:
+        raise UserError(f"--model={_MODEL.value}: {describe(e).split(': ', 1)[1]}") from e
     logging.info("wrote %s: %d images, %d classes, T=%.2f", _OUT.value, len(images), len(class_names),
                  _TEMPERATURE.value)
 
@@ -106,6 +109,14 @@ def _check_flags(soft_labels) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"--out={out}: folder {folder} is not writable; pass an --out in a writable folder")
     flag_utils.probe_writable("--out", out, folder)
+    name_max = 255
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        pass
+    if len(os.fsencode(os.path.basename(out))) > name_max:
+        raise UserError(f"--out={out[:80]}...: a file name of {len(os.fsencode(os.path.basename(out)))} bytes, more "
+                        f"than the {name_max} the file system allows; pass a shorter name")
 
 
 def _check_address(host: str, port: int) -> None:

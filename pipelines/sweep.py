@@ -52,6 +52,10 @@ def _check_budgets(values) -> bool:
 flags.register_validator("budgets", _check_budgets)
 
 
+# Files this binary writes in --out_dir (an input there under one of these names is refused at once).
+OUTPUTS = ("sweep.json", "sweep.md", "sweep.png", "latency.json")
+
+
 def main(argv):
     from edgekt import sweep
 
@@ -73,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flag_utils.run(main)
+    flag_utils.run(main, OUTPUTS)

@@ -47,6 +47,10 @@ _FIELDS = {name: name for name in ("depth", "width", "dropout", "epochs", "batch
                                    "seed")}
 
 
+# Files this binary writes in --out_dir (an input there under one of these names is refused at once).
+OUTPUTS = ("model.keras", "metrics.json", "history.csv")
+
+
 def main(argv):
     if _CPU_DEVICES.value:
         from edgekt.train import distribution
@@ -66,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flag_utils.run(main)
+    flag_utils.run(main, OUTPUTS)

@@ -46,6 +46,10 @@ _FIELDS = {n: n for n in ("ce_weight", "kd_weight", "temperature", "at_weight", 
                           "test_size", "seed")}
 
 
+# Files this binary writes in --out_dir (an input there under one of these names is refused at once).
+OUTPUTS = ("student.keras", "metrics.json", "history.csv")
+
+
 def main(argv):
     from edgekt.transfer import config as config_lib
     from edgekt.transfer import stage
@@ -70,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flag_utils.run(main)
+    flag_utils.run(main, OUTPUTS)

@@ -164,6 +164,11 @@ def pipeline_inputs(tmp_path_factory, cifar):
     diverged.layers[-1].kernel.assign(np.full(diverged.layers[-1].kernel.shape, np.nan, np.float32))
     out["nan_weights"] = str(root / "nan_weights.keras")
     diverged.save(out["nan_weights"])  # as a diverged run outside edgekt would (saving.save_model refuses)
+    overflowing = models.wrn(10, 1, num_classes=10)
+    head = overflowing.layers[-1]
+    head.kernel.assign(np.asarray(head.kernel) * np.float32(1e38))  # finite weights, outputs overflow to inf
+    out["overflowing"] = str(root / "overflowing.keras")
+    overflowing.save(out["overflowing"])
     out["not_zip"] = str(root / "not_zip.keras")
     (root / "not_zip.keras").write_bytes(b"this is not a model")
     out["empty_model"] = str(root / "empty.keras")

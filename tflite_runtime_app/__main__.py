@@ -17,11 +17,12 @@ import time
 
 import numpy as np
 
+from tflite_runtime_app import atomic_file
 from tflite_runtime_app import checkpoint as ckpt
 from tflite_runtime_app.atomic_file import temp_name
 from tflite_runtime_app import data as app_data
 from tflite_runtime_app import heads, image_folder, metrics
-from tflite_runtime_app.errors import EXIT_INTERRUPTED, INTERRUPTED, UserError, fail, from_os_error
+from tflite_runtime_app.errors import EXIT_INTERRUPTED, INTERRUPTED, UserError, fail, from_os_error, printable
 from tflite_runtime_app.image_folder import DataError
 from tflite_runtime_app.runner import DeviceModel, ModelError, runtime_name
 from tflite_runtime_app.train import AUGMENTATIONS, LearnConfig, Progress, Task, learn
@@ -258,7 +259,7 @@ def cmd_predict(args) -> dict:
         top = np.argsort(-p)[:k]
         rows.append({"image": name, "top": [{"class": model.class_names[i], "probability": float(p[i])} for i in top]})
         if not args.quiet:
-            print(f"{name}: " + ", ".join(f"{model.class_names[i]} {p[i]:.3f}" for i in top))
+            print(printable(f"{name}: " + ", ".join(f"{model.class_names[i]} {p[i]:.3f}" for i in top)))
     return {"command": "predict", "n_images": len(rows), "predictions": rows}
 
 
@@ -411,6 +412,13 @@ def _check_output(args) -> None:
             raise UserError(f"--checkpoint={path}: {existing} is a file, not a folder; pass a path inside a folder")
         raise UserError(f"--checkpoint={path}: its folder {parent} does not exist; create it, or pass a path inside "
                         "an existing folder")
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if len(os.fsencode(os.path.basename(path))) > name_max:
+        raise UserError(f"--checkpoint={path[:80]}...: a file name of {len(os.fsencode(os.path.basename(path)))} "
+                        f"bytes, more than the {name_max} the file system allows; pass a shorter file name")
     probe = temp_name(path)
     try:  # the checkpoint is written next to a temporary file: both must be possible before any work
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -421,13 +429,29 @@ def _check_output(args) -> None:
         advice = ("pass a shorter file name" if e.errno == errno.ENAMETOOLONG
                   else "pass a path in a folder this user can write")
         raise UserError(f"--checkpoint={path}: cannot be written there ({why}); {advice}") from None
-    inputs = {"--model": args.model, "--meta": args.meta, "--data": getattr(args, "data", None),
-              "--val_data": args.val_data, "--replay": args.replay, "--soft_labels": getattr(args, "soft_labels", None)}
-    target = os.path.realpath(path)
-    for flag, value in inputs.items():
-        if value and os.path.realpath(value) in (target, os.path.realpath(ckpt.previous_path(path))):
-            raise UserError(f"--checkpoint={path}: is the file given to {flag} (learning would overwrite it); pass "
-                            "another path for the checkpoint")
+    atomic_file.protect_inputs(_inputs(args))
+    for target in (path, ckpt.previous_path(path)):
+        what = atomic_file.input_at(target)
+        if what is not None:
+            where = "is" if target == path else f"keeps its previous version in {target}, which is"
+            raise UserError(f"--checkpoint={path}: {where} {what} (learning would overwrite it); pass another path "
+                            "for the checkpoint")
+
+
+# The files an export writes beside the model: inputs of the app, never to be overwritten.
+EXPORT_FILES = ("model_trainable.tflite", "model_meta.json", "model_int8.tflite", "model_float16.tflite",
+                "replay.npz", "metrics.json")
+
+
+def _inputs(args) -> list[tuple[str, str]]:
+    """(what, path) of everything the command reads: the flags' files and folders, and the
+    export's files beside the model."""
+    named = [(f"--{flag}={getattr(args, flag)}", getattr(args, flag))
+             for flag in ("model", "meta", "data", "val_data", "replay", "soft_labels", "images", "init")
+             if getattr(args, flag, None)]
+    folder = os.path.dirname(os.path.abspath(args.model))
+    named += [(f"the export's {name} beside --model", os.path.join(folder, name)) for name in EXPORT_FILES]
+    return named
 
 
 def _json_safe(obj):
@@ -524,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    atomic_file.forget_inputs()  # each command registers its own inputs
     try:
         args = build_parser().parse_args(argv)
         check_flags(args)
@@ -539,6 +564,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         fail(INTERRUPTED)
         return EXIT_INTERRUPTED
+    finally:
+        atomic_file.forget_inputs()
     print(text)
     return 0
 

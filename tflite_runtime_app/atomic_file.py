@@ -12,11 +12,13 @@ be written by two machines at once.)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
+import stat
 import tempfile
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from tflite_runtime_app.errors import UserError
 
@@ -41,8 +43,18 @@ def _umask() -> int:
     return mask
 
 
+def _stem(path: str) -> str:
+    """The file name as temporaries carry it: shortened, with a digest, when a temporary name
+    built from it would pass the file system's limit (255 bytes)."""
+    name = os.path.basename(path)
+    if len(os.fsencode(name)) <= 200:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    return os.fsdecode(os.fsencode(name)[:100]).rstrip("\ufffd") + "~" + digest
+
+
 def _prefix(path: str) -> str:
-    return "." + os.path.basename(path) + f".{os.getpid()}."
+    return "." + _stem(path) + f".{os.getpid()}."
 
 
 def temp_name(path: str | os.PathLike, suffix: str = "") -> str:
@@ -75,7 +87,7 @@ def stale_temporaries(path: str | os.PathLike, suffix: str = "") -> list[str]:
     """Temporaries of `path` (see the module docstring) whose writer is no longer running."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    pattern = re.compile(r"\." + re.escape(os.path.basename(path)) + r"\.(\d+)\.[A-Za-z0-9_]{8}"
+    pattern = re.compile(r"\." + re.escape(_stem(path)) + r"\.(\d+)\.[A-Za-z0-9_]{8}"
                          + re.escape(suffix or ".tmp") + r"\Z")
     try:
         names = os.listdir(directory)
@@ -105,12 +117,78 @@ def remove_stale_temporaries(path: str | os.PathLike, suffix: str = "") -> list[
     return removed
 
 
+# The files this process reads as inputs, by identity (device, inode: a link or another
+# spelling of the path is the same file), with what named them. No write replaces one.
+_INPUTS: dict[tuple[int, int], str] = {}
+_MAX_FILES_PER_INPUT = 1_000_000
+
+
+def protect_inputs(named: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
+    """Registers inputs as (what names it, e.g. "--model=m.tflite"; path): a file, or every file
+    under a folder. `atomic_path` then refuses to replace any of them."""
+    for what, path in named:
+        if not path:
+            continue
+        path = os.fspath(path)
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            _INPUTS.setdefault((info.st_dev, info.st_ino), what)
+        elif stat.S_ISDIR(info.st_mode):
+            count = 0
+            for folder, _, files in os.walk(path):
+                for name in files:
+                    full = os.path.join(folder, name)
+                    try:
+                        inner = os.stat(full)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(inner.st_mode):
+                        _INPUTS.setdefault((inner.st_dev, inner.st_ino), f"{full} (under {what})")
+                    count += 1
+                    if count >= _MAX_FILES_PER_INPUT:
+                        break
+                if count >= _MAX_FILES_PER_INPUT:
+                    break
+
+
+def input_at(path: str | os.PathLike) -> str | None:
+    """What named the input file `path` is (see `protect_inputs`), or None. The path is taken
+    both as the system resolves it and as spelled ("x/new/../m" is "x/m", even before x/new exists)."""
+    for spelling in dict.fromkeys((os.fspath(path), os.path.abspath(path))):
+        try:
+            info = os.stat(spelling)
+        except OSError:
+            continue
+        what = _INPUTS.get((info.st_dev, info.st_ino))
+        if what is not None:
+            return what
+    return None
+
+
+def forget_inputs() -> None:
+    """Clears the registry (for a process that runs several commands, e.g. tests)."""
+    _INPUTS.clear()
+
+
+def refuse_input(path: str | os.PathLike, flag: str | None = None) -> None:
+    """Raises UserError when writing `path` would replace an input of this run."""
+    what = input_at(path)
+    if what is not None:
+        named = f"{flag}={os.fspath(path)}" if flag else os.fspath(path)
+        raise UserError(f"{named}: is {what}, an input of this run, which writing it would replace; pass another "
+                        "path for the output")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yields a temporary path next to `path`; on success renames it onto `path`.
 
     On any exception the temporary file is removed and `path` is untouched. Temporaries that
-    earlier, killed writers of `path` left behind are removed first.
+    earlier, killed writers of `path` left behind are removed first. A `path` that is an input
+    of this run (`protect_inputs`) is refused before anything is written.
 
     Args:
       path: the final destination.
@@ -120,6 +198,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     if os.path.exists(path) and not os.path.isfile(path):
         kind = "a folder" if os.path.isdir(path) else "not a regular file (a pipe, device or socket)"
         raise UserError(f"{path}: is {kind}, which a write would replace; write to a file path instead")
+    refuse_input(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     remove_stale_temporaries(path, suffix)

@@ -31,6 +31,12 @@ def describe(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def printable(text: str) -> str:
+    """`text` with control characters (an escape sequence in a file name, a bell) written as
+    escapes, so that what a user named cannot drive the terminal or a log."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def fail(error: BaseException | str) -> int:
     """Prints `error: ...` for `error` and returns the exit code for user errors.
 
@@ -38,8 +44,7 @@ def fail(error: BaseException | str) -> int:
     line itself can always be written; control characters (an escape sequence in a file name)
     are printed as escapes too, never sent to the terminal.
     """
-    text = " ".join(error.split()) if isinstance(error, str) else describe(error)
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    text = printable(" ".join(error.split()) if isinstance(error, str) else describe(error))
     encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
     try:
         text.encode(encoding)

@@ -193,6 +193,11 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
     def diverged(what: str, epoch: int, step: int) -> TrainingError:
         kept = (f"{checkpoint_path} keeps the last good weights" if os.path.exists(checkpoint_path)
                 else "no checkpoint was written")
+        if state["global_step"] == 0:  # before any step succeeded: the rate, or weights broken from the start
+            return TrainingError(f"--lr={config.learning_rate:g}: {what} at the first step (the learning rate is too "
+                                 "high, or the starting weights (the model's, or --init's) are broken; "
+                                 f"{kept}); run again with a lower rate, e.g. --lr={config.learning_rate / 10:g}, or "
+                                 "from other starting weights")
         return TrainingError(f"--lr={config.learning_rate:g}: {what} at epoch {epoch + 1} step {step} (the learning "
                              f"rate is likely too high; {kept}); run again with a lower rate, e.g. "
                              f"--lr={config.learning_rate / 10:g}, and --restart")

@@ -44,6 +44,22 @@ def device_step_times(trainable_path: str, repeats: int = 10, threads: int = 1) 
     return out
 
 
+def _check_finite(model, model_path: str, images) -> None:
+    """Refuses, before anything is written, a model with NaN or inf weights or whose outputs
+    overflow on `images` (or two random images): its export could only be broken."""
+    for weight in model.weights:
+        if not np.isfinite(np.asarray(weight)).all():
+            raise UserError(f"{model_path}: weight {weight.path!r} holds NaN or inf; export a model that was trained "
+                            "and saved without error")
+    if images is None:
+        images = np.random.default_rng(0).integers(0, 256, (2, *model.input_shape[1:]), dtype=np.uint8)
+    logits = evaluation.predict_logits(model, images)
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise UserError(f"{model_path}: its outputs are NaN or inf for {int(bad.sum())} of {len(logits)} images (its "
+                        "weights overflow); export a model that was trained and saved without error")
+
+
 def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataSplits | None = None,
                  class_names=None, new_class_names=(), quantization: str = "int8", calibration_size: int = 300,
                  replay_per_class: int = 20, resize: bool = False, **trainer_options) -> dict:
@@ -57,7 +73,8 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
     (`inference_quantization` in the metrics says which was written).
 
     Raises:
-      UserError: an unsupported model (every problem listed), no class names, or bad data.
+      UserError: an unsupported model (every problem listed), NaN or inf weights or outputs, no
+        class names, or bad data; nothing is written then.
 
     Returns:
       The metrics written to `out_dir/metrics.json`.
@@ -84,6 +101,7 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
         logging.warning("no --data to calibrate int8: writing the float16 inference model instead "
                         "(pass --data=... for model_int8.tflite)")
         quantization = "float16"
+    _check_finite(model, model_path, representative)
     meta = convert.export(model, out_dir, class_names=class_names, options=options, new_class_names=new_class_names,
                           representative=representative, quantization=quantization)
     trainable_path = os.path.join(out_dir, meta["trainable_model"])

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from edgekt import atomic
-from edgekt.errors import UserError, describe
+from edgekt.errors import UserError, describe, printable
 from edgekt.evaluation import predict_logits
 from tflite_runtime_app import data as app_data
 from tflite_runtime_app import npz
@@ -94,12 +94,30 @@ def with_advice(error: UserError, advice: str) -> UserError:
     return error if "; " in text else type(error)(f"{text}; {advice}")
 
 
+class ModelOutputError(UserError):
+    """The cloud model's outputs overflow to NaN or inf: the model's fault, not the images'."""
+
+
+def check_outputs(logits: np.ndarray) -> np.ndarray:
+    """`logits`, or ModelOutputError when any row is NaN or inf (soft labels would be NaN)."""
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise ModelOutputError(f"the cloud model: its outputs are NaN or inf for {int(bad.sum())} of {len(logits)} "
+                               "images (its weights overflow); use a model that was trained and saved without error")
+    return logits
+
+
 def soft_labels(model: keras.Model, images: np.ndarray, temperature: float = 4.0, batch_size: int = 256) -> np.ndarray:
-    """softmax(logits / T) of the cloud model for raw-pixel images [N, H, W, C]."""
+    """softmax(logits / T) of the cloud model for raw-pixel images [N, H, W, C].
+
+    Raises:
+      UserError: no images, a bad temperature; ModelOutputError: the model's outputs are not
+        finite.
+    """
     temperature = check_temperature(temperature)
     if len(images) == 0:
         raise UserError("images: none given; pass at least one image")
-    z = predict_logits(model, images, batch_size).astype(np.float64) / temperature
+    z = check_outputs(predict_logits(model, images, batch_size)).astype(np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -182,6 +200,9 @@ def make_server(model: keras.Model, class_names, host: str = "127.0.0.1", port: 
     """
     class_names = check_model(model, class_names)
     temperature = check_temperature(temperature)
+    # A model whose outputs overflow would answer every request with an error: refused at start.
+    probe = np.random.default_rng(0).integers(0, 256, (2, *model.input_shape[1:]), dtype=np.uint8)
+    check_outputs(predict_logits(model, probe, 2))
     for name, value in (("max_bytes", max_bytes), ("max_in_flight", max_in_flight),
                         ("read_timeout", read_timeout), ("request_timeout", request_timeout)):
         if not value > 0:
@@ -348,6 +369,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._reply(200, b"ok\n")
         except _Refusal as e:
             self._reply_line(e.status, e.text, e.headers)
+        except ModelOutputError as e:  # the server's model, not the request, is at fault
+            logging.error("soft-label server: %s", describe(e))
+            self._reply_line(500, describe(e))
         except UserError as e:
             self._reply_line(400, describe(e))
         except (TimeoutError, ConnectionError):  # the client went away: the server's loop logs one line
@@ -445,7 +469,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(view[start:start + (1 << 16)])
 
     def log_message(self, fmt, *args):
-        logging.info("soft-label server: %s %s", self.address_string(), fmt % args)
+        logging.info("soft-label server: %s %s", self.address_string(), printable(fmt % args))
 
 
 def _query_temperature(query: str, default: float) -> float:

@@ -38,7 +38,7 @@ def main() -> None:
             for h in handlers:
                 h.stream = err
             try:
-                rest = flag_utils.parse_flags([module_name] + list(argv))
+                rest = flag_utils.parse_flags([module_name] + list(argv), getattr(module, "OUTPUTS", ()))
                 flag_utils.guarded(module.main)(rest)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -66,6 +66,12 @@ def _cases():
                                     "--checkpoint={tmp}/data.npz"], ["--checkpoint=", "--data"]),
         ("checkpoint is the model", ["learn", "--model={model}", f"--data={MISSING}", "--checkpoint={model}"],
          ["--checkpoint=", "--model"]),
+        ("checkpoint is the model's metadata", ["learn", "--model={model}", f"--data={MISSING}",
+                                                "--checkpoint={mdir}/model_meta.json", "--restart"],
+         ["--checkpoint={mdir}/model_meta.json", "model_meta.json beside --model"]),
+        ("checkpoint is a file under the data folder", ["learn", "--model={model}", "--data={tmp}",
+                                                        "--checkpoint={tmp}/data.npz", "--restart"],
+         ["--checkpoint={tmp}/data.npz", "under --data={tmp}"]),
         ("checkpoint is a folder", ["learn", "--model={model}", f"--data={MISSING}", "--checkpoint={tmp}"],
          ["--checkpoint=", "is a folder"]),
         ("checkpoint under a file", ["learn", "--model={model}", f"--data={MISSING}",
@@ -87,7 +93,7 @@ def _cases():
         ("checkpoint not writable there", ["learn", "--model={model}", f"--data={MISSING}",
                                            "--checkpoint=/proc/ck.npz"], ["--checkpoint=/proc/ck.npz", "cannot be written"]),
         ("checkpoint name too long", ["learn", "--model={model}", f"--data={MISSING}",
-                                      "--checkpoint={tmp}/" + "c" * 250 + ".npz"], ["--checkpoint=", "shorter file name"]),
+                                      "--checkpoint={tmp}/" + "c" * 256 + ".npz"], ["--checkpoint=", "shorter file name"]),
     ]
 
 
@@ -100,8 +106,9 @@ def test_bad_flag_is_one_line_before_any_data_is_read(device_export, tmp_path, a
     (tmp_path / "data.npz").write_bytes(b"a user's file")
     (tmp_path / "ck.npz").write_bytes(b"an earlier checkpoint")
     before = snapshot(device_export[0], tmp_path)
-    args = [a.format(model=model, tmp=tmp_path) for a in argv]
-    line = assert_user_error(run_app(*args), *[n.format(model=model, tmp=tmp_path) for n in names])
+    values = {"model": model, "tmp": tmp_path, "mdir": os.path.dirname(model)}
+    args = [a.format(**values) for a in argv]
+    line = assert_user_error(run_app(*args), *[n.format(**values) for n in names])
     assert MISSING not in line.split(":")[0]  # the flag is blamed, not the data it never read
     assert snapshot(device_export[0], tmp_path) == before
 

@@ -110,8 +110,9 @@ def test_sweep_budget_errors_come_before_tensorflow_loads(tmp_path):
 
 
 def test_outputs_that_would_replace_inputs_are_refused(pipeline_inputs, tmp_path):
-    """An output flag naming an input (the model, its metrics.json, the images) or an output
-    folder holding the input model is refused before anything is written: nothing is lost."""
+    """An output naming an input (the model, its metrics.json, the images, a file under an input
+    folder, another spelling or a link of one) or an output folder where the binary would write
+    over an input is refused before anything is written: nothing is lost."""
     import shutil
 
     import numpy as np
@@ -122,15 +123,60 @@ def test_outputs_that_would_replace_inputs_are_refused(pipeline_inputs, tmp_path
     shutil.copytree(os.path.dirname(pipeline_inputs["teacher"]), folder)
     model, metrics = str(folder / "model.keras"), str(folder / "metrics.json")
     images = write_npz(folder / "images.npz", images=np.zeros((4, 32, 32, 3), np.uint8))
-    before = snapshot(folder)
-    soft = [[f"--model={model}", f"--images={images}", f"--out={out}"] for out in (model, metrics, images)]
-    for result, out in zip(run_pipelines("pipelines.soft_labels", soft), (model, metrics, images)):
-        assert_user_error(result, f"--out={out}", "replace")
-    for module, flag in (("pipelines.export_tflite", "--model"), ("pipelines.prune", "--teacher")):
-        argv = [f"{flag}={model}", f"--out_dir={folder}"] + (["--data=d"] if module == "pipelines.prune" else [])
+    link = tmp_path / "link.keras"
+    link.symlink_to(model)
+    nested = tmp_path / "run" / "prune"
+    nested.mkdir(parents=True)
+    shutil.copy(model, nested / "pruned.keras")
+    image_folder = tmp_path / "pictures"
+    shutil.copytree(os.path.join(pipeline_inputs["tree"], "test"), image_folder)
+    an_image = str(next(p for p in sorted(image_folder.rglob("*.png"))))
+    before = snapshot(tmp_path)
+    outs = [model, metrics, images, str(folder / "sub" / ".." / "model.keras"), str(link)]
+    soft = [[f"--model={model}", f"--images={images}", f"--out={out}"] for out in outs]
+    soft.append([f"--model={model}", f"--images={image_folder}", f"--out={an_image}"])
+    for result, out in zip(run_pipelines("pipelines.soft_labels", soft), outs + [an_image]):
+        assert_user_error(result, f"--out={out}", "an input of this run")
+    cases = [("pipelines.export_tflite", [f"--model={model}", f"--out_dir={folder}"], "metrics.json"),
+             ("pipelines.export_tflite", [f"--model={link}", f"--out_dir={folder}"], "metrics.json"),
+             ("pipelines.prune", [f"--teacher={model}", f"--out_dir={folder}", "--data=d"], "metrics.json"),
+             ("pipelines.convert", [f"--model={nested / 'pruned.keras'}", f"--out_dir={tmp_path / 'run'}", "--data=d"],
+              "prune/pruned.keras")]
+    for module, argv, name in cases:
         result, = run_pipelines(module, [argv])
-        assert_user_error(result, f"--out_dir={folder}", f"{flag}={model}", "another folder")
-    assert snapshot(folder) == before
+        assert_user_error(result, argv[1], name, "another folder")
+    assert snapshot(tmp_path) == before
+    # Binaries that write nothing of that name there accept a model in their output folder: the
+    # error is about the (missing) data, not the folder.
+    for module in ("pipelines.sweep", "pipelines.experiments"):
+        result, = run_pipelines(module, [[f"--teacher={model}", f"--out_dir={folder}", "--data=no_such_data"]])
+        assert_user_error(result, "no_such_data")
+
+
+def test_every_write_refuses_an_input_of_the_run(tmp_path):
+    """Whatever path a write takes (a subfolder, a symbolic or a hard link), an input is never
+    replaced."""
+    from edgekt import atomic
+    from edgekt.errors import UserError
+
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    (data / "cat" / "0.png").write_bytes(b"an image")
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"a model")
+    (tmp_path / "hard.keras").hardlink_to(model)
+    (tmp_path / "soft.keras").symlink_to(model)
+    try:
+        atomic.protect_inputs([("--model=model.keras", str(model)), ("--data=data", str(data))])
+        for path in (model, tmp_path / "hard.keras", tmp_path / "soft.keras", data / "cat" / "0.png",
+                     tmp_path / "sub" / ".." / "model.keras"):
+            with pytest.raises(UserError, match="an input of this run"):
+                atomic.write_bytes(path, b"output")
+        atomic.write_bytes(tmp_path / "new.json", b"output")  # anything else is written
+        atomic.write_bytes(tmp_path / ("n" * 250), b"output")  # a long name too: its temporary is shortened
+    finally:
+        atomic.forget_inputs()
+    assert model.read_bytes() == b"a model" and (data / "cat" / "0.png").read_bytes() == b"an image"
 
 
 def test_export_without_data_writes_float16_and_says_so(pipeline_inputs, tmp_path):

@@ -38,6 +38,15 @@ CASES = [
     Case("export-model-nan-weights", "pipelines.export_tflite", ["--model={nan_weights}", "--class_names="
                                                                  + ",".join("abcdefghij"), *ARGS["export"]],
          ["{nan_weights}", "NaN or inf"]),
+    Case("export-model-outputs-overflow", "pipelines.export_tflite", ["--model={overflowing}", "--class_names="
+                                                                      + ",".join("abcdefghij"), *ARGS["export"]],
+         ["{overflowing}", "NaN or inf", "outputs"]),
+    Case("soft-labels-model-outputs-overflow", "pipelines.soft_labels",
+         ["--model={overflowing}", "--class_names=" + ",".join("abcdefghij"), "--images={tree}/test",
+          "--out={out}/soft.npz"], ["--model={overflowing}", "NaN or inf"]),
+    Case("soft-labels-serve-model-outputs-overflow", "pipelines.soft_labels",
+         ["--model={overflowing}", "--class_names=" + ",".join("abcdefghij"), "--serve", "--port=0"],
+         ["--model={overflowing}", "NaN or inf"]),
     Case("export-trainable-beyond-the-model", "pipelines.export_tflite",
          ["--model={teacher}", "--class_names=" + ",".join("abcdefghij"), *ARGS["export"], "--trainable=last:100000"],
          ["last:100000", "only 10 conv/dense layers", "--trainable=last:10"]),
