@@ -538,12 +538,6 @@ def _npz_with_header(path, shape, payload=b"\0" * 100):
     return str(path)
 
 
-def _npy(array) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
 def test_hostile_files_in_data_are_refused_by_name(device_export, cifar, tmp_path):
     """A pipe (would block), a link to an endless device, an .npz whose header claims 2.8 TiB,
     and an .npz holding one array name twice: one line each, nothing read first."""
