@@ -7,10 +7,11 @@ import math
 import os
 from typing import Any, Callable, Sequence
 
-from tflite_runtime_app.atomic_file import atomic_path, forget_inputs, input_at, protect_inputs, refuse_input
+from tflite_runtime_app.atomic_file import (atomic_path, forget_inputs, fsync_dir, input_at, pid_alive, protect_inputs,
+                                            refuse_input)
 
-__all__ = ["atomic_path", "forget_inputs", "input_at", "protect_inputs", "refuse_input", "write_bytes", "write_csv",
-           "write_json", "write_text", "write_with"]
+__all__ = ["atomic_path", "forget_inputs", "fsync_dir", "input_at", "pid_alive", "protect_inputs", "refuse_input",
+           "write_bytes", "write_csv", "write_json", "write_text", "write_with"]
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -56,10 +56,12 @@ def main(argv):
         from edgekt.train import distribution
 
         distribution.split_cpu(_CPU_DEVICES.value)
+    from edgekt.train import cloud
     from edgekt.train import config as config_lib
     from edgekt.train import train_and_evaluate
 
     config = flag_utils.config_from_flags(config_lib.preset, _FIELDS, _PRESET.value)
+    cloud.check_out_dir(_OUT_DIR.value, _OVERWRITE.value)  # before the data is read
     flag_utils.log_config("train_cloud", config, preset=_PRESET.value, data=_DATA.value, out_dir=_OUT_DIR.value,
                           distribution=_DISTRIBUTION.value)
     metrics = train_and_evaluate(config, flag_utils.load_data(_DATA.value), _OUT_DIR.value, distribution=_DISTRIBUTION.value,

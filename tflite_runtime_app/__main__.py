@@ -25,12 +25,10 @@ from tflite_runtime_app import heads, image_folder, metrics
 from tflite_runtime_app.errors import EXIT_INTERRUPTED, INTERRUPTED, UserError, fail, from_os_error, printable
 from tflite_runtime_app.image_folder import DataError
 from tflite_runtime_app.runner import DeviceModel, ModelError, runtime_name
-from tflite_runtime_app.train import AUGMENTATIONS, LearnConfig, Progress, Task, learn
+from tflite_runtime_app.train import AUGMENTATIONS, LEARNING_RATE_RANGE, LearnConfig, Progress, Task, learn
 
 COMMANDS = ("learn", "learn-unseen", "evaluate", "predict", "info")
 # Flags whose default depends on other flags (None on the parser, so an explicit value is seen).
-# SGD rates above 10 are typing mistakes; below 1e-8 a float32 weight does not move.
-LEARNING_RATE_RANGE = (1e-8, 10.0)
 _DEFAULT_VAL_FRACTION = 0.1
 _DEFAULT_REPLAY_RATIO = 0.25
 

@@ -68,7 +68,7 @@ def temp_name(path: str | os.PathLike, suffix: str = "") -> str:
             return candidate
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process `pid` runs on this machine (True when it cannot be told)."""
     if os.name != "posix":
         return True  # os.kill would terminate the process on Windows
@@ -99,7 +99,7 @@ def stale_temporaries(path: str | os.PathLike, suffix: str = "") -> list[str]:
         if match is None:
             continue
         pid = int(match.group(1))
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             out.append(os.path.join(directory, name))
     return out
 
@@ -108,6 +108,8 @@ def remove_stale_temporaries(path: str | os.PathLike, suffix: str = "") -> list[
     """Removes the temporaries a killed writer of `path` left behind; returns their paths."""
     removed = []
     for stale in stale_temporaries(path, suffix):
+        if input_at(stale) is not None:  # named like a temporary, but a file this run reads
+            continue
         try:
             if os.path.isfile(stale) and not os.path.islink(stale):
                 os.remove(stale)
@@ -137,8 +139,14 @@ def protect_inputs(named: Iterable[tuple[str, str | os.PathLike | None]]) -> Non
         if stat.S_ISREG(info.st_mode):
             _INPUTS.setdefault((info.st_dev, info.st_ino), what)
         elif stat.S_ISDIR(info.st_mode):
-            count = 0
-            for folder, _, files in os.walk(path):
+            count, seen = 0, set()
+            # Links to folders are followed, as the readers follow them; each folder once.
+            for folder, subfolders, files in os.walk(path, followlinks=True):
+                here = os.stat(folder)
+                if (here.st_dev, here.st_ino) in seen:
+                    subfolders[:] = []
+                    continue
+                seen.add((here.st_dev, here.st_ino))
                 for name in files:
                     full = os.path.join(folder, name)
                     try:
@@ -179,7 +187,7 @@ def refuse_input(path: str | os.PathLike, flag: str | None = None) -> None:
     if what is not None:
         named = f"{flag}={os.fspath(path)}" if flag else os.fspath(path)
         raise UserError(f"{named}: is {what}, an input of this run, which writing it would replace; pass another "
-                        "path for the output")
+                        "output path or folder (--out, --out_dir or --checkpoint)")
 
 
 @contextlib.contextmanager

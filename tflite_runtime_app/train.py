@@ -22,6 +22,9 @@ from tflite_runtime_app.errors import UserError
 from tflite_runtime_app.runner import DeviceModel, NonFiniteOutputs
 
 
+# SGD rates above 10 are typing mistakes; below 1e-8 a float32 weight does not move.
+LEARNING_RATE_RANGE = (1e-8, 10.0)
+
 class TrainingError(UserError):
     """Training diverged (NaN or inf loss or weights); the last good checkpoint is kept."""
 
@@ -193,11 +196,13 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
     def diverged(what: str, epoch: int, step: int) -> TrainingError:
         kept = (f"{checkpoint_path} keeps the last good weights" if os.path.exists(checkpoint_path)
                 else "no checkpoint was written")
-        if state["global_step"] == 0:  # before any step succeeded: the rate, or weights broken from the start
-            return TrainingError(f"--lr={config.learning_rate:g}: {what} at the first step (the learning rate is too "
-                                 "high, or the starting weights (the model's, or --init's) are broken; "
-                                 f"{kept}); run again with a lower rate, e.g. --lr={config.learning_rate / 10:g}, or "
-                                 "from other starting weights")
+        if state["global_step"] == 0:  # no step succeeded: the starting weights first, then the rate
+            lower = config.learning_rate / 10
+            rate = (f", or with a lower rate (e.g. --lr={lower:g}) if --lr={config.learning_rate:g} was high"
+                    if lower >= LEARNING_RATE_RANGE[0] else "")
+            return TrainingError(f"learn: {what} at the first step, so the starting weights (the model's, or --init's) "
+                                 f"are likely broken ({kept}); start from other weights (another --init, or the model "
+                                 f"exported again){rate}")
         return TrainingError(f"--lr={config.learning_rate:g}: {what} at epoch {epoch + 1} step {step} (the learning "
                              f"rate is likely too high; {kept}); run again with a lower rate, e.g. "
                              f"--lr={config.learning_rate / 10:g}, and --restart")

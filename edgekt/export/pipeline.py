@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 from absl import logging
@@ -12,6 +14,7 @@ from edgekt.errors import UserError
 from edgekt.export import convert
 from edgekt.export import evaluate as export_eval
 from edgekt.export.device_trainer import TrainerOptions
+from tflite_runtime_app.runner import NonFiniteOutputs
 from edgekt.models import saving
 
 METRICS_FILE = "metrics.json"
@@ -102,10 +105,40 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
                         "(pass --data=... for model_int8.tflite)")
         quantization = "float16"
     _check_finite(model, model_path, representative)
-    meta = convert.export(model, out_dir, class_names=class_names, options=options, new_class_names=new_class_names,
+    # Everything is made and checked in a staging folder inside out_dir, then moved in: a run
+    # that fails leaves an earlier export whole, and a new folder without a partial one.
+    os.makedirs(out_dir, exist_ok=True)
+    _remove_stale_staging(out_dir)
+    staging = tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}.", dir=out_dir)
+    try:
+        try:
+            metrics = _export_into(model, model_path, staging, splits, class_names, options, new_class_names,
+                                   representative, quantization, replay_per_class)
+        except NonFiniteOutputs as e:
+            raise UserError(f"{model_path}: the exported trainable model's outputs are NaN or inf on the test images "
+                            "(its weights overflow); export a model that was trained and saved without error; "
+                            f"{out_dir} was left as it was") from e
+        for name in sorted(os.listdir(staging)):
+            atomic.refuse_input(os.path.join(out_dir, name))
+        for name in sorted(os.listdir(staging), key=lambda n: n == METRICS_FILE):  # metrics.json last
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+        atomic.fsync_dir(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logging.info("export: trainable %d B, %s %d B%s", metrics["trainable_bytes"], quantization,
+                 metrics["inference_bytes"],
+                 f", test top-1 keras {metrics['keras_test_accuracy']:.4f} / tflite {metrics['trainable_test_accuracy']:.4f}"
+                 f" / {quantization} {metrics['inference_test_accuracy']:.4f}" if "keras_test_accuracy" in metrics else "")
+    return metrics
+
+
+def _export_into(model, model_path: str, folder: str, splits, class_names, options, new_class_names, representative,
+                 quantization: str, replay_per_class: int) -> dict:
+    """Writes the export and its metrics.json into `folder` (the staging folder); returns the metrics."""
+    meta = convert.export(model, folder, class_names=class_names, options=options, new_class_names=new_class_names,
                           representative=representative, quantization=quantization)
-    trainable_path = os.path.join(out_dir, meta["trainable_model"])
-    inference_path = os.path.join(out_dir, meta["inference_model"])
+    trainable_path = os.path.join(folder, meta["trainable_model"])
+    inference_path = os.path.join(folder, meta["inference_model"])
     cost = flops.model_cost(model)
     metrics = {
         "model": model_path,
@@ -123,7 +156,7 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
         train = splits["train"]
         per_class = min(replay_per_class, int(np.bincount(train.labels).min()))
         replay, _ = data.labelled_unlabelled(train, per_class, seed=0)
-        atomic.write_with(os.path.join(out_dir, "replay.npz"),
+        atomic.write_with(os.path.join(folder, "replay.npz"),
                           lambda tmp: np.savez(tmp, images=replay.images, labels=replay.labels,
                                                class_names=np.asarray(list(splits.class_names))), suffix=".npz")
         metrics["replay_images"] = int(len(replay.labels))
@@ -136,9 +169,17 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
         metrics["inference_test_accuracy"] = export_eval.inference_model_metrics(inference_path, test.images,
                                                                                  test.labels)["accuracy"]
         metrics["test_images"] = int(len(test.labels))
-    atomic.write_json(os.path.join(out_dir, METRICS_FILE), metrics)
-    logging.info("export: trainable %d B, %s %d B%s", metrics["trainable_bytes"], quantization,
-                 metrics["inference_bytes"],
-                 f", test top-1 keras {metrics['keras_test_accuracy']:.4f} / tflite {metrics['trainable_test_accuracy']:.4f}"
-                 f" / {quantization} {metrics['inference_test_accuracy']:.4f}" if "keras_test_accuracy" in metrics else "")
+    atomic.write_json(os.path.join(folder, METRICS_FILE), metrics)
     return metrics
+
+
+_STAGING = ".export-staging."
+
+
+def _remove_stale_staging(out_dir: str) -> None:
+    """Staging folders of killed exports (their process no longer runs)."""
+    for name in os.listdir(out_dir):
+        if name.startswith(_STAGING):
+            pid = name[len(_STAGING):].split(".", 1)[0]
+            if pid.isdigit() and not atomic.pid_alive(int(pid)):
+                shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)

@@ -16,7 +16,7 @@ from edgekt.data import pipeline
 from edgekt import models
 from edgekt.models import saving
 from edgekt.train import distribution as dist_lib
-from edgekt.train.checkpoint import CheckpointManager
+from edgekt.train.checkpoint import STATE_FILE, CheckpointManager
 from edgekt.train.config import CloudTrainConfig
 from edgekt.train.optimizers import L2SGD, learning_rate_schedule
 from edgekt.errors import UserError
@@ -98,6 +98,16 @@ def build_and_compile(config: CloudTrainConfig, num_classes: int, mean, std, ste
     return model
 
 
+def check_out_dir(out_dir: str, overwrite: bool) -> None:
+    """Refuses an `out_dir` holding a model without a checkpoint to resume (another run's model,
+    or one whose checkpoints were removed): training would replace it. `overwrite` allows it."""
+    state_path = os.path.join(out_dir, CHECKPOINT_DIR, STATE_FILE)
+    if not overwrite and os.path.exists(os.path.join(out_dir, MODEL_FILE)) and not os.path.exists(state_path):
+        raise UserError(f"--out_dir={out_dir}: holds {MODEL_FILE} without a checkpoint to resume (another run's model, "
+                        "or one whose checkpoints were removed), which training would replace; use another --out_dir, "
+                        "or --overwrite to replace it")
+
+
 def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, out_dir: str, *,
                        distribution: str = "none", preset_name: str | None = None, verbose: str | int = "auto",
                        overwrite: bool = False, callbacks: tuple = ()) -> dict:
@@ -136,6 +146,7 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
     metrics_path = os.path.join(out_dir, METRICS_FILE)
     model_path = os.path.join(out_dir, MODEL_FILE)
     manager = CheckpointManager(os.path.join(out_dir, CHECKPOINT_DIR))
+    check_out_dir(out_dir, overwrite)
     state = None if overwrite else manager.read_state()
     if state is not None and state.get("identity") != identity:
         diff = _describe_difference(state.get("identity", {}), identity)

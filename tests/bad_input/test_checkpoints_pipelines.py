@@ -31,6 +31,12 @@ def _state_without_model(out):
 
 
 T = ["--data={tree}", "--out_dir={out}", "--val_size=10", "--batch_size=8", "--train_size=40"]
+def _model_without_checkpoint(out):
+    """A model copied here (or whose checkpoints were removed): training would replace it."""
+    with open(os.path.join(out, "model.keras"), "wb") as f:
+        f.write(b"another run's model")
+
+
 CASES = [
     Case("cloud-checkpoint-truncated", "pipelines.train_cloud", T, ["checkpoint.json", "--overwrite"],
          prepare=_garbage_state),
@@ -38,6 +44,8 @@ CASES = [
          prepare=_list_state),
     Case("cloud-checkpoint-model-missing", "pipelines.train_cloud", T, ["checkpoint.json", "epoch_0003.keras"],
          prepare=_state_without_model),
+    Case("cloud-model-of-another-run", "pipelines.train_cloud", T, ["--out_dir={out}", "model.keras", "--overwrite"],
+         prepare=_model_without_checkpoint),
 ]
 
 

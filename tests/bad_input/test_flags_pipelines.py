@@ -162,6 +162,10 @@ def test_every_write_refuses_an_input_of_the_run(tmp_path):
     data = tmp_path / "data"
     (data / "cat").mkdir(parents=True)
     (data / "cat" / "0.png").write_bytes(b"an image")
+    (tmp_path / "dogs").mkdir()
+    (tmp_path / "dogs" / "1.png").write_bytes(b"another image")
+    (data / "dog").symlink_to(tmp_path / "dogs")  # a class folder that is a link, as readers follow them
+    (data / "loop").symlink_to(data)  # a loop is walked once
     model = tmp_path / "model.keras"
     model.write_bytes(b"a model")
     (tmp_path / "hard.keras").hardlink_to(model)
@@ -169,11 +173,17 @@ def test_every_write_refuses_an_input_of_the_run(tmp_path):
     try:
         atomic.protect_inputs([("--model=model.keras", str(model)), ("--data=data", str(data))])
         for path in (model, tmp_path / "hard.keras", tmp_path / "soft.keras", data / "cat" / "0.png",
-                     tmp_path / "sub" / ".." / "model.keras"):
+                     data / "dog" / "1.png", tmp_path / "sub" / ".." / "model.keras"):
             with pytest.raises(UserError, match="an input of this run"):
                 atomic.write_bytes(path, b"output")
         atomic.write_bytes(tmp_path / "new.json", b"output")  # anything else is written
         atomic.write_bytes(tmp_path / ("n" * 250), b"output")  # a long name too: its temporary is shortened
+        # A file named like a killed writer's temporary, but an input, is never cleaned away.
+        stale = tmp_path / ".out.npz.999999999.abcdefgh.tmp"
+        stale.write_bytes(b"an input")
+        atomic.protect_inputs([("--data=stale", str(stale))])
+        atomic.write_bytes(tmp_path / "out.npz", b"output")
+        assert stale.read_bytes() == b"an input"
     finally:
         atomic.forget_inputs()
     assert model.read_bytes() == b"a model" and (data / "cat" / "0.png").read_bytes() == b"an image"
