@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -107,9 +108,11 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
     _check_finite(model, model_path, representative)
     # Everything is made and checked in a staging folder inside out_dir, then moved in: a run
     # that fails leaves an earlier export whole, and a new folder without a partial one.
+    created = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    _remove_stale_staging(out_dir)
+    _remove_stale_staging(out_dir, [model_path] + ([data_source] if isinstance(data_source, str) else []))
     staging = tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}.", dir=out_dir)
+    done = False
     try:
         try:
             metrics = _export_into(model, model_path, staging, splits, class_names, options, new_class_names,
@@ -118,13 +121,21 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
             raise UserError(f"{model_path}: the exported trainable model's outputs are NaN or inf on the test images "
                             "(its weights overflow); export a model that was trained and saved without error; "
                             f"{out_dir} was left as it was") from e
-        for name in sorted(os.listdir(staging)):
-            atomic.refuse_input(os.path.join(out_dir, name))
+        for name in sorted(os.listdir(staging)):  # every destination checked before the first move
+            destination = os.path.join(out_dir, name)
+            atomic.refuse_input(destination)
+            if os.path.lexists(destination) and not os.path.isfile(destination):
+                raise UserError(f"{destination}: is a folder or not a regular file, where the export writes its "
+                                f"{name}; move it away or pass another --out_dir; {out_dir} was left as it was")
         for name in sorted(os.listdir(staging), key=lambda n: n == METRICS_FILE):  # metrics.json last
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
         atomic.fsync_dir(out_dir)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)  # only if empty: a refused export into a new folder leaves none
     logging.info("export: trainable %d B, %s %d B%s", metrics["trainable_bytes"], quantization,
                  metrics["inference_bytes"],
                  f", test top-1 keras {metrics['keras_test_accuracy']:.4f} / tflite {metrics['trainable_test_accuracy']:.4f}"
@@ -176,10 +187,19 @@ def _export_into(model, model_path: str, folder: str, splits, class_names, optio
 _STAGING = ".export-staging."
 
 
-def _remove_stale_staging(out_dir: str) -> None:
-    """Staging folders of killed exports (their process no longer runs)."""
+def _remove_stale_staging(out_dir: str, inputs: list[str]) -> None:
+    """Staging folders of killed exports (their process no longer runs); never one that is or
+    holds an input (`inputs`, or a file registered as an input of the run)."""
+    reals = [os.path.realpath(p) for p in inputs]
     for name in os.listdir(out_dir):
-        if name.startswith(_STAGING):
-            pid = name[len(_STAGING):].split(".", 1)[0]
-            if pid.isdigit() and not atomic.pid_alive(int(pid)):
-                shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+        if not name.startswith(_STAGING):
+            continue
+        pid = name[len(_STAGING):].split(".", 1)[0]
+        folder = os.path.join(out_dir, name)
+        if not pid.isdigit() or atomic.pid_alive(int(pid)) or not os.path.isdir(folder) or os.path.islink(folder):
+            continue
+        real = os.path.realpath(folder)
+        files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
+        if any(r == real or r.startswith(real + os.sep) for r in reals) or any(atomic.input_at(f) for f in files):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)

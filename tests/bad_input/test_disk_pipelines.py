@@ -23,3 +23,21 @@ def test_export_on_a_full_disk_keeps_what_was_saved(pipeline_inputs, tmp_path):
     line = assert_user_error(result, "file too large", "file-size limit")
     assert snapshot(out) == before, os.listdir(out)
     assert not [f for f in os.listdir(out) if f.startswith(".")], line
+
+
+def test_leftover_staging_folders_are_removed_unless_they_hold_an_input(tmp_path):
+    """A killed export leaves its staging folder; the next export removes it, never a folder
+    named like one that holds an input (data, or the model itself)."""
+    from edgekt import atomic
+    from edgekt.export import pipeline
+
+    stale, data, model_home = (tmp_path / f".export-staging.999999999.{tag}" for tag in ("a", "b", "c"))
+    for folder in (stale, data, model_home):
+        folder.mkdir()
+        (folder / "file").write_bytes(b"x")
+    try:
+        atomic.protect_inputs([("--data=b", str(data))])
+        pipeline._remove_stale_staging(str(tmp_path), [str(model_home / "file")])
+    finally:
+        atomic.forget_inputs()
+    assert not stale.exists() and (data / "file").exists() and (model_home / "file").exists()

@@ -4,6 +4,8 @@ problems, not pruning ones), a metrics.json beside the model that is not JSON.""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from harness import Case, check_case, run_cases
@@ -12,6 +14,14 @@ ARGS = {
     "prune": ["--data={tree}", "--out_dir={out}"],
     "export": ["--out_dir={out}", "--quantization=float16"],
 }
+def _folders_in_the_way(out):
+    """Folders where the export writes two of its files: nothing may be moved in then."""
+    for name in ("model_meta.json", "metrics.json"):
+        os.makedirs(os.path.join(out, name, "kept"))
+        with open(os.path.join(out, name, "kept", "note.txt"), "w") as f:
+            f.write("a user's file")
+
+
 CASES = [
     Case("prune-teacher-missing", "pipelines.prune", ["--teacher={missing}.keras", *ARGS["prune"]],
          ["{missing}.keras", "no such model file"]),
@@ -47,6 +57,9 @@ CASES = [
     Case("soft-labels-serve-model-outputs-overflow", "pipelines.soft_labels",
          ["--model={overflowing}", "--class_names=" + ",".join("abcdefghij"), "--serve", "--port=0"],
          ["--model={overflowing}", "NaN or inf"]),
+    Case("export-output-name-taken-by-a-folder", "pipelines.export_tflite",
+         ["--model={teacher}", "--class_names=" + ",".join("abcdefghij"), *ARGS["export"]],
+         ["{out}/metrics.json", "is a folder", "was left as it was"], prepare=_folders_in_the_way),
     Case("export-trainable-beyond-the-model", "pipelines.export_tflite",
          ["--model={teacher}", "--class_names=" + ",".join("abcdefghij"), *ARGS["export"], "--trainable=last:100000"],
          ["last:100000", "only 10 conv/dense layers", "--trainable=last:10"]),
