@@ -108,7 +108,7 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
     _check_finite(model, model_path, representative)
     # Everything is made and checked in a staging folder inside out_dir, then moved in: a run
     # that fails leaves an earlier export whole, and a new folder without a partial one.
-    created = not os.path.exists(out_dir)
+    created = _first_missing(out_dir)  # the outermost folder this export creates, if any
     os.makedirs(out_dir, exist_ok=True)
     _remove_stale_staging(out_dir, [model_path] + ([data_source] if isinstance(data_source, str) else []))
     staging = tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}.", dir=out_dir)
@@ -133,9 +133,14 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
         done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if created and not done:
-            with contextlib.suppress(OSError):
-                os.rmdir(out_dir)  # only if empty: a refused export into a new folder leaves none
+        if created is not None and not done:  # a refused export into new folders leaves none (only empty ones go)
+            folder = os.path.abspath(out_dir)
+            while True:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+                if folder == created or os.path.dirname(folder) == folder:
+                    break
+                folder = os.path.dirname(folder)
     logging.info("export: trainable %d B, %s %d B%s", metrics["trainable_bytes"], quantization,
                  metrics["inference_bytes"],
                  f", test top-1 keras {metrics['keras_test_accuracy']:.4f} / tflite {metrics['trainable_test_accuracy']:.4f}"
@@ -185,6 +190,18 @@ def _export_into(model, model_path: str, folder: str, splits, class_names, optio
 
 
 _STAGING = ".export-staging."
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of `path` that does not exist yet (None when `path` exists)."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def _remove_stale_staging(out_dir: str, inputs: list[str]) -> None:

@@ -1,11 +1,13 @@
 """A disk that fills up while a pipeline binary writes: one line, exit 2, the files saved before
 are unchanged and no temporary file is left (files above the limit cannot be written, as on a
-full disk)."""
+full disk); what an interrupted or refused export leaves behind is cleaned."""
 
 from __future__ import annotations
 
 import json
 import os
+
+import pytest
 
 from harness import assert_user_error, run_pipelines, snapshot
 
@@ -41,3 +43,18 @@ def test_leftover_staging_folders_are_removed_unless_they_hold_an_input(tmp_path
     finally:
         atomic.forget_inputs()
     assert not stale.exists() and (data / "file").exists() and (model_home / "file").exists()
+
+
+def test_a_refused_export_into_new_folders_leaves_none(pipeline_inputs, tmp_path, monkeypatch):
+    from edgekt.errors import UserError
+    from edgekt.export import pipeline
+
+    def refuse(*args, **kwargs):
+        raise UserError("test: refused after the staging folder was made; nothing to do")
+
+    monkeypatch.setattr(pipeline, "_export_into", refuse)
+    out = tmp_path / "new" / "nested" / "export"
+    with pytest.raises(UserError, match="refused after the staging folder"):
+        pipeline.export_model(pipeline_inputs["teacher"], str(out), class_names=list("abcdefghij"),
+                              quantization="float16")
+    assert not (tmp_path / "new").exists()
