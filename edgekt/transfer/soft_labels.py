@@ -220,9 +220,10 @@ def make_server(model: keras.Model, class_names, host: str = "127.0.0.1", port: 
 class _SoftLabelServer(http.server.ThreadingHTTPServer):
     """A threading HTTP server with at most `max_in_flight` requests served at once, as many
     more answered 503 at once, and the rest closed; each connection is closed only after its
-    reply was sent and what the client still sends was drained for a moment (up to 4 x
+    reply was sent and what the client still sends was drained for a moment (up to 2 x
     `max_in_flight` connections at once, the request slot already free), so the client reads
-    the reply instead of a reset."""
+    the reply instead of a reset. Threads: at most 4 x `max_in_flight` (serving, answering
+    503, draining)."""
 
     daemon_threads = True
     block_on_close = False
@@ -233,7 +234,7 @@ class _SoftLabelServer(http.server.ThreadingHTTPServer):
         self.read_timeout = read_timeout
         self._serving = threading.BoundedSemaphore(self.max_in_flight)
         self._refusing = threading.BoundedSemaphore(self.max_in_flight)
-        self._lingering = threading.BoundedSemaphore(4 * self.max_in_flight)
+        self._lingering = threading.BoundedSemaphore(2 * self.max_in_flight)
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):
