@@ -109,11 +109,12 @@ def markdown(summary: dict, preset: str | None) -> str:
         *(device_learning_report.losses_of_ours(dl) if dl.get("methods") else []),
         "",
         "The device model of each class split is pruned from the cloud model with old-class images only; the "
-        "device's images are held out of the cloud's training. Details, lineage and the never-seen transfer: "
-        "`device_learning/results.md`.",
+        "device's images are held out of the cloud's training. Details and lineage: `device_learning/results.md`.",
         "",
+        *device_learning_report.never_seen_section(dl),
         "Times are wall times of the device app on this machine (not a board). Plots: `sizes.png`, "
-        "`device_learning/accuracy_per_update.png`, `device_learning/validation_vs_time.png`, `prune/prune_plot.png`.",
+        "`device_learning/accuracy_per_update.png`, `device_learning/validation_vs_time.png`, "
+        "`device_learning/never_seen_curve.png`, `prune/prune_plot.png`.",
         "",
     ]
     return "\n".join(lines)
@@ -242,7 +243,8 @@ def write(out_dir: str, preset: str | None = None) -> dict:
     images = [p for p in (_plot_sizes(out_dir, summary), os.path.join(out_dir, "prune", "prune_plot.png"),
                           os.path.join(out_dir, "sweep", "sweep.png"),
                           os.path.join(out_dir, "device_learning", "accuracy_per_update.png"),
-                          os.path.join(out_dir, "device_learning", "validation_vs_time.png")) if p and os.path.exists(p)]
+                          os.path.join(out_dir, "device_learning", "validation_vs_time.png"),
+                          os.path.join(out_dir, "device_learning", "never_seen_curve.png")) if p and os.path.exists(p)]
     atomic.write_text(os.path.join(out_dir, "report.html"), _html(md_text, images))
     atomic.write_json(os.path.join(out_dir, "summary.json"), {"preset": preset, **summary})
     return summary

@@ -1,5 +1,5 @@
 """The on-device learning benchmark: `python -m pipelines.experiments --preset=smoke|cpu|paper
---data=... --out_dir=X [--teacher=cloud/model.keras]`.
+--data=... --out_dir=X [--teacher=cloud/model.keras] [--only=never_seen]`.
 
 Trains the cloud model with a device pool held out (unless --teacher names one trained so),
 builds a device model per class split from old-class images only, runs every method through
@@ -18,7 +18,11 @@ from absl import flags, logging
 from edgekt.errors import UserError
 from pipelines import flag_utils
 
-_PRESET = flags.DEFINE_enum("preset", "smoke", ["smoke", "cpu", "paper"], "Benchmark preset.")
+_PRESET = flags.DEFINE_enum("preset", "smoke", ["smoke", "cpu", "paper", "never_seen", "never_seen_ablation"],
+                            "Benchmark preset (never_seen*: the never-seen stage's runs; use them with "
+                            "--only=never_seen).")
+_ONLY = flags.DEFINE_enum("only", None, ["never_seen"], "Run one stage alone: never_seen (the seed paper's "
+                          "never-seen transfer; any cloud model will do, with or without a device pool).")
 _DATA = flags.DEFINE_string("data", None, "Data source.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _TEACHER = flags.DEFINE_string("teacher", None, "An existing cloud model trained with a device pool "
@@ -43,11 +47,22 @@ def main(argv):
 
     check_device_python(_DEVICE_PYTHON.value)
     config = flag_utils.config_from_flags(device_learning.preset, {"threads": "threads"}, _PRESET.value)
+    if _ONLY.value is None and config.device_pool_size == 0:
+        raise UserError(f"--preset={_PRESET.value}: has no device pool, which only the never-seen stage can do "
+                        "without; pass --only=never_seen, or a preset with a device pool (smoke, cpu, paper)")
     flag_utils.log_config("experiments", config, preset=_PRESET.value, data=_DATA.value, out_dir=_OUT_DIR.value,
                           teacher=_TEACHER.value, device_python=_DEVICE_PYTHON.value)
     results = device_learning.run(config, flag_utils.load_data(_DATA.value), _OUT_DIR.value,
                                   teacher_path=_TEACHER.value, device_python=_DEVICE_PYTHON.value,
-                                  preset_name=_PRESET.value)
+                                  preset_name=_PRESET.value, only=_ONLY.value)
+    if _ONLY.value == "never_seen":
+        logging.info("never-seen recall (device app, last epoch): %s", json.dumps(
+            {f"{split}/{student}/{loss}": round(rec["never_seen_recall"], 4)
+             for split, by_student in results["never_seen"].items() for student, by_loss in by_student.items()
+             for loss, rec in by_loss.items()} | {f"ablation/{rec['loss']}/{rec['variant']}": round(
+                 rec["never_seen_recall"], 4) for rec in results["never_seen_ablation"]}))
+        logging.info("wrote %s/results.json and %s/results.md", _OUT_DIR.value, _OUT_DIR.value)
+        return
     logging.info("results (means over splits and seeds): %s", json.dumps(
         {name: {k: m[k] for k in ("old_recall", "new_recall", "unseen_recall", "accuracy", "total_device_seconds")}
          for name, m in results["methods"].items()}))

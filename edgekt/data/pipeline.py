@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from edgekt.data import augment as augment_lib
 from edgekt.data.types import DataError
 
 
@@ -108,9 +109,11 @@ def _targets(labels: tf.Tensor, num_classes: int, one_hot: bool) -> tf.Tensor:
 def train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
                   epochs: int, start_epoch: int = 0, seed: int = 0, augment: bool = True,
                   one_hot: bool = True, normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-                  mix: str = "none") -> tf.data.Dataset:
-    """The training stream for epochs [start_epoch, epochs): shuffled, augmented, batched, and
-    mixed within each batch by `mix` (see `mix_batch`).
+                  mix: str = "none", policy: bool = False, cutout: int = 0) -> tf.data.Dataset:
+    """The training stream for epochs [start_epoch, epochs): shuffled, augmented (pad-and-crop
+    and flip when `augment`; then, per image, the RandAugment policy when `policy` and a
+    `cutout`-pixel Cutout square when > 0; see `edgekt.data.augment`), batched, and mixed within
+    each batch by `mix` (see `mix_batch`).
 
     Each epoch yields `len(images) // batch_size` full batches (the remainder is dropped,
     a different remainder each epoch). Use `steps_per_epoch(...)` with `Model.fit`.
@@ -122,7 +125,12 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, nu
         raise DataError(f"the training set has {len(images)} images, fewer than one batch of {batch_size}")
     if not 0 <= start_epoch <= epochs:
         raise DataError(f"start_epoch must be in [0, {epochs}]. Received: {start_epoch}")
+    if cutout < 0:
+        raise DataError(f"cutout must be >= 0 pixels. Received: {cutout}")
     n = len(images)
+    policy_layer = None
+    if policy:
+        policy_layer = augment_lib.PolicyAugment()
     images_t = tf.convert_to_tensor(images)
     labels_t = tf.convert_to_tensor(labels.astype(np.int32))
 
@@ -133,8 +141,13 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, nu
 
         def prepare(index, batch_ids):
             x = tf.cast(tf.gather(images_t, batch_ids), tf.float32)
+            batch_seed = tf.stack([tf.cast(seed, tf.int64) * 65_537 + epoch, index])
             if augment:
-                x = augment_batch(x, tf.stack([tf.cast(seed, tf.int64) * 65_537 + epoch, index]))
+                x = augment_batch(x, batch_seed)
+            if policy_layer is not None:
+                x = policy_layer.augment(x, tf.random.experimental.stateless_fold_in(batch_seed, 11))
+            if cutout:
+                x = augment_lib.cutout(x, tf.random.experimental.stateless_fold_in(batch_seed, 13), cutout)
             y = _targets(tf.gather(labels_t, batch_ids), num_classes, one_hot)
             if mix != "none":
                 x, y = mix_batch(x, y, tf.stack([tf.cast(seed, tf.int64) * 65_537 + epoch, index + 7_919]), mix)

@@ -14,7 +14,11 @@ from edgekt import presets
 from edgekt.errors import UserError
 
 STUDENTS = ("pruned", "wrn-16-1", "pruned_cloud_weights", "pruned_cloud_weights_bn")
-NEVER_SEEN_LOSSES = ("kd", "paper")
+# "paper": the seed paper's RMSE between logits plus RMSE between L2-normalised activation maps at
+# the stage outputs; "kd": KD on softened logits; "both": their sum.
+NEVER_SEEN_LOSSES = ("paper", "kd", "both")
+# "policy_cutout": flip and pad-crop, the RandAugment policy per image, a 16-pixel Cutout square.
+NEVER_SEEN_AUGMENTS = ("none", "flip_crop", "policy_cutout")
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -95,6 +99,80 @@ PAPER_NEVER_SEEN = (NeverSeenSplit(("horse", "ship", "truck")),
 
 
 @dataclasses.dataclass(frozen=True)
+class NeverSeenRun:
+    """One never-seen student: distilled from the cloud model, without any label, on training
+    images of `split.train` only (`per_class` of each class, None: every one), for `epochs`.
+
+    Attributes:
+      split: which classes' images the student receives.
+      student: "wrn-16-1" or "pruned" (the device model's architecture), both re-initialised; the
+        "pruned_cloud_weights*" students keep the cloud's weights and are reported apart.
+      loss: one of NEVER_SEEN_LOSSES.
+      augment: one of NEVER_SEEN_AUGMENTS.
+      mix: "none", "mixup" or "cutmix" within each batch (the cloud is queried on mixed images).
+      per_class: training images of each class (None: all of them).
+      epochs: the schedule's length; the reported figure is the last epoch's.
+      table: "main" (the never-seen table) or "ablation".
+    """
+
+    split: NeverSeenSplit
+    student: str
+    loss: str
+    augment: str = "policy_cutout"
+    mix: str = "none"
+    per_class: Optional[int] = None
+    epochs: int = 200
+    table: str = "main"
+
+    def __post_init__(self):
+        presets.check_fields(self, [
+            (self.student in STUDENTS, "student", f"one of {STUDENTS}"),
+            (self.loss in NEVER_SEEN_LOSSES, "loss", f"one of {NEVER_SEEN_LOSSES}"),
+            (self.augment in NEVER_SEEN_AUGMENTS, "augment", f"one of {NEVER_SEEN_AUGMENTS}"),
+            (self.mix in ("none", "mixup", "cutmix"), "mix", "'none', 'mixup' or 'cutmix'"),
+            (self.per_class is None or self.per_class >= 1, "per_class", "None or >= 1"),
+            (self.epochs >= 1, "epochs", ">= 1"),
+            (self.table in ("main", "ablation"), "table", "'main' or 'ablation'"),
+        ])
+
+    @property
+    def variant(self) -> str:
+        """Everything but the split, student and loss, as a folder-safe name."""
+        size = "all" if self.per_class is None else f"{self.per_class}pc"
+        return f"{self.augment}_{self.mix}_{size}_{self.epochs}ep"
+
+    @property
+    def name(self) -> str:
+        return f"{self.split.name}/{self.student}_{self.loss}_{self.variant}"
+
+    @property
+    def inherits_cloud_weights(self) -> bool:
+        return self.student.startswith("pruned_cloud_weights")
+
+
+def never_seen_grid(splits, students, losses, **fields) -> tuple[NeverSeenRun, ...]:
+    """Every (split, student, loss), with the other fields shared."""
+    return tuple(NeverSeenRun(split, student, loss, **fields) for split in splits for student in students
+                 for loss in losses)
+
+
+def never_seen_ablation(split: NeverSeenSplit, student: str, epochs: int) -> tuple[NeverSeenRun, ...]:
+    """One factor at a time around (policy_cutout, no mixing, every image, paper loss): the loss
+    (paper / kd / both), the augmentation (none / flip_crop / policy_cutout / + cutmix / + mixup)
+    and the transfer-set size (1,000 images per class against all)."""
+    base = dict(split=split, student=student, epochs=epochs, table="ablation")
+    return (NeverSeenRun(loss="paper", **base), NeverSeenRun(loss="kd", **base), NeverSeenRun(loss="both", **base),
+            NeverSeenRun(loss="paper", augment="none", **base), NeverSeenRun(loss="paper", augment="flip_crop", **base),
+            NeverSeenRun(loss="paper", mix="cutmix", **base), NeverSeenRun(loss="paper", mix="mixup", **base),
+            NeverSeenRun(loss="paper", per_class=1000, **base))
+
+
+# The seed paper's schedule: both splits, WRN-16-1 and the device architecture from scratch, the
+# paper's loss and ours (paper + KD), 200 epochs on every training image of the chosen classes.
+PAPER_SCHEDULE_RUNS = never_seen_grid(PAPER_NEVER_SEEN, ("wrn-16-1", "pruned"), ("paper", "both"))
+
+
+@dataclasses.dataclass(frozen=True)
 class DeviceLearningConfig:
     """The benchmark's protocol.
 
@@ -119,10 +197,12 @@ class DeviceLearningConfig:
     (old- and new-class labels, plus agreement with the cloud on held-out unseen-class
     images): data whose labels the device has.
 
-    Never-seen transfer: for each of `never_seen_splits`, each student of `students` and each
-    loss of `never_seen_losses`, a student distilled for `never_seen_epochs` from the cloud on
-    `never_seen_per_class` device-pool images of each training class, mixed within each batch
-    by `never_seen_mix` (the cloud is queried on the mixed images).
+    Never-seen transfer: each of `never_seen_runs` (see NeverSeenRun) distils a student from the
+    cloud on training images of its split's classes, no label, with SGD (Nesterov momentum 0.9,
+    batch `never_seen_batch_size`, cosine learning rate from `never_seen_lr`, KD temperature
+    `never_seen_temperature`), saving its state every epoch and logging the never-seen recall
+    every `never_seen_curve_every` epochs (a learning curve; the figure reported is the last
+    epoch's).
     """
 
     splits: tuple[ClassSplit, ...] = rotated_splits(CIFAR10, 3, 3, 2)
@@ -150,22 +230,18 @@ class DeviceLearningConfig:
     temperature: float = 2.0
     ablation_seeds: tuple[int, ...] = (0,)
     threads: int = 1
-    never_seen_splits: tuple[NeverSeenSplit, ...] = PAPER_NEVER_SEEN
-    students: tuple[str, ...] = STUDENTS
-    never_seen_losses: tuple[str, ...] = NEVER_SEEN_LOSSES
-    never_seen_per_class: int = 1000
-    never_seen_epochs: int = 30
-    never_seen_batch_size: int = 64
-    never_seen_lr: float = 0.05
+    never_seen_runs: tuple[NeverSeenRun, ...] = PAPER_SCHEDULE_RUNS
+    never_seen_batch_size: int = 128
+    never_seen_lr: float = 0.1
     never_seen_temperature: float = 4.0
-    never_seen_mix: str = "cutmix"
+    never_seen_curve_every: int = 10
     precision: str = "float32"
 
     def __post_init__(self):
         checks = [
             (len(self.splits) >= 1, "splits", "at least one class split"),
             (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds", "distinct, at least one"),
-            (self.device_pool_size > 0, "device_pool_size", "> 0"),
+            (self.device_pool_size >= 0, "device_pool_size", ">= 0 (0: a cloud model for the never-seen stage only)"),
             (all(v >= 1 for v in (self.new_per_class, self.unseen_per_class, self.val_per_class,
                                   self.unseen_val_per_class, self.replay_per_class)),
              "new_per_class", "every per-class count >= 1"),
@@ -182,11 +258,11 @@ class DeviceLearningConfig:
             (0 <= self.label_mix <= 1, "label_mix", "in [0, 1]"),
             (self.temperature > 0 and self.never_seen_temperature > 0, "temperature", "> 0"),
             (1 <= self.threads <= 1024, "threads", "in 1..1024"),
-            (set(self.students) <= set(STUDENTS), "students", f"a subset of {STUDENTS}"),
-            (set(self.never_seen_losses) <= set(NEVER_SEEN_LOSSES), "never_seen_losses",
-             f"a subset of {NEVER_SEEN_LOSSES}"),
-            (self.never_seen_mix in ("none", "mixup", "cutmix"), "never_seen_mix", "'none', 'mixup' or 'cutmix'"),
-            (self.never_seen_per_class >= 1 and self.never_seen_epochs >= 1, "never_seen_epochs", ">= 1"),
+            (len({r.name for r in self.never_seen_runs}) == len(self.never_seen_runs), "never_seen_runs",
+             "distinct runs"),
+            (self.never_seen_batch_size >= 2, "never_seen_batch_size", ">= 2"),
+            (self.never_seen_lr > 0, "never_seen_lr", "> 0"),
+            (self.never_seen_curve_every >= 1, "never_seen_curve_every", ">= 1"),
         ]
         presets.check_fields(self, checks)
 
@@ -194,8 +270,7 @@ class DeviceLearningConfig:
     def images_per_class_needed(self) -> int:
         """Device-pool images one class must have for the largest role it can play."""
         return max(self.new_per_class + self.val_per_class, self.unseen_per_class + self.unseen_val_per_class,
-                   self.replay_per_class + self.val_per_class,
-                   self.never_seen_per_class if self.never_seen_splits else 0)
+                   self.replay_per_class + self.val_per_class)
 
 
 PRESETS: dict[str, DeviceLearningConfig] = {
@@ -205,17 +280,29 @@ PRESETS: dict[str, DeviceLearningConfig] = {
         device_pool_size=2000, prune_preset="smoke", prune_overrides=(("train_size", 3000),),
         new_per_class=40, unseen_per_class=40, val_per_class=20, unseen_val_per_class=20, replay_per_class=8,
         device_epochs=2, patience=2, device_batch_size=16, lr_choices=(0.01,), trainable_choices=("last:3", "classifier"),
-        never_seen_splits=PAPER_NEVER_SEEN[:1], students=("pruned_cloud_weights",), never_seen_losses=("kd",),
-        never_seen_per_class=100, never_seen_epochs=1, never_seen_batch_size=32),
+        never_seen_runs=(NeverSeenRun(PAPER_NEVER_SEEN[0], "wrn-16-1", "paper", per_class=100, epochs=2),),
+        never_seen_batch_size=32, never_seen_curve_every=1),
     # Three rotating splits x three seeds and the paper's never-seen splits, on 2 CPU cores
     # (a few hours in the background).
-    "cpu": DeviceLearningConfig(precision="mixed_bfloat16", students=("wrn-16-1", "pruned_cloud_weights",
-                                                                   "pruned_cloud_weights_bn")),
+    "cpu": DeviceLearningConfig(precision="mixed_bfloat16",
+                                never_seen_runs=PAPER_SCHEDULE_RUNS + never_seen_ablation(PAPER_NEVER_SEEN[0],
+                                                                                          "wrn-16-1", 50)),
     # The paper-scale run (GPU for the cloud and pruning stages).
     "paper": DeviceLearningConfig(cloud_preset="paper", cloud_epochs=None, prune_preset="paper", prune_overrides=(),
                                   new_per_class=1000, unseen_per_class=1500, val_per_class=200,
                                   unseen_val_per_class=200, replay_per_class=50, device_epochs=30, patience=5,
-                                  never_seen_per_class=1000, never_seen_epochs=100, precision="mixed_bfloat16"),
+                                  precision="mixed_bfloat16",
+                                  never_seen_runs=PAPER_SCHEDULE_RUNS + never_seen_ablation(PAPER_NEVER_SEEN[0],
+                                                                                            "wrn-16-1", 50)),
+    # The never-seen stage alone (`--only=never_seen`) at the seed paper's schedule, on a 2-core
+    # CPU in the background (bf16); a cloud model without a device pool will do.
+    "never_seen": DeviceLearningConfig(cloud_preset="cpu", cloud_epochs=None, device_pool_size=0,
+                                       precision="mixed_bfloat16", never_seen_runs=PAPER_SCHEDULE_RUNS),
+    # Its ablation at a quarter of the schedule (50 epochs): loss, augmentation, transfer-set size.
+    "never_seen_ablation": DeviceLearningConfig(cloud_preset="cpu", cloud_epochs=None, device_pool_size=0,
+                                                precision="mixed_bfloat16",
+                                                never_seen_runs=never_seen_ablation(PAPER_NEVER_SEEN[0], "wrn-16-1",
+                                                                                    50)),
 }
 
 

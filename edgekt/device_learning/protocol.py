@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from edgekt import atomic, data
+from edgekt.errors import UserError
 from edgekt.device_learning import never_seen, report
 from edgekt.device_learning.config import ClassSplit, DeviceLearningConfig
 from edgekt.device_learning.device_model import build_device_model
@@ -126,31 +127,47 @@ def run_split_seed(teacher, pools: Pools, split: ClassSplit, seed: int, config: 
     return run_seed(model_paths, test_path, files, split, config, seed, folder, app, settings_key)
 
 
+ONLY = ("never_seen",)
+
+
 def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: str, *, teacher_path: str | None = None,
-        device_python: str = sys.executable, preset_name: str | None = None) -> dict:
-    """Runs the benchmark; writes `out_dir/results.json`, `results.md` and plots. Every stage
-    resumes from what `out_dir` already holds for the same settings."""
+        device_python: str = sys.executable, preset_name: str | None = None, only: str | None = None) -> dict:
+    """Runs the benchmark (or, with `only="never_seen"`, the never-seen stage alone); writes
+    `out_dir/results.json`, `results.md` and plots. Every stage resumes from what `out_dir`
+    already holds for the same settings."""
     from edgekt.models import saving
-    from edgekt.prune import config as prune_config
     from edgekt.workflow import file_hash
 
+    if only is not None and only not in ONLY:
+        raise ValueError(f"only must be None or one of {ONLY}. Received: {only!r}")
+    if only is None and config.device_pool_size == 0:
+        raise UserError(f"preset {preset_name or ''}: has no device pool (device_pool_size=0), which only the never-seen "
+                        "stage can do without; pass --only=never_seen, or a preset with a device pool")
     os.makedirs(out_dir, exist_ok=True)
     splits = source if isinstance(source, data.DataSplits) else data.load(source)
     if teacher_path is None:
         teacher_path = cloud_model(config, splits, os.path.join(out_dir, "cloud"), preset_name)
     teacher_metrics = _cloud_metrics(teacher_path)
-    pools = load_pools(splits, teacher_metrics)
     teacher = saving.load_model(teacher_path)
     app = DeviceApp(device_python, config.threads)
-    # What every cached device result depends on; the grid, seeds and splits are in each key itself.
-    lists = ("never_seen_splits", "students", "never_seen_losses", "seeds", "splits", "lr_choices", "trainable_choices")
     teacher_sha = file_hash(teacher_path)
-    settings = key_of({k: v for k, v in dataclasses.asdict(config).items() if k not in lists},
-                      teacher_metrics.get("device_pool"), teacher_sha)
-
-    lineage = {"cloud": {"images_of": list(pools.class_names), "labels_of": list(pools.class_names),
+    lineage = {"cloud": {"images_of": list(splits.class_names), "labels_of": list(splits.class_names),
                          "note": "the cloud model trains on all classes, without the device pool, validation and "
                                  "test images"}}
+    if only == "never_seen":
+        ns = never_seen_stage(config, splits, teacher, teacher_metrics, teacher_sha, out_dir, app)
+        results = {"preset": preset_name, "only": only, **never_seen_summary(ns, lineage),
+                   "cloud": _cloud_record(teacher_metrics), "config": _config_record(config),
+                   "device_python": device_python, "rules": NEVER_SEEN_RULES}
+        atomic.write_json(os.path.join(out_dir, RESULTS), results)
+        report.write(out_dir, results)
+        return results
+
+    pools = load_pools(splits, teacher_metrics)
+    # What every cached device result depends on; the grid, seeds and splits are in each key itself.
+    lists = ("never_seen_runs", "seeds", "splits", "lr_choices", "trainable_choices")
+    settings = key_of({k: v for k, v in dataclasses.asdict(config).items() if k not in lists},
+                      teacher_metrics.get("device_pool"), teacher_sha)
     per_run, device_models = {}, {}
     for split in config.splits:
         folder = os.path.join(out_dir, "splits", split.name)
@@ -163,20 +180,66 @@ def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: st
             per_run[(split.name, seed)] = run_split_seed(teacher, pools, split, seed, config, model_paths, test_path,
                                                          os.path.join(folder, f"seed{seed}"), app,
                                                          key_of(settings, built["params"]))
-    ns = {}
-    if config.never_seen_splits:
-        test_path = _write_test(os.path.join(out_dir, "never_seen", "test.npz"), pools.test.take(pools.class_names))
-        pools.reset_reads()
-        ratio = prune_config.preset(config.prune_preset, **dict(config.prune_overrides)).target_params_ratio or 0.05
-        ns = never_seen.run_all(teacher, pools, config, ratio, test_path, os.path.join(out_dir, "never_seen"), app,
-                                key_of({k: v for k, v in dataclasses.asdict(config).items()
-                                        if k.startswith("never_seen") or k in NEVER_SEEN_FIELDS},
-                                       teacher_metrics.get("device_pool"), teacher_sha))
-
+    ns = never_seen_stage(config, splits, teacher, teacher_metrics, teacher_sha, out_dir, app)
     results = summarize(config, per_run, lineage, ns, teacher_metrics, device_models, preset_name, device_python)
     atomic.write_json(os.path.join(out_dir, RESULTS), results)
     report.write(out_dir, results)
     return results
+
+
+def never_seen_stage(config: DeviceLearningConfig, splits: data.DataSplits, teacher, teacher_metrics: dict,
+                     teacher_sha: str, out_dir: str, app: DeviceApp) -> list[dict]:
+    """Every never-seen run of `config` (each resumes from its state in out_dir/never_seen)."""
+    from edgekt.prune import config as prune_config
+
+    if not config.never_seen_runs:
+        return []
+    if "test" not in splits:
+        raise data.DataError("the never-seen stage measures on a test split, and the data has none; pass data with a "
+                             "test split")
+    folder = os.path.join(out_dir, "never_seen")
+    test_path = _write_test(os.path.join(folder, "test.npz"), splits["test"])  # to measure, never to choose
+    ratio = prune_config.preset(config.prune_preset, **dict(config.prune_overrides)).target_params_ratio or 0.05
+    settings = key_of({k: v for k, v in dataclasses.asdict(config).items()
+                       if (k.startswith("never_seen") and k != "never_seen_runs") or k in NEVER_SEEN_FIELDS},
+                      splits.source, data.images_sha256(splits["train"].images), teacher_sha)
+    return never_seen.run_all(teacher, splits, config, ratio, test_path, folder, app, settings)
+
+
+NEVER_SEEN_RULES = {
+    "never_seen": "a never-seen student receives training images of its split's classes only and no label at all; "
+                  "its teacher is the cloud model (all classes); students that start from the cloud's weights are "
+                  "reported apart (their lineage says why)",
+    "final_epoch": "the figure reported is the last epoch's of a schedule fixed in the preset, measured by the device "
+                   "app on the exported model; the learning curve (every few epochs, Keras) is shown, never used to "
+                   "choose",
+    "test": "the test images are read only to measure",
+}
+
+
+def never_seen_summary(records: list[dict], lineage: dict) -> dict:
+    """results.json's never-seen part: `never_seen` {split: {student: {loss: record}}} of the main
+    table, `never_seen_ablation` [record], and each student's lineage in `lineage`."""
+    table: dict = {}
+    ablation = []
+    for rec in records:
+        if rec["table"] == "main":
+            table.setdefault(rec["split"], {}).setdefault(rec["student"], {})[rec["loss"]] = rec
+            lineage[f"never_seen_student[{rec['split']}, {rec['student']}, {rec['loss']}]"] = rec["lineage"]
+        else:
+            ablation.append(rec)
+            lineage[f"never_seen_ablation[{rec['split']}, {rec['student']}, {rec['loss']}, {rec['variant']}]"] = (
+                rec["lineage"])
+    return {"never_seen": table, "never_seen_ablation": ablation, "lineage": lineage}
+
+
+def _cloud_record(teacher_metrics: dict) -> dict:
+    return {k: teacher_metrics.get(k) for k in ("architecture", "test_accuracy", "val_accuracy", "train_images",
+                                               "device_pool", "params")}
+
+
+def _config_record(config: DeviceLearningConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def _mean_std(values: list) -> dict:
@@ -235,7 +298,7 @@ def update_summary(per_run: dict) -> dict:
     return out
 
 
-def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_seen_results: dict,
+def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_seen_results: list[dict],
               teacher_metrics: dict, device_models: dict, preset_name: str | None, device_python: str) -> dict:
     """The results.json body: means over splits and seeds per method (`methods`), their spread
     (`methods_std`), per-split means, every run, lineage, the never-seen table and the rules."""
@@ -264,13 +327,7 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
             by_split.setdefault(split.name, {})[name] = {k: _mean_std([row[k] for row in split_rows])["mean"]
                                                          for k in METRIC_KEYS}
     ablations = ablation_summary(per_run)
-    ns_table = {split: {student: {loss: rec["never_seen_recall"] for loss, rec in by_loss.items()}
-                        for student, by_loss in by_student.items()}
-                for split, by_student in never_seen_results.items()}
-    for split, by_student in never_seen_results.items():
-        for student, by_loss in by_student.items():
-            for loss, rec in by_loss.items():
-                lineage[f"never_seen_student[{split}, {student}, {loss}]"] = rec["lineage"]
+    ns = never_seen_summary(never_seen_results, lineage)
     return {
         "preset": preset_name,
         "methods": methods,
@@ -279,15 +336,12 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
         "ablations": ablations,
         "updates": update_summary(per_run),
         "runs": {f"{s}/seed{seed}": r for (s, seed), r in per_run.items()},
-        "lineage": lineage,
-        "never_seen": ns_table,
-        "never_seen_details": never_seen_results,
+        **ns,
         "device_models": device_models,
-        "cloud": {k: teacher_metrics.get(k) for k in ("architecture", "test_accuracy", "val_accuracy", "train_images",
-                                                     "device_pool", "params")},
+        "cloud": _cloud_record(teacher_metrics),
         "splits": [dataclasses.asdict(s) for s in config.splits],
         "seeds": list(config.seeds),
-        "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+        "config": _config_record(config),
         "device_python": device_python,
         "rules": {
             "choices": "temperature, label mix, replay ratio, augmentation, batch-norm mode, epoch cap and patience "
@@ -315,6 +369,7 @@ def summarize(config: DeviceLearningConfig, per_run: dict, lineage: dict, never_
                               "counts as a candidate, so an update that does not help returns its start "
                               "(returned_start counts those runs)",
             "test": "the test images are read only to measure, after every choice is made",
+            **NEVER_SEEN_RULES,
             "unseen_lineage": "the incremental update's targets hold the cloud's probabilities of the old and new "
                               "classes only (renormalised), so no image, label or probability of an unseen class "
                               "reaches the device before its unseen update; rows are imprinted only for classes "

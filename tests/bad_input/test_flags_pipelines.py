@@ -77,6 +77,8 @@ CASES = [
          ["--device_python=/bin/echo", "does not run the device app"]),
     Case("run-all-preset", "pipelines.run_all", [*T, "--preset=huge"], ["--preset=huge"]),
     Case("experiments-threads", "pipelines.experiments", [*T, "--threads=0"], ["--threads=0"]),
+    Case("experiments-never-seen-preset-without-only", "pipelines.experiments", [*T, "--preset=never_seen"],
+         ["--preset=never_seen", "--only=never_seen"]),
     Case("experiments-threads-huge", "pipelines.experiments", [*T, "--threads=100000"], ["--threads=100000", "1..1024"]),
     Case("run-all-threads-huge", "pipelines.run_all", [*T, "--threads=100000"], ["--threads=100000"]),
     Case("experiments-teacher-missing", "pipelines.experiments", [*T, "--teacher={missing}.keras"],
