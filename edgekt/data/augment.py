@@ -54,12 +54,20 @@ class PolicyAugment(keras.layers.RandAugment):
                                              dtype=tf.int32)
         out = images
         for i in range(self.num_ops):
+            # Each operation transforms only the images that drew it (partition, transform, stitch).
+            parts = tf.dynamic_partition(out, chosen[i], len(names))
+            where = tf.dynamic_partition(tf.range(batch), chosen[i], len(names))
+            done = []
             for k, name in enumerate(names):
                 layer = getattr(self, name)
-                transformed = layer.transform_images(out, layer.get_random_transformation(out, training=True,
-                                                                                          seed=seeds),
-                                                     training=True)
-                out = tf.where((chosen[i] == k)[:, None, None, None], tf.cast(transformed, out.dtype), out)
+                transformation = layer.get_random_transformation(parts[k], training=True, seed=seeds)
+
+                def transform(part=parts[k], layer=layer, transformation=transformation):
+                    return tf.cast(layer.transform_images(part, transformation, training=True), out.dtype)
+
+                # Some operations (auto-contrast) fail on an empty part: no image drew them.
+                done.append(tf.cond(tf.shape(parts[k])[0] > 0, transform, lambda part=parts[k]: part))
+            out = tf.ensure_shape(tf.dynamic_stitch(where, done), images.shape)
         return tf.clip_by_value(out, 0.0, 255.0)
 
 
