@@ -27,6 +27,9 @@ _DATA = flags.DEFINE_string("data", None, "Data source.", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _TEACHER = flags.DEFINE_string("teacher", None, "An existing cloud model trained with a device pool "
                                "(pipelines.train_cloud --device_pool_size=...); default: train one in X/cloud.")
+_SHARD = flags.DEFINE_string("shard", None, "K/N: with --only=never_seen, train only the runs whose index is K "
+                             "modulo N (start N processes on the same --out_dir, K = 0..N-1, to use N cores); each "
+                             "writes results.json with every run finished so far and lists the others as pending.")
 _DEVICE_PYTHON = flags.DEFINE_string("device_python", sys.executable,
                                      "Python that runs the device app (e.g. a tflite-runtime venv).")
 _THREADS = flags.DEFINE_integer("threads", None, "Interpreter threads on the device; overrides the preset.")
@@ -47,6 +50,10 @@ def main(argv):
 
     check_device_python(_DEVICE_PYTHON.value)
     config = flag_utils.config_from_flags(device_learning.preset, {"threads": "threads"}, _PRESET.value)
+    shard = flag_utils.parse_shard(_SHARD.value)
+    if shard is not None and _ONLY.value != "never_seen":
+        raise UserError(f"--shard={_SHARD.value}: shards split the never-seen runs only; add --only=never_seen or drop "
+                        "--shard")
     if _ONLY.value is None and config.device_pool_size == 0:
         raise UserError(f"--preset={_PRESET.value}: has no device pool, which only the never-seen stage can do "
                         "without; pass --only=never_seen, or a preset with a device pool (smoke, cpu, paper)")
@@ -54,7 +61,7 @@ def main(argv):
                           teacher=_TEACHER.value, device_python=_DEVICE_PYTHON.value)
     results = device_learning.run(config, flag_utils.load_data(_DATA.value), _OUT_DIR.value,
                                   teacher_path=_TEACHER.value, device_python=_DEVICE_PYTHON.value,
-                                  preset_name=_PRESET.value, only=_ONLY.value)
+                                  preset_name=_PRESET.value, only=_ONLY.value, shard=shard)
     if _ONLY.value == "never_seen":
         logging.info("never-seen recall (device app, last epoch): %s", json.dumps(
             {f"{split}/{student}/{loss}": round(rec["never_seen_recall"], 4)

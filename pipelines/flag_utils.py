@@ -269,6 +269,21 @@ def config_from_flags(make: Callable[..., object], flag_to_field: Mapping[str, s
         raise UserError(f"--{flag}={_shown(flag)}: must be {e.expected}; {e.todo}") from e
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`--shard=K/N` -> (K, N) with 0 <= K < N; None stays None.
+
+    Raises:
+      UserError: not of that form.
+    """
+    if text is None:
+        return None
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 0 <= int(parts[0]) < int(parts[1]):
+        raise UserError(f"--shard={text}: must be K/N with 0 <= K < N (e.g. 0/2 and 1/2 for two processes); pass "
+                        "it in that form")
+    return int(parts[0]), int(parts[1])
+
+
 def define_resize() -> flags.FlagHolder:
     """The --resize flag of a binary that reads images."""
     return flags.DEFINE_bool("resize", False, "Resize images of another size (bilinear) to the model's input size "

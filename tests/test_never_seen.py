@@ -230,3 +230,24 @@ def test_experiments_only_never_seen_end_to_end(tmp_path, small, teacher, cache_
     again = subprocess.run(proc.args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and json.loads((out / "results.json").read_text())["never_seen"] == results[
         "never_seen"]
+
+
+def test_shards_split_the_runs_and_read_each_others_results(small, teacher, tmp_path):
+    from edgekt.device_learning.device_runs import DeviceApp
+    from edgekt.device_learning.protocol import never_seen_stage
+
+    runs = (NeverSeenRun(SPLIT, "wrn-16-1", "kd", per_class=40, epochs=1),
+            NeverSeenRun(SPLIT, "wrn-16-1", "paper", per_class=40, epochs=1))
+    cfg = dl_config.preset("smoke", never_seen_runs=runs)
+    second = never_seen_stage(cfg, small, teacher, {}, "sha", str(tmp_path), DeviceApp(), shard=(1, 2))
+    assert second[0] is None and second[1]["loss"] == "paper"
+    assert not (tmp_path / "never_seen" / SPLIT.name / f"wrn-16-1_kd_{runs[0].variant}").exists()
+    first = never_seen_stage(cfg, small, teacher, {}, "sha", str(tmp_path), DeviceApp(), shard=(0, 2))
+    assert first[0]["loss"] == "kd" and first[1] == second[1]
+    from pipelines.flag_utils import parse_shard
+    from edgekt.errors import UserError
+
+    assert parse_shard("1/2") == (1, 2) and parse_shard(None) is None
+    for bad in ("2/2", "1", "a/b", "-1/2"):
+        with pytest.raises(UserError, match=f"--shard={bad}: must be K/N"):
+            parse_shard(bad)

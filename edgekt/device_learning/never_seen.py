@@ -283,14 +283,31 @@ def run_one(teacher: keras.Model, splits: data.DataSplits, run: NeverSeenRun, co
 
 
 def run_all(teacher: keras.Model, splits: data.DataSplits, config: DeviceLearningConfig, target_params_ratio: float,
-            test_path: str, out_dir: str, app: DeviceApp, settings_key: str) -> list[dict]:
-    """Every run of `config.never_seen_runs`, in order; each resumes from its saved state."""
+            test_path: str, out_dir: str, app: DeviceApp, settings_key: str,
+            shard: tuple[int, int] | None = None) -> list[dict | None]:
+    """Every run of `config.never_seen_runs`, in order; each resumes from its saved state. With
+    `shard=(k, n)` only the runs of index k modulo n are trained; another run's record is read
+    if it has finished (another process's shard), else it is None (pending)."""
     out = []
-    for run in config.never_seen_runs:
+    for i, run in enumerate(config.never_seen_runs):
         folder = os.path.join(out_dir, run.split.name, f"{run.student}_{run.loss}_{run.variant}")
+        key = key_of(settings_key, run.name)
+        if shard is not None and i % shard[1] != shard[0]:
+            out.append(finished(os.path.join(folder, "result.json"), key))
+            continue
         os.makedirs(folder, exist_ok=True)
         identity = {"settings": settings_key, "run": run.name}
-        out.append(cached(os.path.join(folder, "result.json"), key_of(settings_key, run.name),
+        out.append(cached(os.path.join(folder, "result.json"), key,
                           lambda: run_one(teacher, splits, run, config, target_params_ratio, test_path, folder, app,
                                           identity)))
     return out
+
+
+def finished(path: str, key: str) -> dict | None:
+    """The cached result at `path` if it was made with `key`, else None."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return saved.get("result") if isinstance(saved, dict) and saved.get("key") == key else None

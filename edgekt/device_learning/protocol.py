@@ -131,10 +131,12 @@ ONLY = ("never_seen",)
 
 
 def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: str, *, teacher_path: str | None = None,
-        device_python: str = sys.executable, preset_name: str | None = None, only: str | None = None) -> dict:
+        device_python: str = sys.executable, preset_name: str | None = None, only: str | None = None,
+        shard: tuple[int, int] | None = None) -> dict:
     """Runs the benchmark (or, with `only="never_seen"`, the never-seen stage alone); writes
     `out_dir/results.json`, `results.md` and plots. Every stage resumes from what `out_dir`
-    already holds for the same settings."""
+    already holds for the same settings. `shard=(k, n)` (never-seen stage alone) trains only the
+    runs of index k modulo n; the others are read if finished, else listed as pending."""
     from edgekt.models import saving
     from edgekt.workflow import file_hash
 
@@ -155,8 +157,11 @@ def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: st
                          "note": "the cloud model trains on all classes, without the device pool, validation and "
                                  "test images"}}
     if only == "never_seen":
-        ns = never_seen_stage(config, splits, teacher, teacher_metrics, teacher_sha, out_dir, app)
-        results = {"preset": preset_name, "only": only, **never_seen_summary(ns, lineage),
+        ns = never_seen_stage(config, splits, teacher, teacher_metrics, teacher_sha, out_dir, app, shard)
+        pending = [run.name for run, rec in zip(config.never_seen_runs, ns) if rec is None]
+        results = {"preset": preset_name, "only": only,
+                   **never_seen_summary([rec for rec in ns if rec is not None], lineage),
+                   "never_seen_pending": pending,
                    "cloud": _cloud_record(teacher_metrics), "config": _config_record(config),
                    "device_python": device_python, "rules": NEVER_SEEN_RULES}
         atomic.write_json(os.path.join(out_dir, RESULTS), results)
@@ -188,8 +193,10 @@ def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: st
 
 
 def never_seen_stage(config: DeviceLearningConfig, splits: data.DataSplits, teacher, teacher_metrics: dict,
-                     teacher_sha: str, out_dir: str, app: DeviceApp) -> list[dict]:
-    """Every never-seen run of `config` (each resumes from its state in out_dir/never_seen)."""
+                     teacher_sha: str, out_dir: str, app: DeviceApp,
+                     shard: tuple[int, int] | None = None) -> list[dict | None]:
+    """Every never-seen run of `config` (each resumes from its state in out_dir/never_seen); with
+    `shard`, see `never_seen.run_all`."""
     from edgekt.prune import config as prune_config
 
     if not config.never_seen_runs:
@@ -203,7 +210,7 @@ def never_seen_stage(config: DeviceLearningConfig, splits: data.DataSplits, teac
     settings = key_of({k: v for k, v in dataclasses.asdict(config).items()
                        if (k.startswith("never_seen") and k != "never_seen_runs") or k in NEVER_SEEN_FIELDS},
                       splits.source, data.images_sha256(splits["train"].images), teacher_sha)
-    return never_seen.run_all(teacher, splits, config, ratio, test_path, folder, app, settings)
+    return never_seen.run_all(teacher, splits, config, ratio, test_path, folder, app, settings, shard)
 
 
 NEVER_SEEN_RULES = {

@@ -276,6 +276,8 @@ def never_seen_section(results: dict) -> list[str]:
     if results.get("never_seen_ablation"):
         lines += ["", "### Never-seen ablation (one factor at a time)", "", *NS_HEADER]
         lines += [_ns_row(rec, ", ".join(rec["train_classes"])) for rec in results["never_seen_ablation"]]
+    if results.get("never_seen_pending"):
+        lines += ["", f"Not finished yet (pending, no figure): {', '.join(results['never_seen_pending'])}."]
     lines += ["", "Learning curve: `never_seen_curve.png` (never-seen recall every few epochs, Keras on the test "
               "images; shown, never used to choose).", ""]
     return lines
