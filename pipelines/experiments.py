@@ -54,6 +54,9 @@ def main(argv):
     if shard is not None and _ONLY.value != "never_seen":
         raise UserError(f"--shard={_SHARD.value}: shards split the never-seen runs only; add --only=never_seen or drop "
                         "--shard")
+    if shard is not None and _TEACHER.value is None:
+        raise UserError(f"--shard={_SHARD.value}: every shard would train its own cloud model into --out_dir; train "
+                        "it once (pipelines.train_cloud) and pass it with --teacher")
     if _ONLY.value is None and config.device_pool_size == 0:
         raise UserError(f"--preset={_PRESET.value}: has no device pool, which only the never-seen stage can do "
                         "without; pass --only=never_seen, or a preset with a device pool (smoke, cpu, paper)")

@@ -242,7 +242,8 @@ def test_never_seen_students_keep_or_reset_the_cloud_weights():
     cloud = models.wrn(10, 2, num_classes=10)
     kept = student_model("pruned_cloud_weights", cloud, None, 0.3, 10, seed=0)
     bn_only = student_model("pruned_cloud_weights_bn", cloud, None, 0.3, 10, seed=0)
-    fresh = student_model("pruned", cloud, None, 0.3, 10, seed=0)
+    fresh = student_model("pruned", cloud, np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8), 0.3,
+                          10, seed=0)
     assert kept.count_params() == bn_only.count_params() == fresh.count_params() < 0.35 * cloud.count_params()
     for a, b in zip(kept.get_weights(), bn_only.get_weights()):
         np.testing.assert_array_equal(a, b)

@@ -260,6 +260,9 @@ class DeviceLearningConfig:
             (1 <= self.threads <= 1024, "threads", "in 1..1024"),
             (len({r.name for r in self.never_seen_runs}) == len(self.never_seen_runs), "never_seen_runs",
              "distinct runs"),
+            (len({(r.split, r.student, r.loss) for r in self.never_seen_runs if r.table == "main"})
+             == sum(r.table == "main" for r in self.never_seen_runs), "never_seen_runs",
+             "one main-table run per (split, student, loss); put variants in the ablation table"),
             (self.never_seen_batch_size >= 2, "never_seen_batch_size", ">= 2"),
             (self.never_seen_lr > 0, "never_seen_lr", "> 0"),
             (self.never_seen_curve_every >= 1, "never_seen_curve_every", ">= 1"),

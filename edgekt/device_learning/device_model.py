@@ -68,10 +68,11 @@ def data_free_pruned(teacher: keras.Model, target_params_ratio: float, min_chann
 
 
 def data_free_pruned_architecture(teacher: keras.Model, target_params_ratio: float, num_outputs: int,
-                                  seed: int = 0, min_channels: int = 2) -> keras.Model:
-    """`data_free_pruned`'s architecture re-initialised, with `num_outputs` classes."""
+                                  seed: int = 0, min_channels: int = 2, mean_std: tuple | None = None) -> keras.Model:
+    """`data_free_pruned`'s architecture re-initialised, with `num_outputs` classes (and, with
+    `mean_std`, normalisation constants of its own: see `heads.reinitialized`)."""
     return heads.reinitialized(data_free_pruned(teacher, target_params_ratio, min_channels), seed=seed,
-                               num_outputs=num_outputs)
+                               num_outputs=num_outputs, mean_std=mean_std)
 
 
 __all__ = ["build_device_model", "data_free_pruned", "data_free_pruned_architecture"]

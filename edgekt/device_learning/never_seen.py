@@ -43,18 +43,23 @@ LOSSES = {
 }
 CUTOUT_PIXELS = 16  # DeVries & Taylor's square for CIFAR-10
 STATE_FILE = "state.json"
+# Raised whenever a change to this module or the augmentation changes what a run computes, so
+# that no saved state of the old code is resumed by the new.
+STATE_VERSION = 2
 
 
 def student_model(kind: str, teacher: keras.Model, images: np.ndarray | None, target_params_ratio: float,
                   num_classes: int, seed: int) -> keras.Model:
     """"pruned": the cloud model's architecture pruned without data (L1) to the device budget,
-    re-initialised; "pruned_cloud_weights": the same pruned model keeping the cloud's weights
+    re-initialised, normalised with its own images' statistics; "pruned_cloud_weights": the same pruned model keeping the cloud's weights
     (which learned every class: its lineage says so); "pruned_cloud_weights_bn": that model
     with only its batch norms trained (scales, offsets and statistics): the cloud's filters and
     classifier, rows of the never-seen classes included, stay as they are; "wrn-16-1": WRN-16-1
     from scratch, normalised with its own images' statistics."""
     if kind == "pruned":
-        return data_free_pruned_architecture(teacher, target_params_ratio, num_classes, seed=seed)
+        # Its own images' normalisation: the cloud's constants come from every class's images.
+        return data_free_pruned_architecture(teacher, target_params_ratio, num_classes, seed=seed,
+                                             mean_std=pipeline.channel_stats(images))
     if kind in ("pruned_cloud_weights", "pruned_cloud_weights_bn"):
         if int(teacher.output_shape[-1]) != num_classes:
             raise UserError(f"cloud model: has {teacher.output_shape[-1]} outputs, the student needs {num_classes}; "
@@ -108,8 +113,10 @@ def lineage(run: NeverSeenRun, images_of: list[str], class_names) -> dict:
     through them, learned every class from images and labels: its recall is not a never-seen
     figure."""
     inherits = run.inherits_cloud_weights
-    weights = ("the cloud model's, pruned without data (the cloud trained on every class)" if inherits
-               else "random initialisation")
+    weights = {"wrn-16-1": "random initialisation; input normalisation from its own images",
+               "pruned": "random initialisation; input normalisation from its own images; its channel counts are the "
+                         "cloud's pruned without data (L1 norms of the cloud's weights)"}.get(
+        run.student, "the cloud model's, pruned without data (the cloud trained on every class)")
     return {"images_of": list(images_of), "labels_of": [], "teacher": "cloud model (all classes)",
             "initial_weights": weights, "classes_in_initial_weights": list(class_names) if inherits else [],
             "bn_statistics": "the student's own, from its transfer-set images (augmented) during training",
@@ -179,12 +186,23 @@ def read_state(folder: str, identity: dict) -> dict | None:
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable never-seen state ({e}); remove {folder} to start that run over") from e
     if not isinstance(state, dict) or state.get("identity") != identity:
-        logging.info("%s: state of other settings; starting that run over", path)
+        aside = f"{folder}.superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+        logging.warning("%s: a state of other settings (%s); moved to %s, starting that run over", path,
+                        _difference(state.get("identity") if isinstance(state, dict) else None, identity), aside)
+        os.replace(folder, aside)
+        os.makedirs(folder)
         return None
     if not os.path.isfile(os.path.join(folder, str(state.get("weights_file")))):
         raise UserError(f"{path}: names {state.get('weights_file')!r}, which is missing; remove {folder} to start "
                         "that run over")
     return state
+
+
+def _difference(old, new: dict) -> str:
+    if not isinstance(old, dict):
+        return "no identity"
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                     if old.get(k) != new.get(k))
 
 
 def train_student(run: NeverSeenRun, teacher: keras.Model, images: np.ndarray, test: data.Split,
@@ -252,6 +270,7 @@ def run_one(teacher: keras.Model, splits: data.DataSplits, run: NeverSeenRun, co
     names = list(splits.class_names)
     images, read = transfer_set(splits["train"], run)
     started = time.perf_counter()
+    identity = {**identity, "transfer_set": data.images_sha256(images)}
     trained, state = train_student(run, teacher, images, splits["test"], config, target_params_ratio,
                                    os.path.join(folder, "state"), identity)
     set_trainable(trained, lambda layer: True)  # frozen for the transfer only; the device may train it all
@@ -283,20 +302,25 @@ def run_one(teacher: keras.Model, splits: data.DataSplits, run: NeverSeenRun, co
 
 
 def run_all(teacher: keras.Model, splits: data.DataSplits, config: DeviceLearningConfig, target_params_ratio: float,
-            test_path: str, out_dir: str, app: DeviceApp, settings_key: str,
+            test_path: str, out_dir: str, app: DeviceApp, train_key: str, result_key: str,
             shard: tuple[int, int] | None = None) -> list[dict | None]:
-    """Every run of `config.never_seen_runs`, in order; each resumes from its saved state. With
-    `shard=(k, n)` only the runs of index k modulo n are trained; another run's record is read
-    if it has finished (another process's shard), else it is None (pending)."""
+    """Every run of `config.never_seen_runs`, in order; each resumes from its saved state.
+
+    A saved state is resumed when its identity matches: this code's STATE_VERSION, `train_key`
+    (what changes training: teacher, optimisation settings), the run and its transfer set's
+    hash; a result is reused when `result_key` (training plus export and evaluation settings and
+    the test set) matches too. With `shard=(k, n)` only the runs of index k modulo n are
+    trained; another run's record is read if it has finished (another process's shard), else it
+    is None (pending)."""
     out = []
     for i, run in enumerate(config.never_seen_runs):
         folder = os.path.join(out_dir, run.split.name, f"{run.student}_{run.loss}_{run.variant}")
-        key = key_of(settings_key, run.name)
+        key = key_of(result_key, run.name)
         if shard is not None and i % shard[1] != shard[0]:
             out.append(finished(os.path.join(folder, "result.json"), key))
             continue
         os.makedirs(folder, exist_ok=True)
-        identity = {"settings": settings_key, "run": run.name}
+        identity = {"version": STATE_VERSION, "train": train_key, "run": run.name}
         out.append(cached(os.path.join(folder, "result.json"), key,
                           lambda: run_one(teacher, splits, run, config, target_params_ratio, test_path, folder, app,
                                           identity)))

@@ -5,6 +5,7 @@ never-seen transfer -> results.json, results.md and plots."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -22,9 +23,10 @@ from edgekt.device_learning.methods import ABLATIONS, METHODS
 from edgekt.device_learning.pools import Pools, draw_device_data
 
 RESULTS = "results.json"
-# What a never-seen student depends on beside the never_seen_* fields (its kind and loss are
-# in its own key).
-NEVER_SEEN_FIELDS = ("prune_preset", "prune_overrides", "device_batch_size", "precision", "threads")
+# What a never-seen student's training depends on beside its run (and the teacher, its transfer
+# set and the device budget); what its result depends on besides (export and evaluation).
+NEVER_SEEN_TRAIN_FIELDS = ("never_seen_batch_size", "never_seen_lr", "never_seen_temperature", "precision")
+NEVER_SEEN_EVAL_FIELDS = ("never_seen_curve_every", "device_batch_size", "threads")
 METRIC_KEYS = ("old_recall", "new_recall", "unseen_recall", "unseen_precision", "accuracy", "seen_accuracy",
                "total_device_seconds", "device_seconds_to_best", "device_cpu_seconds")
 
@@ -207,10 +209,12 @@ def never_seen_stage(config: DeviceLearningConfig, splits: data.DataSplits, teac
     folder = os.path.join(out_dir, "never_seen")
     test_path = _write_test(os.path.join(folder, "test.npz"), splits["test"])  # to measure, never to choose
     ratio = prune_config.preset(config.prune_preset, **dict(config.prune_overrides)).target_params_ratio or 0.05
-    settings = key_of({k: v for k, v in dataclasses.asdict(config).items()
-                       if (k.startswith("never_seen") and k != "never_seen_runs") or k in NEVER_SEEN_FIELDS},
-                      splits.source, data.images_sha256(splits["train"].images), teacher_sha)
-    return never_seen.run_all(teacher, splits, config, ratio, test_path, folder, app, settings, shard)
+    fields = dataclasses.asdict(config)
+    train_key = key_of({k: fields[k] for k in NEVER_SEEN_TRAIN_FIELDS}, ratio, teacher_sha)
+    test = splits["test"]
+    result_key = key_of(train_key, {k: fields[k] for k in NEVER_SEEN_EVAL_FIELDS}, data.images_sha256(test.images),
+                        hashlib.sha256(test.labels.astype("int64").tobytes()).hexdigest())
+    return never_seen.run_all(teacher, splits, config, ratio, test_path, folder, app, train_key, result_key, shard)
 
 
 NEVER_SEEN_RULES = {
@@ -226,18 +230,25 @@ NEVER_SEEN_RULES = {
 
 def never_seen_summary(records: list[dict], lineage: dict) -> dict:
     """results.json's never-seen part: `never_seen` {split: {student: {loss: record}}} of the main
-    table, `never_seen_ablation` [record], and each student's lineage in `lineage`."""
+    table, `never_seen_ablation` [record], `cloud_weights_students` [record] (students that start
+    from the cloud's weights: not never-seen figures), and each student's lineage in `lineage`."""
     table: dict = {}
-    ablation = []
+    ablation, inherited = [], []
     for rec in records:
-        if rec["table"] == "main":
+        if not rec["lineage"].get("never_seen", False):
+            # Students that start from the cloud's weights learned every class through them.
+            inherited.append(rec)
+            lineage[f"cloud_weights_student[{rec['split']}, {rec['student']}, {rec['loss']}, {rec['variant']}]"] = (
+                rec["lineage"])
+        elif rec["table"] == "main":
             table.setdefault(rec["split"], {}).setdefault(rec["student"], {})[rec["loss"]] = rec
             lineage[f"never_seen_student[{rec['split']}, {rec['student']}, {rec['loss']}]"] = rec["lineage"]
         else:
             ablation.append(rec)
             lineage[f"never_seen_ablation[{rec['split']}, {rec['student']}, {rec['loss']}, {rec['variant']}]"] = (
                 rec["lineage"])
-    return {"never_seen": table, "never_seen_ablation": ablation, "lineage": lineage}
+    return {"never_seen": table, "never_seen_ablation": ablation, "cloud_weights_students": inherited,
+            "lineage": lineage}
 
 
 def _cloud_record(teacher_metrics: dict) -> dict:

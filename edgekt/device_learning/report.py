@@ -238,11 +238,11 @@ def markdown(results: dict) -> str:
 def _never_seen_records(results: dict) -> list[dict]:
     main = [rec for by_student in results.get("never_seen", {}).values() for by_loss in by_student.values()
             for rec in by_loss.values()]
-    return main + list(results.get("never_seen_ablation", []))
+    return main + list(results.get("never_seen_ablation", [])) + list(results.get("cloud_weights_students", []))
 
 
 def _ns_row(rec: dict, first: str) -> str:
-    honest = rec["lineage"].get("never_seen", True)
+    honest = rec["lineage"].get("never_seen", False)
     size = "all" if rec.get("per_class_images") is None else f"{rec['per_class_images']}/class"
     last = rec["curve"][-1] if rec.get("curve") else {}
     return (f"| {first} | {rec['student']} | {rec['loss']} | {rec['augment']}"
@@ -276,6 +276,10 @@ def never_seen_section(results: dict) -> list[str]:
     if results.get("never_seen_ablation"):
         lines += ["", "### Never-seen ablation (one factor at a time)", "", *NS_HEADER]
         lines += [_ns_row(rec, ", ".join(rec["train_classes"])) for rec in results["never_seen_ablation"]]
+    if results.get("cloud_weights_students"):
+        lines += ["", "### Students that start from the cloud's weights (not never-seen figures: through those "
+                  "weights they learned every class from its images and labels)", "", *NS_HEADER]
+        lines += [_ns_row(rec, ", ".join(rec["train_classes"])) for rec in results["cloud_weights_students"]]
     if results.get("never_seen_pending"):
         lines += ["", f"Not finished yet (pending, no figure): {', '.join(results['never_seen_pending'])}."]
     lines += ["", "Learning curve: `never_seen_curve.png` (never-seen recall every few epochs, Keras on the test "

@@ -40,9 +40,12 @@ def select_outputs(model: keras.Model, indices: Sequence[int]) -> keras.Model:
     return new
 
 
-def reinitialized(model: keras.Model, seed: int = 0, num_outputs: int | None = None) -> keras.Model:
+def reinitialized(model: keras.Model, seed: int = 0, num_outputs: int | None = None,
+                  mean_std: tuple | None = None) -> keras.Model:
     """The same architecture with fresh initial weights (the from-scratch baseline), optionally
-    with a classifier (the last Dense layer) of `num_outputs` units."""
+    with a classifier (the last Dense layer) of `num_outputs` units and, with `mean_std`
+    ((mean, std) per channel), input normalisation constants of its own instead of the model's
+    (which come from the images it was trained on)."""
     keras.utils.set_random_seed(seed)
     config = copy.deepcopy(model.get_config())
     head = None
@@ -54,4 +57,7 @@ def reinitialized(model: keras.Model, seed: int = 0, num_outputs: int | None = N
         layer_config.pop("build_config", None)
         if head is not None and layer_config["name"] == head:
             layer_config["config"]["units"] = int(num_outputs)
+        if mean_std is not None and layer_config["class_name"] == "Normalization":
+            layer_config["config"]["mean"] = [float(m) for m in mean_std[0]]
+            layer_config["config"]["variance"] = [float(v) ** 2 for v in mean_std[1]]
     return type(model).from_config(config)

@@ -81,6 +81,8 @@ CASES = [
          ["--shard=0/2", "--only=never_seen"]),
     Case("experiments-shard-malformed", "pipelines.experiments", [*T, "--only=never_seen", "--shard=2/2"],
          ["--shard=2/2", "K/N"]),
+    Case("experiments-shard-without-teacher", "pipelines.experiments", [*T, "--only=never_seen", "--shard=0/2"],
+         ["--shard=0/2", "--teacher"]),
     Case("experiments-never-seen-preset-without-only", "pipelines.experiments", [*T, "--preset=never_seen"],
          ["--preset=never_seen", "--only=never_seen"]),
     Case("experiments-threads-huge", "pipelines.experiments", [*T, "--threads=100000"], ["--threads=100000", "1..1024"]),
