@@ -105,26 +105,45 @@ def test_losses_match_hand_computed_values():
     np.testing.assert_allclose(losses.logit_rmse(s_logits, t_logits), logit_rmse, rtol=1e-5)
     np.testing.assert_allclose(losses.feature_rmse(s_f, t_f), feature_rmse, rtol=1e-4)
     np.testing.assert_allclose(losses.kd_loss(s_logits, t_logits, 4.0), kd, rtol=1e-4)
-    # The stage's losses compose those terms: paper = logit RMSE + feature RMSE, both = + KD.
+    # The seed paper's code: one RMSE per batch, activations L2-normalised over the batch axis,
+    # the student's channels zero-padded to the teacher's.
+    def batch_norm(f):
+        f = f.astype(np.float64)
+        return f / np.sqrt(np.maximum((f * f).sum(axis=0, keepdims=True), 1e-12))
+
+    padded = np.concatenate([batch_norm(s_f), np.zeros((4, 8, 8, 2))], axis=-1)
+    np.testing.assert_allclose(float(losses.batch_normalized_rmse(s_f, t_f)),
+                               np.sqrt(((batch_norm(t_f) - padded) ** 2).mean()), rtol=1e-5)
+    np.testing.assert_allclose(float(losses.batch_normalized_rmse(t_f, s_f)),
+                               np.sqrt(((batch_norm(t_f) - padded) ** 2).mean()), rtol=1e-5)
+    np.testing.assert_allclose(float(losses.batch_logit_rmse(s_logits, t_logits)),
+                               np.sqrt(((s_logits.astype(np.float64) - t_logits) ** 2).mean()), rtol=1e-5)
+    # The stage's losses compose those terms: paper = batch logit RMSE + batch feature RMSE at the
+    # three stage outputs, both = + KD, paper_attention = the per-example attention-map terms.
     keras.utils.set_random_seed(0)
     student, cloud = models.wrn(10, 1, num_classes=10), models.wrn(10, 2, num_classes=10)
     x = rng.integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
     expected = {}
-    for name in ("paper", "kd", "both"):
+    for name in ("paper", "kd", "both", "paper_attention"):
         d = Distiller(student, cloud, never_seen.LOSSES[name](4.0))
         out = d(x, training=False)
         value = float(d.compute_loss(x, None, out, training=False))
         t_raw = d.teacher_probe(x, training=False)
         t_raw = t_raw if isinstance(t_raw, (list, tuple)) else [t_raw]
         s_out, t_out = [np.asarray(o) for o in out], [np.asarray(o) for o in t_raw]
-        paper = (np.sqrt(((s_out[0] - t_out[0]) ** 2).mean(axis=1))
-                 + sum(np.sqrt(((att(a) - att(b)) ** 2).mean(axis=1)) for a, b in zip(s_out[1:], t_out[1:])))
-        by_hand = 16.0 * (softmax(t_out[0] / 4) * (np.log(softmax(t_out[0] / 4)) - np.log(softmax(s_out[0] / 4)))
+        paper = (np.sqrt(((s_out[0].astype(np.float64) - t_out[0]) ** 2).mean())
+                 + sum(np.sqrt(((batch_norm(b) - np.concatenate(
+                     [batch_norm(a), np.zeros(a.shape[:3] + (b.shape[-1] - a.shape[-1],))], axis=-1)) ** 2).mean())
+                       for a, b in zip(s_out[1:], t_out[1:])))
+        attention = (np.sqrt(((s_out[0] - t_out[0]) ** 2).mean(axis=1))
+                     + sum(np.sqrt(((att(a) - att(b)) ** 2).mean(axis=1)) for a, b in zip(s_out[1:], t_out[1:])))
+        kd_hand = 16.0 * (softmax(t_out[0] / 4) * (np.log(softmax(t_out[0] / 4)) - np.log(softmax(s_out[0] / 4)))
                           ).sum(axis=1)
-        expected[name] = {"paper": paper, "kd": by_hand, "both": paper + by_hand}[name].mean()
+        expected[name] = {"paper": paper, "kd": kd_hand.mean(), "both": paper + kd_hand.mean(),
+                          "paper_attention": attention.mean()}[name]
         assert value == pytest.approx(expected[name], rel=1e-3)
         if name != "kd":
-            assert len(d.feature_layers) == 3  # the three stage outputs
+            assert d.feature_layers == ["stage2_block1_relu1", "stage3_block1_relu1", "final_relu"]
     assert expected["both"] == pytest.approx(expected["paper"] + expected["kd"], rel=1e-6)
 
 
@@ -189,7 +208,8 @@ def test_never_seen_presets_and_run_checks():
     assert paper.never_seen_batch_size == 128 and paper.never_seen_lr == 0.1 and paper.never_seen_curve_every == 10
     ablation = dl_config.PRESETS["never_seen_ablation"].never_seen_runs
     assert all(r.epochs == 50 and r.table == "ablation" for r in ablation)
-    assert {r.loss for r in ablation} == {"paper", "kd", "both"} and {r.per_class for r in ablation} == {None, 1000}
+    assert {r.loss for r in ablation} == {"paper", "kd", "both", "paper_attention"}
+    assert {r.per_class for r in ablation} == {None, 1000}
     assert {r.augment for r in ablation} == {"none", "flip_crop", "policy_cutout"}
     assert {r.mix for r in ablation} == {"none", "cutmix", "mixup"}
     smoke = dl_config.PRESETS["smoke"].never_seen_runs

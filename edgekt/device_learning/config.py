@@ -14,9 +14,10 @@ from edgekt import presets
 from edgekt.errors import UserError
 
 STUDENTS = ("pruned", "wrn-16-1", "pruned_cloud_weights", "pruned_cloud_weights_bn")
-# "paper": the seed paper's RMSE between logits plus RMSE between L2-normalised activation maps at
-# the stage outputs; "kd": KD on softened logits; "both": their sum.
-NEVER_SEEN_LOSSES = ("paper", "kd", "both")
+# "paper": the seed paper's loss as its code computes it (RMSE between logits plus RMSE between
+# activations L2-normalised over the batch at the three stage outputs); "kd": KD on softened
+# logits; "both": their sum; "paper_attention": the paper's terms per example on attention maps.
+NEVER_SEEN_LOSSES = ("paper", "kd", "both", "paper_attention")
 # "policy_cutout": flip and pad-crop, the RandAugment policy per image, a 16-pixel Cutout square.
 NEVER_SEEN_AUGMENTS = ("none", "flip_crop", "policy_cutout")
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -158,10 +159,11 @@ def never_seen_grid(splits, students, losses, **fields) -> tuple[NeverSeenRun, .
 
 def never_seen_ablation(split: NeverSeenSplit, student: str, epochs: int) -> tuple[NeverSeenRun, ...]:
     """One factor at a time around (policy_cutout, no mixing, every image, paper loss): the loss
-    (paper / kd / both), the augmentation (none / flip_crop / policy_cutout / + cutmix / + mixup)
+    (paper / kd / both / paper_attention), the augmentation (none / flip_crop / policy_cutout / + cutmix / + mixup)
     and the transfer-set size (1,000 images per class against all)."""
     base = dict(split=split, student=student, epochs=epochs, table="ablation")
     return (NeverSeenRun(loss="paper", **base), NeverSeenRun(loss="kd", **base), NeverSeenRun(loss="both", **base),
+            NeverSeenRun(loss="paper_attention", **base),
             NeverSeenRun(loss="paper", augment="none", **base), NeverSeenRun(loss="paper", augment="flip_crop", **base),
             NeverSeenRun(loss="paper", mix="cutmix", **base), NeverSeenRun(loss="paper", mix="mixup", **base),
             NeverSeenRun(loss="paper", per_class=1000, **base))

@@ -32,20 +32,24 @@ from edgekt.train.optimizers import L2SGD, learning_rate_schedule
 from edgekt.transfer.distiller import Distiller, TransferConfig
 from tflite_runtime_app.metrics import classification_metrics
 
-# KD on logits, the seed paper's loss (RMSE between L2-normalised teacher and student activation
-# maps at the matching stage outputs, plus RMSE between logits, equal weights), or both.
+# KD on logits (T^2 KL at temperature T); the seed paper's loss as its public code computes it
+# (one RMSE over every logit of the batch, plus at each of the three stage outputs one RMSE
+# between teacher and student activations L2-normalised over the batch axis, the student's
+# channels zero-padded to the teacher's); both summed; and a per-example variant of the paper's
+# loss on attention maps (channel means of squared activations), for comparison.
 LOSSES = {
     "kd": lambda t: TransferConfig(ce_weight=0.0, kd_weight=1.0, temperature=t, at_weight=0.0),
-    "paper": lambda t: TransferConfig(ce_weight=0.0, kd_weight=0.0, at_weight=0.0, feature_rmse_weight=1.0,
-                                      logit_rmse_weight=1.0),
+    "paper": lambda t: TransferConfig(ce_weight=0.0, kd_weight=0.0, at_weight=0.0, paper_rmse_weight=1.0),
     "both": lambda t: TransferConfig(ce_weight=0.0, kd_weight=1.0, temperature=t, at_weight=0.0,
-                                     feature_rmse_weight=1.0, logit_rmse_weight=1.0),
+                                     paper_rmse_weight=1.0),
+    "paper_attention": lambda t: TransferConfig(ce_weight=0.0, kd_weight=0.0, at_weight=0.0, feature_rmse_weight=1.0,
+                                                logit_rmse_weight=1.0),
 }
 CUTOUT_PIXELS = 16  # DeVries & Taylor's square for CIFAR-10
 STATE_FILE = "state.json"
 # Raised whenever a change to this module or the augmentation changes what a run computes, so
 # that no saved state of the old code is resumed by the new.
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 def student_model(kind: str, teacher: keras.Model, images: np.ndarray | None, target_params_ratio: float,

@@ -22,6 +22,8 @@ class TransferConfig:
            + at_weight * sum over matched layers of AT(student, teacher)
            + feature_rmse_weight * sum over matched layers of RMSE(normalised maps)
            + logit_rmse_weight * RMSE(student logits, teacher logits)
+           + paper_rmse_weight * (batch RMSE of the logits + sum over matched layers of the
+             batch RMSE of activations L2-normalised over the batch axis, channels zero-padded)
 
     Attributes:
       ce_weight: cross-entropy to the labels.
@@ -29,7 +31,10 @@ class TransferConfig:
       temperature: KD temperature T.
       at_weight: attention transfer (needs a teacher; the AT paper's beta/2 = 500).
       at_p: exponent of the attention maps.
-      feature_rmse_weight, logit_rmse_weight: the seed paper's RMSE terms (need a teacher).
+      feature_rmse_weight, logit_rmse_weight: RMSE terms per example on attention maps and logits
+        (need a teacher).
+      paper_rmse_weight: the seed paper's code's loss, one value per batch (needs a teacher):
+        `losses.batch_logit_rmse` plus `losses.batch_normalized_rmse` at each matched layer.
       label_smoothing: for the cross-entropy term.
     """
 
@@ -41,9 +46,11 @@ class TransferConfig:
     label_smoothing: float = 0.0
     feature_rmse_weight: float = 0.0
     logit_rmse_weight: float = 0.0
+    paper_rmse_weight: float = 0.0
 
     def __post_init__(self):
-        weights = ("ce_weight", "kd_weight", "at_weight", "feature_rmse_weight", "logit_rmse_weight")
+        weights = ("ce_weight", "kd_weight", "at_weight", "feature_rmse_weight", "logit_rmse_weight",
+                   "paper_rmse_weight")
         presets.check_fields(self, [(getattr(self, f) >= 0 and math.isfinite(getattr(self, f)), f, ">= 0")
                                     for f in weights + ("label_smoothing",)] + [
             (self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
@@ -59,7 +66,7 @@ class TransferConfig:
 
     @property
     def uses_features(self) -> bool:
-        return self.at_weight > 0 or self.feature_rmse_weight > 0
+        return self.at_weight > 0 or self.feature_rmse_weight > 0 or self.paper_rmse_weight > 0
 
     @classmethod
     def labels_only(cls, label_smoothing: float = 0.0) -> "TransferConfig":
@@ -135,6 +142,11 @@ class Distiller(keras.Model):
                 per_example = per_example + cfg.kd_weight * losses.kd_loss(s_logits, t_logits, cfg.temperature)
             if cfg.logit_rmse_weight:
                 per_example = per_example + cfg.logit_rmse_weight * losses.logit_rmse(s_logits, t_logits)
+            if cfg.paper_rmse_weight:
+                batch_term = losses.batch_logit_rmse(s_logits, t_logits)
+                for s_f, t_f in zip(s_feats, t_out[1:]):
+                    batch_term = batch_term + losses.batch_normalized_rmse(s_f, ops.stop_gradient(t_f))
+                per_example = per_example + cfg.paper_rmse_weight * batch_term
             for s_f, t_f in zip(s_feats, t_out[1:]):
                 t_f = ops.stop_gradient(t_f)
                 if cfg.at_weight:

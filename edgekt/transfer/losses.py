@@ -3,7 +3,8 @@ logits (Hinton et al., 2015), attention transfer (Zagoruyko & Komodakis, 2017), 
 terms of the seed paper (Zhao, Chen & Zhao, 2022): between L2-normalised activation maps at
 matching stages, and between logits.
 
-All return one value per example, so callers can weight examples (padding masks) and average.
+All return one value per example, so callers can weight examples (padding masks) and average,
+except the `batch_*` terms of the seed paper's code, which are one value per batch.
 """
 
 from __future__ import annotations
@@ -66,3 +67,35 @@ def logit_rmse(student_logits, teacher_logits):
     """Root-mean-square difference of the logits per example."""
     diff = ops.cast(student_logits, "float32") - ops.cast(teacher_logits, "float32")
     return ops.sqrt(ops.mean(diff * diff, axis=-1) + 1e-12)
+
+
+def _match_channels(a, b):
+    """Zero-pads the narrower of two [..., C] tensors to the other's channel count (the seed
+    paper's code pads the student)."""
+    ca, cb = int(a.shape[-1]), int(b.shape[-1])
+    pad = [[0, 0]] * (len(a.shape) - 1)
+    if ca < cb:
+        a = ops.pad(a, pad + [[0, cb - ca]])
+    elif cb < ca:
+        b = ops.pad(b, pad + [[0, ca - cb]])
+    return a, b
+
+
+def batch_normalized_rmse(student_features, teacher_features):
+    """The seed paper's code's feature term: each activation L2-normalised over the batch axis
+    (every unit's vector of activations across the batch has norm 1), the narrower tensor's
+    channels zero-padded, then one RMSE over the whole batch. One value per batch."""
+
+    def normalise(x):
+        x = ops.cast(x, "float32")
+        return x / ops.sqrt(ops.maximum(ops.sum(x * x, axis=0, keepdims=True), 1e-12))
+
+    s, t = _match_channels(normalise(student_features), normalise(teacher_features))
+    diff = t - s
+    return ops.sqrt(ops.mean(diff * diff) + 1e-12)
+
+
+def batch_logit_rmse(student_logits, teacher_logits):
+    """The seed paper's code's logit term: one RMSE over every logit of the batch."""
+    diff = ops.cast(student_logits, "float32") - ops.cast(teacher_logits, "float32")
+    return ops.sqrt(ops.mean(diff * diff) + 1e-12)
