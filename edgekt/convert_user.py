@@ -44,17 +44,51 @@ def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, pre
     export_dir = os.path.join(out_dir, "export")
     exported = export_pipeline.export_model(os.path.join(prune_dir, "pruned.keras"), export_dir, data_source=splits,
                                             batch_size=batch_size)
-    summary = {"model": model_path, "prune": {k: metrics[k] for k in ("params", "teacher_params",
-                                                                      "params_removed_fraction", "flops",
-                                                                      "teacher_flops", "test_accuracy",
-                                                                      "teacher_test_accuracy")},
-               "export": {k: exported.get(k) for k in ("trainable_bytes", "inference_bytes", "trainable_test_accuracy",
-                                                       "inference_test_accuracy")},
-               "config": dataclasses.asdict(cfg)}
+    summary = {"model": model_path,
+               "prune": {k: metrics.get(k) for k in PRUNE_KEYS},
+               "export": {k: exported.get(k) for k in EXPORT_KEYS},
+               "preset": preset, "config": dataclasses.asdict(cfg)}
+    summary["summary"] = summary_line(model_path, summary, cfg, preset)
     atomic.write_json(os.path.join(out_dir, "convert.json"), summary)
-    logging.info("converted %s: %s -> %s params; device files in %s", model_path, f"{metrics['teacher_params']:,}",
-                 f"{metrics['params']:,}", export_dir)
+    atomic.write_json(os.path.join(out_dir, "metrics.json"), summary)
+    logging.info("%s", summary["summary"])
     return summary
+
+
+PRUNE_KEYS = ("params", "teacher_params", "params_removed_fraction", "flops", "teacher_flops", "flops_removed_fraction",
+              "val_accuracy", "teacher_val_accuracy", "test_accuracy", "teacher_test_accuracy", "accuracy_floor",
+              "file_bytes", "teacher_file_bytes", "latency_ms_batch1", "teacher_latency_ms_batch1", "target_met")
+EXPORT_KEYS = ("trainable_bytes", "inference_bytes", "trainable_test_accuracy", "inference_test_accuracy")
+
+
+def _acc(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _size(v) -> str:
+    return "n/a" if v is None else (f"{v / 1e6:.2f} MB" if v >= 1e6 else f"{v / 1e3:.1f} KB")
+
+
+def summary_line(model_path: str, summary: dict, cfg: prune_config.PruneConfig, preset: str) -> str:
+    """One line: original vs converted accuracy (validation; test where the data has a test
+    split), parameters, FLOPs, file sizes, latency, the floor used, and what the policy was."""
+    p, e = summary["prune"], summary["export"]
+    floor = (f"floor {_acc(p['accuracy_floor'])} ({cfg.max_accuracy_drop:g} points below the original on validation)"
+             if p.get("accuracy_floor") is not None else "no accuracy floor")
+    policy = ", ".join(x for x in (
+        f"keep {cfg.target_params_ratio:g} of the parameters" if cfg.target_params_ratio is not None else "",
+        f"keep {cfg.target_flops_ratio:g} of the FLOPs" if cfg.target_flops_ratio is not None else "",
+        floor) if x)
+    demo = (" The smoke preset is a quick demonstration (a fixed ratio on a short schedule), not a setting that keeps "
+            "accuracy: pass --max_accuracy_drop=1 (with --preset=cpu for a longer schedule) to keep it."
+            if preset == "smoke" and p.get("accuracy_floor") is None else "")
+    return (f"converted {model_path}: val top-1 {_acc(p['teacher_val_accuracy'])} -> {_acc(p['val_accuracy'])}, "
+            f"test top-1 {_acc(p['teacher_test_accuracy'])} -> {_acc(p['test_accuracy'])} (device model, trainable "
+            f".tflite: {_acc(e.get('trainable_test_accuracy'))}), params {p['teacher_params']:,} -> {p['params']:,}, "
+            f"FLOPs {p['teacher_flops'] / 1e6:.1f}M -> {p['flops'] / 1e6:.1f}M, .keras {_size(p['teacher_file_bytes'])} "
+            f"-> {_size(p['file_bytes'])} (trainable .tflite {_size(e.get('trainable_bytes'))}, int8 .tflite "
+            f"{_size(e.get('inference_bytes'))}), latency {p['teacher_latency_ms_batch1']:.2f} -> "
+            f"{p['latency_ms_batch1']:.2f} ms (Keras, batch 1); preset {preset}: {policy}.{demo}")
 
 
 def check(model_path: str) -> list[str]:

@@ -30,7 +30,7 @@ flags.register_validator("batch_size", lambda v: v >= 1, "must be >= 1")
 
 # Files this binary writes in --out_dir (an input there under one of these names is refused at once).
 OUTPUTS = ("prune/pruned.keras", "prune/metrics.json", "export/model_trainable.tflite", "export/model_meta.json",
-           "export/metrics.json", "export/model_int8.tflite")
+           "export/metrics.json", "export/model_int8.tflite", "convert.json", "metrics.json")
 
 
 def main(argv):
@@ -55,7 +55,7 @@ def main(argv):
     summary = convert_user.convert(_MODEL.value, _DATA.value, _OUT_DIR.value, preset=_PRESET.value,
                                    val_size=_VAL_SIZE.value, batch_size=_BATCH.value, resize=_RESIZE.value,
                                    **flag_utils.overrides_from_flags(_FIELDS))
-    logging.info("done: %s", summary["export"])
+    print(summary["summary"])
 
 
 if __name__ == "__main__":

@@ -55,6 +55,15 @@ def test_convert_user_models(builder, user_data, tmp_path):
     assert meta["class_names"] == ["cat", "dog", "truck"] and meta["batch_size"] == 8
     assert (out / "export" / "model_trainable.tflite").exists() and (out / "export" / "model_int8.tflite").exists()
     assert summary["export"]["trainable_test_accuracy"] is not None
+    # One summary line (printed, and in metrics.json) with both models' accuracies, sizes, latency
+    # and the policy; the smoke preset says it is a demonstration.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"] in proc.stdout and metrics == summary
+    for key in ("val_accuracy", "teacher_val_accuracy", "test_accuracy", "teacher_test_accuracy", "flops",
+                "teacher_flops", "file_bytes", "latency_ms_batch1", "teacher_latency_ms_batch1"):
+        assert summary["prune"][key] is not None, key
+    assert "val top-1" in metrics["summary"] and "keep 0.5 of the parameters, no accuracy floor" in metrics["summary"]
+    assert "quick demonstration" in metrics["summary"] and "--max_accuracy_drop=1" in metrics["summary"]
 
 
 def test_convert_lists_every_unsupported_layer(tmp_path):
