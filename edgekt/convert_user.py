@@ -4,6 +4,7 @@ and export an on-device-trainable .tflite with app-ready metadata."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from absl import logging
@@ -16,10 +17,35 @@ from edgekt.prune import config as prune_config
 from edgekt.prune import pruner
 
 
-def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, preset: str = "smoke",
+AUTO = "auto"
+DEFAULT_FLOOR_POINTS = 1.0
+
+
+def auto_config(train_images: int, budget_minutes: float | None = 30.0, **overrides) -> prune_config.PruneConfig:
+    """The default conversion policy: remove as much as the accuracy floor allows (at most
+    `DEFAULT_FLOOR_POINTS` below the original model on validation; a step that breaks it is
+    discarded and the next one removes half as much), distilling from the original model, with
+    fine-tuning sized to the data (about 10,000 images per step and 60,000 for the final
+    fine-tuning, in whole epochs) and at most `budget_minutes`. `overrides` replace fields
+    (a --target_params_ratio or --target_flops_ratio adds a target; the floor stays)."""
+    n = max(int(train_images), 1)
+    fields = dict(target_params_ratio=None, max_accuracy_drop=DEFAULT_FLOOR_POINTS, step_keep=0.6, min_step=0.05,
+                  max_steps=8, step_epochs=min(8, max(1, math.ceil(10_000 / n))),
+                  final_epochs=min(40, max(3, math.ceil(60_000 / n))), candidates=("l1/global", "attention/cost:0.5"),
+                  probe_images=min(4096, n), calibration_size=min(1024, n), batch_size=64, transfer="kd_at",
+                  budget_seconds=None if budget_minutes is None else 60.0 * budget_minutes)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return prune_config.PruneConfig(**fields)
+
+
+def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, preset: str = AUTO,
             val_size: int = 1000, seed: int = 0, batch_size: int = 32, resize: bool = False,
-            **prune_overrides) -> dict:
+            budget_minutes: float | None = 30.0, **prune_overrides) -> dict:
     """Checks, prunes (teacher = the user's model) and exports a user's model.
+
+    By default (`preset="auto"`) it removes as much as the accuracy floor allows within
+    `budget_minutes` (see `auto_config`); a preset ("smoke", "cpu", "paper") prunes to the
+    preset's ratio on its schedule instead.
 
     The model must take raw pixels (0-255) and output logits (or softmax probabilities from
     its last layer). Writes OUT/prune/pruned.keras and OUT/export/{model_trainable.tflite,
@@ -37,7 +63,11 @@ def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, pre
         raise UserError(f"{model_path}: has {model.output_shape[-1]} outputs but the data has "
                         f"{len(splits.class_names)} classes {list(splits.class_names)}; pass data with one class "
                         "folder per model output")
-    cfg = prune_config.preset(preset, **prune_overrides)
+    if preset == AUTO:
+        train_images = len(splits["train"].labels) - min(val_size, len(splits["train"].labels))
+        cfg = auto_config(train_images, budget_minutes, **prune_overrides)
+    else:
+        cfg = prune_config.preset(preset, **prune_overrides)
     prune_dir = os.path.join(out_dir, "prune")
     metrics = pruner.prune_and_finetune(model, splits, prune_dir, cfg, val_size=val_size, split_seed=seed,
                                         preset_name=preset, teacher_path=model_path)
@@ -57,7 +87,8 @@ def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, pre
 
 PRUNE_KEYS = ("params", "teacher_params", "params_removed_fraction", "flops", "teacher_flops", "flops_removed_fraction",
               "val_accuracy", "teacher_val_accuracy", "test_accuracy", "teacher_test_accuracy", "accuracy_floor",
-              "file_bytes", "teacher_file_bytes", "latency_ms_batch1", "teacher_latency_ms_batch1", "target_met")
+              "file_bytes", "teacher_file_bytes", "latency_ms_batch1", "teacher_latency_ms_batch1", "target_met",
+              "stopped", "steps_discarded", "final_finetune_kept", "wall_seconds")
 EXPORT_KEYS = ("trainable_bytes", "inference_bytes", "trainable_test_accuracy", "inference_test_accuracy")
 
 
@@ -79,6 +110,12 @@ def summary_line(model_path: str, summary: dict, cfg: prune_config.PruneConfig, 
         f"keep {cfg.target_params_ratio:g} of the parameters" if cfg.target_params_ratio is not None else "",
         f"keep {cfg.target_flops_ratio:g} of the FLOPs" if cfg.target_flops_ratio is not None else "",
         floor) if x)
+    if preset == AUTO:
+        policy += (f"; fine-tuning {cfg.step_epochs} epoch(s) per step and {cfg.final_epochs} at the end (sized to "
+                   "the data), distilled from the original"
+                   + (f", within {cfg.budget_seconds / 60:g} min" if cfg.budget_seconds else ""))
+        if p.get("stopped"):
+            policy += f"; stopped by {p['stopped']}"
     demo = (" The smoke preset is a quick demonstration (a fixed ratio on a short schedule), not a setting that keeps "
             "accuracy: pass --max_accuracy_drop=1 (with --preset=cpu for a longer schedule) to keep it."
             if preset == "smoke" and p.get("accuracy_floor") is None else "")

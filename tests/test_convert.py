@@ -66,6 +66,42 @@ def test_convert_user_models(builder, user_data, tmp_path):
     assert "quick demonstration" in metrics["summary"] and "--max_accuracy_drop=1" in metrics["summary"]
 
 
+def test_default_convert_keeps_validation_accuracy_within_the_floor(user_data, tmp_path):
+    folder, splits = user_data
+    keras.utils.set_random_seed(0)
+    model = vgg_style(num_classes=3)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(splits["train"].images.astype(np.float32), splits["train"].labels, epochs=3, batch_size=32, verbose=0)
+    path = str(tmp_path / "user.keras")
+    model.save(path)
+    out = tmp_path / "out"
+    proc = _run("pipelines.convert", [f"--model={path}", f"--data={folder}", f"--out_dir={out}", "--val_size=60",
+                                      "--batch_size=8", "--budget_minutes=4"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    p = m["prune"]
+    assert p["accuracy_floor"] == pytest.approx(p["teacher_val_accuracy"] - 0.01)
+    assert p["val_accuracy"] >= p["accuracy_floor"] - 1e-9 and p["params"] < p["teacher_params"]
+    assert m["preset"] == "auto" and m["config"]["target_params_ratio"] is None
+    assert "floor" in m["summary"] and "sized to the data" in m["summary"] and "within 4 min" in m["summary"]
+    assert m["summary"] in proc.stdout
+
+
+def test_auto_policy_sizes_fine_tuning_to_the_data_and_stops_at_the_time_budget():
+    from edgekt.convert_user import auto_config
+    from edgekt.prune.pruner import _over_time_budget
+
+    small, large = auto_config(600), auto_config(45000)
+    assert (small.step_epochs, small.final_epochs) == (8, 40) and (large.step_epochs, large.final_epochs) == (1, 3)
+    assert small.max_accuracy_drop == 1.0 and small.target_params_ratio is None and small.budget_seconds == 1800
+    assert auto_config(600, target_params_ratio=0.3).target_params_ratio == 0.3
+    log = [{"step": 0, "seconds": 0.0}, {"step": 1, "seconds": 100.0}]
+    cfg = auto_config(45000, budget_minutes=10)  # 1 epoch per step, 3 final: 100 + 100 + 300 s <= 600 s
+    assert _over_time_budget(log, cfg) == ""
+    assert "time budget of 8.0 min" in _over_time_budget(log, auto_config(45000, budget_minutes=8))
+    assert _over_time_budget(log, auto_config(45000, budget_minutes=None)) == ""
+
+
 def test_convert_lists_every_unsupported_layer(tmp_path):
     inp = keras.Input((32, 32, 3))
     x = keras.layers.Conv2DTranspose(4, 3, name="upsample")(inp)

@@ -42,6 +42,8 @@ class PruneConfig:
     `steps` equal geometric steps (1 - `step_keep` without a target); steps stop at each
     `milestones` ratio of the teacher's parameters on the way; at most `max_steps` attempts.
     Each step gets `step_epochs` of fine-tuning; the chosen model then gets `final_epochs`.
+    With `budget_seconds`, no step starts that would (by the last step's time) leave too little
+    of the budget for it and the final fine-tuning (estimated from the steps' times).
     Fine-tuning uses `transfer` from the unpruned teacher ("kd_at": KD on logits +
     attention transfer, "kd", "at", or "none": labels only).
     """
@@ -79,9 +81,11 @@ class PruneConfig:
     train_size: Optional[int] = None
     precision: str = "float32"
     seed: int = 0
+    budget_seconds: Optional[float] = None
 
     def __post_init__(self):
         checks = [
+            (self.budget_seconds is None or self.budget_seconds > 0, "budget_seconds", "None or > 0"),
             (self.target_params_ratio is None or 0 < self.target_params_ratio <= 1, "target_params_ratio", "in (0, 1]"),
             (self.target_flops_ratio is None or 0 < self.target_flops_ratio <= 1, "target_flops_ratio", "in (0, 1]"),
             (self.max_accuracy_drop is None or self.max_accuracy_drop >= 0, "max_accuracy_drop", ">= 0 (points)"),

@@ -217,7 +217,9 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
                  base["flops"] / 1e6, base["val_accuracy"], 100 * policy.step,
                  f", accuracy floor {floor:.4f}" if floor is not None else "")
 
-    identity = {"config": _config_dict(config), "data": prepared.source, **holdout, "teacher": run.fingerprint,
+    # The time budget decides only where the steps stop, not what a step computes.
+    identity = {"config": {k: v for k, v in _config_dict(config).items() if k != "budget_seconds"},
+                "data": prepared.source, **holdout, "teacher": run.fingerprint,
                 "class_names": list(prepared.class_names), "teacher_params": base["params"], "teacher_flops": base["flops"]}
     state_path = os.path.join(out_dir, STATE_FILE)
     state = {"identity": identity, "log": [{"step": 0, **base, "params_ratio": 1.0, "flops_ratio": 1.0,
@@ -243,6 +245,13 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
         budget = schedule.next_budget(policy, max_params=max_params, max_flops=max_flops, milestones=milestones,
                                       max_steps=config.max_steps)
         if budget is None:
+            break
+        over = _over_time_budget(state["log"], config)
+        if over:
+            logging.info("stopping: %s", over)
+            policy = dataclasses.replace(policy, stopped=over)
+            state["policy"] = dataclasses.asdict(policy)
+            atomic.write_json(state_path, state)
             break
         step = len(state["log"])
         t0 = time.perf_counter()
@@ -289,6 +298,22 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
     return state, policy
 
 
+def _over_time_budget(log: list[dict], config: PruneConfig) -> str:
+    """Why another step would overrun `config.budget_seconds` ("" if it would not): the steps
+    so far, one more like the last, and the final fine-tuning (the last step's fine-tuning time
+    per epoch times `final_epochs`)."""
+    steps = [e for e in log if e["step"] > 0]
+    if config.budget_seconds is None or not steps:
+        return ""
+    spent = sum(e["seconds"] for e in steps)
+    last = steps[-1]["seconds"]
+    final = last / max(config.step_epochs, 1) * config.final_epochs
+    if spent + last + final <= config.budget_seconds:
+        return ""
+    return (f"the time budget of {config.budget_seconds / 60:.1f} min: {spent / 60:.1f} min spent on {len(steps)} "
+            f"steps, another step and the final fine-tuning would take about {(last + final) / 60:.1f} min more")
+
+
 def _finish(run: _Run, prepared: data.PreparedData, run_dir: str, out_dir: str, chosen: dict, config: PruneConfig,
             verbose, teacher_path: str | None, preset_name: str | None) -> dict:
     """Fine-tunes the step model `chosen` for `final_epochs` into `out_dir/pruned.keras`
@@ -299,19 +324,33 @@ def _finish(run: _Run, prepared: data.PreparedData, run_dir: str, out_dir: str, 
     if os.path.exists(final_state_path) and os.path.exists(pruned_path):
         final = saving.load_model(pruned_path)
         with open(final_state_path) as f:
-            final_seconds = json.load(f).get("seconds")
+            final_state = json.load(f)
+        final_seconds, kept = final_state.get("seconds"), final_state.get("final_finetune_kept", True)
     else:
-        final = saving.load_model(_step_path(run_dir, chosen["step"]))
+        step_model = saving.load_model(_step_path(run_dir, chosen["step"]))
+        final, kept = step_model, False
         if config.final_epochs:
-            final, _ = fit_student(final, prepared.train, teacher=run.teacher, transfer=run.transfer,
+            final, _ = fit_student(step_model, prepared.train, teacher=run.teacher, transfer=run.transfer,
                                    config=_finetune(config, config.final_epochs, config.final_learning_rate,
                                                     config.seed * 1000 + 999), verbose=verbose)
+            kept = True
+            if run.floor is not None:
+                # Under an accuracy floor the final fine-tuning is kept only if it does not lower
+                # validation accuracy (a choice on validation images, never on test images).
+                val = evaluation.evaluate(final, prepared.val.images, prepared.val.labels, prepared.class_names,
+                                          run.batch)["accuracy"]
+                if val < chosen["val_accuracy"]:
+                    logging.info("final fine-tuning: val top-1 %.4f below the step model's %.4f; keeping the step model",
+                                 val, chosen["val_accuracy"])
+                    final, kept = step_model, False
         saving.save_model(final, pruned_path)
         final_seconds = time.perf_counter() - start
-        atomic.write_json(final_state_path, {"chosen_step": chosen["step"], "seconds": final_seconds})
+        atomic.write_json(final_state_path, {"chosen_step": chosen["step"], "seconds": final_seconds,
+                                             "final_finetune_kept": kept})
     metrics = _final_metrics(final, run.teacher, prepared, run.base, chosen, config, run.floor, run.batch, pruned_path,
                              teacher_path, preset_name)
     metrics["final_seconds"] = final_seconds
+    metrics["final_finetune_kept"] = kept
     return metrics
 
 
