@@ -242,7 +242,7 @@ def test_experiments_only_never_seen_end_to_end(tmp_path, small, teacher, cache_
     assert 0 <= rec["never_seen_recall"] <= 1 and rec["epochs"] == 2 and rec["transfer_images"] == 300
     assert set(rec["per_class"]) == set(dl_config.CIFAR10) and np.asarray(rec["confusion"]).sum() == 5000
     assert rec["lineage"]["images_of"] == ["horse", "ship", "truck"] and rec["lineage"]["labels_of"] == []
-    assert rec["lineage"]["initial_weights"] == "random initialisation"
+    assert rec["lineage"]["initial_weights"].startswith("random initialisation")
     assert [p["epoch"] for p in rec["curve"]] == [1, 2]
     assert "## Never-seen transfer" in (out / "results.md").read_text()
     assert (out / "never_seen_curve.png").stat().st_size > 1000
