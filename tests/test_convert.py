@@ -24,6 +24,17 @@ def _run(module, args, timeout=900):
                           text=True, timeout=timeout)
 
 
+def _trained_user_model(builder, splits, epochs: int, path: str) -> str:
+    """A user-style model for 3 classes trained briefly on the real images, saved to `path`."""
+    keras.utils.set_random_seed(0)
+    model = builder(num_classes=3)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(splits["train"].images.astype(np.float32), splits["train"].labels, epochs=epochs, batch_size=32,
+              verbose=0)
+    model.save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def user_data(tmp_path_factory, cifar):
     """A user's image folder: 3 classes, 120 train and 30 test images each (real CIFAR-10)."""
@@ -39,12 +50,7 @@ def user_data(tmp_path_factory, cifar):
 @pytest.mark.parametrize("builder", [vgg_style, mobilenet_style], ids=["vgg_style", "mobilenet_style"])
 def test_convert_user_models(builder, user_data, tmp_path):
     folder, splits = user_data
-    keras.utils.set_random_seed(0)
-    model = builder(num_classes=3)
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(splits["train"].images.astype(np.float32), splits["train"].labels, epochs=2, batch_size=32, verbose=0)
-    path = str(tmp_path / "user.keras")
-    model.save(path)
+    path = _trained_user_model(builder, splits, epochs=2, path=str(tmp_path / "user.keras"))
     out = tmp_path / "out"
     proc = _run("pipelines.convert", [f"--model={path}", f"--data={folder}", f"--out_dir={out}", "--preset=smoke",
                                       "--val_size=30", "--batch_size=8", "--target_params_ratio=0.5"])
@@ -68,12 +74,7 @@ def test_convert_user_models(builder, user_data, tmp_path):
 
 def test_default_convert_keeps_validation_accuracy_within_the_floor(user_data, tmp_path):
     folder, splits = user_data
-    keras.utils.set_random_seed(0)
-    model = vgg_style(num_classes=3)
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(splits["train"].images.astype(np.float32), splits["train"].labels, epochs=3, batch_size=32, verbose=0)
-    path = str(tmp_path / "user.keras")
-    model.save(path)
+    path = _trained_user_model(vgg_style, splits, epochs=3, path=str(tmp_path / "user.keras"))
     out = tmp_path / "out"
     proc = _run("pipelines.convert", [f"--model={path}", f"--data={folder}", f"--out_dir={out}", "--val_size=60",
                                       "--batch_size=8", "--budget_minutes=4"])

@@ -101,13 +101,21 @@ def key_of(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached(path: str, key: str, compute: Callable[[], dict]) -> dict:
-    """`compute()` unless `path` holds a result made with the same `key`; written atomically."""
-    if os.path.exists(path):
+def cached_result(path: str, key: str) -> dict | None:
+    """The result saved at `path` if it was made with `key`, else None."""
+    try:
         with open(path) as f:
             saved = json.load(f)
-        if saved.get("key") == key:
-            return saved["result"]
+    except (OSError, ValueError):
+        return None
+    return saved.get("result") if isinstance(saved, dict) and saved.get("key") == key else None
+
+
+def cached(path: str, key: str, compute: Callable[[], dict]) -> dict:
+    """`compute()` unless `path` holds a result made with the same `key`; written atomically."""
+    saved = cached_result(path, key)
+    if saved is not None:
+        return saved
     result = compute()
     atomic.write_json(path, {"key": key, "result": result})
     return result

@@ -24,10 +24,11 @@ from edgekt import atomic, data, models
 from edgekt.data import pipeline
 from edgekt.device_learning.config import STUDENTS, DeviceLearningConfig, NeverSeenRun
 from edgekt.device_learning.device_model import data_free_pruned, data_free_pruned_architecture
-from edgekt.device_learning.device_runs import DeviceApp, cached, key_of
+from edgekt.device_learning.device_runs import DeviceApp, cached, cached_result, key_of
 from edgekt.errors import UserError
 from edgekt.export import TrainerOptions, export
 from edgekt.models import saving
+from edgekt.train.cloud import describe_difference
 from edgekt.train.optimizers import L2SGD, learning_rate_schedule
 from edgekt.transfer.distiller import Distiller, TransferConfig
 from tflite_runtime_app.metrics import classification_metrics
@@ -192,7 +193,7 @@ def read_state(folder: str, identity: dict) -> dict | None:
     if not isinstance(state, dict) or state.get("identity") != identity:
         aside = f"{folder}.superseded-{time.strftime('%Y%m%d-%H%M%S')}"
         logging.warning("%s: a state of other settings (%s); moved to %s, starting that run over", path,
-                        _difference(state.get("identity") if isinstance(state, dict) else None, identity), aside)
+                        describe_difference(state.get("identity") if isinstance(state, dict) else {}, identity), aside)
         os.replace(folder, aside)
         os.makedirs(folder)
         return None
@@ -200,13 +201,6 @@ def read_state(folder: str, identity: dict) -> dict | None:
         raise UserError(f"{path}: names {state.get('weights_file')!r}, which is missing; remove {folder} to start "
                         "that run over")
     return state
-
-
-def _difference(old, new: dict) -> str:
-    if not isinstance(old, dict):
-        return "no identity"
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                     if old.get(k) != new.get(k))
 
 
 def train_student(run: NeverSeenRun, teacher: keras.Model, images: np.ndarray, test: data.Split,
@@ -321,7 +315,7 @@ def run_all(teacher: keras.Model, splits: data.DataSplits, config: DeviceLearnin
         folder = os.path.join(out_dir, run.split.name, f"{run.student}_{run.loss}_{run.variant}")
         key = key_of(result_key, run.name)
         if shard is not None and i % shard[1] != shard[0]:
-            out.append(finished(os.path.join(folder, "result.json"), key))
+            out.append(cached_result(os.path.join(folder, "result.json"), key))
             continue
         os.makedirs(folder, exist_ok=True)
         identity = {"version": STATE_VERSION, "train": train_key, "run": run.name}
@@ -330,12 +324,3 @@ def run_all(teacher: keras.Model, splits: data.DataSplits, config: DeviceLearnin
                                           identity)))
     return out
 
-
-def finished(path: str, key: str) -> dict | None:
-    """The cached result at `path` if it was made with `key`, else None."""
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return saved.get("result") if isinstance(saved, dict) and saved.get("key") == key else None

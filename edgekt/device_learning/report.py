@@ -304,13 +304,7 @@ def write_never_seen_curve(out_dir: str, results: dict) -> None:
                 marker=".", color=f"C{i % 10}",
                 label=f"{'+'.join(rec['train_classes'])}: {rec['student']}, {rec['loss']}, {rec['variant']}")
     ax.axhline(78.92, color="grey", linestyle="--", linewidth=1, label="seed paper, 78.92%")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("never-seen recall, 10-way (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    _save(fig, os.path.join(out_dir, "never_seen_curve.png"))
-    plt.close(fig)
+    _finish_plot(plt, fig, ax, "epoch", "never-seen recall, 10-way (%)", 6, os.path.join(out_dir, "never_seen_curve.png"))
 
 
 def never_seen_markdown(results: dict) -> str:
@@ -324,6 +318,17 @@ def never_seen_markdown(results: dict) -> str:
                      f"| {lin.get('initial_weights', 'random')} |")
     lines += ["", "## Rules", "", *[f"- {k}: {v}" for k, v in results["rules"].items()], ""]
     return "\n".join(lines)
+
+
+def _finish_plot(plt, fig, ax, xlabel: str, ylabel: str, legend_size: int, path: str) -> None:
+    """Labels, grid and legend of a line plot, then written to `path` and closed."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
 
 
 def _save(fig, path: str) -> None:
@@ -401,10 +406,5 @@ def write(out_dir: str, results: dict) -> None:
                 ax.plot([offset + h["elapsed"] for h in hist], [h["val"] for h in hist], marker=".",
                         label=f"{name} {stage}")
                 offset += first[name]["stage_seconds"][stage]
-    ax.set_xlabel("on-device seconds (first split, first seed)")
-    ax.set_ylabel("validation score")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, os.path.join(out_dir, "validation_vs_time.png"))
-    plt.close(fig)
+    _finish_plot(plt, fig, ax, "on-device seconds (first split, first seed)", "validation score", 7,
+                 os.path.join(out_dir, "validation_vs_time.png"))

@@ -149,7 +149,7 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
     check_out_dir(out_dir, overwrite)
     state = None if overwrite else manager.read_state()
     if state is not None and state.get("identity") != identity:
-        diff = _describe_difference(state.get("identity", {}), identity)
+        diff = describe_difference(state.get("identity", {}), identity)
         raise UserError(f"{manager.state_path}: checkpoint was made with a different setup ({diff}); "
                          "use another --out_dir or --overwrite to start over")
     if (state is not None and state["epoch"] >= config.epochs and os.path.exists(metrics_path)
@@ -244,7 +244,8 @@ def device_pool_record(prepared: data.PreparedData, config: CloudTrainConfig) ->
             "seed": config.seed, "sha256": digest, "excluded_from_training": pool is not None}
 
 
-def _describe_difference(old: dict, new: dict) -> str:
+def describe_difference(old: dict, new: dict) -> str:
+    """`key: old -> new` for every field of two identities that differs (config fields one by one)."""
     diffs = []
     for key in sorted(set(old) | set(new)):
         if key == "config":
