@@ -70,7 +70,7 @@ def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, pre
         cfg = prune_config.preset(preset, **prune_overrides)
     prune_dir = os.path.join(out_dir, "prune")
     metrics = pruner.prune_and_finetune(model, splits, prune_dir, cfg, val_size=val_size, split_seed=seed,
-                                        preset_name=preset, teacher_path=model_path)
+                                        preset_name=preset, teacher_path=model_path, allow_unpruned=preset == AUTO)
     export_dir = os.path.join(out_dir, "export")
     exported = export_pipeline.export_model(os.path.join(prune_dir, "pruned.keras"), export_dir, data_source=splits,
                                             batch_size=batch_size)
@@ -88,8 +88,9 @@ def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, pre
 PRUNE_KEYS = ("params", "teacher_params", "params_removed_fraction", "flops", "teacher_flops", "flops_removed_fraction",
               "val_accuracy", "teacher_val_accuracy", "test_accuracy", "teacher_test_accuracy", "accuracy_floor",
               "file_bytes", "teacher_file_bytes", "latency_ms_batch1", "teacher_latency_ms_batch1", "target_met",
-              "stopped", "steps_discarded", "final_finetune_kept", "wall_seconds")
-EXPORT_KEYS = ("trainable_bytes", "inference_bytes", "trainable_test_accuracy", "inference_test_accuracy")
+              "stopped", "steps_discarded", "final_finetune_kept", "unpruned", "wall_seconds")
+EXPORT_KEYS = ("trainable_bytes", "inference_bytes", "trainable_test_accuracy", "inference_test_accuracy",
+               "trainable_keras_top1_agreement", "trainable_keras_max_logit_diff")
 
 
 def _acc(v) -> str:
@@ -116,6 +117,9 @@ def summary_line(model_path: str, summary: dict, cfg: prune_config.PruneConfig, 
                    + (f", within {cfg.budget_seconds / 60:g} min" if cfg.budget_seconds else ""))
         if p.get("stopped"):
             policy += f"; stopped by {p['stopped']}"
+        if p.get("unpruned"):
+            policy += ("; no pruned model kept the floor, so the device model is the original, unpruned (pass a "
+                       "larger --budget_minutes or --max_accuracy_drop to remove filters)")
     demo = (" The smoke preset is a quick demonstration (a fixed ratio on a short schedule), not a setting that keeps "
             "accuracy: pass --max_accuracy_drop=1 (with --preset=cpu for a longer schedule) to keep it."
             if preset == "smoke" and p.get("accuracy_floor") is None else "")

@@ -49,6 +49,31 @@ def mobilenet_style(num_classes: int = 10) -> keras.Model:
     return keras.Model(inp, out, name="mobilenet_style")
 
 
+def resnet_style(num_classes: int = 4, size: int = 64) -> keras.Model:
+    """Pre-activation-free residual blocks (conv-BN-ReLU-conv-BN + shortcut, a 1x1 projection
+    where the shape changes) on `size` x `size` inputs, with a Normalization layer first."""
+    inp = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Normalization(mean=[125.3, 123.0, 113.9], variance=[63.0 ** 2, 62.1 ** 2, 66.7 ** 2],
+                                   name="normalize")(inp)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="stem")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    for i, (filters, stride) in enumerate(((16, 1), (32, 2), (32, 1))):
+        y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"r{i}_conv1")(x)
+        y = keras.layers.BatchNormalization(name=f"r{i}_bn1")(y)
+        y = keras.layers.ReLU(name=f"r{i}_relu1")(y)
+        y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"r{i}_conv2")(y)
+        y = keras.layers.BatchNormalization(name=f"r{i}_bn2")(y)
+        shortcut = x
+        if stride != 1 or x.shape[-1] != filters:
+            shortcut = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"r{i}_proj")(x)
+            shortcut = keras.layers.BatchNormalization(name=f"r{i}_proj_bn")(shortcut)
+        x = keras.layers.ReLU(name=f"r{i}_out")(keras.layers.Add(name=f"r{i}_add")([shortcut, y]))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inp, out, name="resnet_style")
+
+
 def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
     """Gives every BN layer non-trivial parameters and statistics."""
     rng = np.random.default_rng(seed)

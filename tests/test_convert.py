@@ -15,7 +15,7 @@ import pytest
 from edgekt import compatibility, data
 
 from conftest import REPO_ROOT, write_tree
-from prune_models import mobilenet_style, vgg_style
+from prune_models import mobilenet_style, resnet_style, vgg_style
 
 
 def _run(module, args, timeout=900):
@@ -24,13 +24,13 @@ def _run(module, args, timeout=900):
                           text=True, timeout=timeout)
 
 
-def _trained_user_model(builder, splits, epochs: int, path: str) -> str:
-    """A user-style model for 3 classes trained briefly on the real images, saved to `path`."""
+def _trained_user_model(builder, splits, epochs: int, path: str, batch_size: int = 32) -> str:
+    """A user-style model for the data's classes trained briefly on the real images, saved to `path`."""
     keras.utils.set_random_seed(0)
-    model = builder(num_classes=3)
+    model = builder(num_classes=len(splits["train"].class_names))
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(splits["train"].images.astype(np.float32), splits["train"].labels, epochs=epochs, batch_size=32,
-              verbose=0)
+    model.fit(splits["train"].images.astype(np.float32), splits["train"].labels, epochs=epochs,
+              batch_size=batch_size, verbose=0)
     model.save(path)
     return path
 
@@ -45,6 +45,52 @@ def user_data(tmp_path_factory, cifar):
         splits[name] = data.Split(sub.images[idx], sub.labels[idx], sub.class_names)
     root = tmp_path_factory.mktemp("user")
     return write_tree(str(root), splits, ("cat", "dog", "truck"), per_class=120, wrapper="pets"), splits
+
+
+@pytest.fixture(scope="module")
+def user_data_64(tmp_path_factory, cifar):
+    """Another user's folder: 4 classes of 64x64 images (real CIFAR-10 images upscaled 2x), 100
+    train and 25 test images each."""
+    classes = ("bird", "cat", "ship", "truck")
+    splits = {}
+    for name, split, per in (("train", cifar["train"], 100), ("test", cifar["test"], 25)):
+        sub = data.select_classes(split, list(classes), relabel=True)
+        idx = np.concatenate([np.flatnonzero(sub.labels == c)[:per] for c in range(len(classes))])
+        images = np.repeat(np.repeat(sub.images[idx], 2, axis=1), 2, axis=2)
+        splits[name] = data.Split(images, sub.labels[idx], sub.class_names)
+    root = tmp_path_factory.mktemp("user64")
+    return write_tree(str(root), splits, classes, per_class=100, wrapper="photos"), splits
+
+
+@pytest.mark.parametrize("builder,dataset", [(mobilenet_style, "user_data"), (resnet_style, "user_data_64")],
+                         ids=["mobilenet_style_32px_3_classes", "resnet_style_64px_4_classes"])
+def test_default_convert_keeps_the_floor_input_size_and_classes(builder, dataset, request, tmp_path):
+    """The default policy on a depthwise model and on a residual model with 64x64 inputs and
+    4 classes: validation accuracy within the floor, the input size and classes kept, and the
+    exported trainable model agreeing with the Keras model image by image."""
+    folder, splits = request.getfixturevalue(dataset)
+    path = _trained_user_model(builder, splits, epochs=30, path=str(tmp_path / "user.keras"), batch_size=16)
+    out = tmp_path / "out"
+    proc = _run("pipelines.convert", [f"--model={path}", f"--data={folder}", f"--out_dir={out}", "--val_size=60",
+                                      "--batch_size=8", "--budget_minutes=3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    p, e = m["prune"], m["export"]
+    assert p["val_accuracy"] >= p["accuracy_floor"] - 1e-9
+    assert p["accuracy_floor"] == pytest.approx(p["teacher_val_accuracy"] - 0.01)
+    assert p["teacher_val_accuracy"] > 1 / len(splits["train"].class_names) + 0.1  # a model that learned something
+    # Either filters were removed within the floor, or none could be and the original is kept, and says so.
+    assert (p["params"] < p["teacher_params"]) != p["unpruned"]
+    assert ("the device model is the original, unpruned" in m["summary"]) == p["unpruned"]
+    size = splits["train"].images.shape[1]
+    meta = json.loads((out / "export" / "model_meta.json").read_text())
+    assert meta["input"]["shape"][-3:] == [size, size, 3]
+    assert meta["class_names"] == list(splits["train"].class_names) and meta["num_classes"] == len(meta["class_names"])
+    pruned = keras.models.load_model(out / "prune" / "pruned.keras")
+    assert tuple(pruned.input_shape[1:]) == (size, size, 3) and pruned.output_shape[-1] == len(meta["class_names"])
+    assert e["trainable_keras_top1_agreement"] >= 0.99 and e["trainable_keras_max_logit_diff"] < 1e-3
+    assert e["trainable_test_accuracy"] == pytest.approx(p["test_accuracy"], abs=1.5 / len(splits["test"].labels))
+    assert m["summary"] in proc.stdout
 
 
 @pytest.mark.parametrize("builder", [vgg_style, mobilenet_style], ids=["vgg_style", "mobilenet_style"])

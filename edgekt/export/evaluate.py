@@ -12,10 +12,14 @@ from edgekt.evaluation import classification_metrics
 def trainable_model_metrics(model_path: str, images: np.ndarray, labels: np.ndarray, class_names=None,
                             num_threads: int = 1) -> dict:
     """Top-1 etc. of the trainable model's `infer` signature (the device app's runner)."""
+    return classification_metrics(trainable_model_logits(model_path, images, num_threads), labels, class_names)
+
+
+def trainable_model_logits(model_path: str, images: np.ndarray, num_threads: int = 1) -> np.ndarray:
+    """Logits of the trainable model's `infer` signature (the device app's runner)."""
     from tflite_runtime_app.runner import DeviceModel
 
-    model = DeviceModel(model_path, num_threads=num_threads)
-    return classification_metrics(model.logits(images), labels, class_names)
+    return DeviceModel(model_path, num_threads=num_threads).logits(images)
 
 
 def inference_model_metrics(model_path: str, images: np.ndarray, labels: np.ndarray, class_names=None,

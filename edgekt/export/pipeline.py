@@ -179,9 +179,14 @@ def _export_into(model, model_path: str, folder: str, splits, class_names, optio
     metrics.update(device_step_times(trainable_path))
     if splits is not None and "test" in splits and not new_class_names:
         test = splits["test"]
-        metrics["keras_test_accuracy"] = evaluation.evaluate(model, test.images, test.labels)["accuracy"]
-        metrics["trainable_test_accuracy"] = export_eval.trainable_model_metrics(trainable_path, test.images,
-                                                                                 test.labels)["accuracy"]
+        keras_logits = evaluation.predict_logits(model, test.images)
+        trainable_logits = export_eval.trainable_model_logits(trainable_path, test.images)
+        metrics["keras_test_accuracy"] = float(np.mean(np.argmax(keras_logits, axis=1) == test.labels))
+        metrics["trainable_test_accuracy"] = float(np.mean(np.argmax(trainable_logits, axis=1) == test.labels))
+        # The exported model against the Keras model it came from, image by image.
+        metrics["trainable_keras_top1_agreement"] = float(np.mean(np.argmax(keras_logits, axis=1)
+                                                                  == np.argmax(trainable_logits, axis=1)))
+        metrics["trainable_keras_max_logit_diff"] = float(np.max(np.abs(keras_logits - trainable_logits)))
         metrics["inference_test_accuracy"] = export_eval.inference_model_metrics(inference_path, test.images,
                                                                                  test.labels)["accuracy"]
         metrics["test_images"] = int(len(test.labels))

@@ -62,7 +62,7 @@ def _summary(model: keras.Model, prepared: data.PreparedData, batch: int) -> dic
 def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, config: PruneConfig, *,
                        val_size: int = 5000, split_seed: int = 0, device_pool_size: int = 0,
                        preset_name: str | None = None, teacher_path: str | None = None,
-                       verbose: int | str = 0) -> dict:
+                       verbose: int | str = 0, allow_unpruned: bool = False) -> dict:
     """Prunes `teacher` by the policy of `config` and writes the results to `out_dir`.
 
     Args:
@@ -72,6 +72,9 @@ def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_
       out_dir: output folder (`pruned.keras`, `metrics.json`, `prune_log.json`/`.csv`,
         `prune_plot.png`, `steps/`).
       config: the pruning configuration.
+      allow_unpruned: when no pruned model satisfies the policy (every step broke the floor, or
+        the time budget stopped it first), write the teacher itself (`"unpruned": True`)
+        instead of raising.
       val_size, split_seed: the validation hold-out.
       device_pool_size: images held out for on-device experiments (the cloud stage's); never read.
       preset_name, teacher_path: recorded in the metrics.
@@ -95,12 +98,12 @@ def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_
     if device_pool_size:
         holdout["device_pool_size"] = device_pool_size
     return prune_prepared(teacher, prepared, out_dir, config, holdout=holdout, preset_name=preset_name,
-                          teacher_path=teacher_path, verbose=verbose)
+                          teacher_path=teacher_path, verbose=verbose, allow_unpruned=allow_unpruned)
 
 
 def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: str, config: PruneConfig, *,
                    holdout: dict, preset_name: str | None = None, teacher_path: str | None = None,
-                   verbose: int | str = 0) -> dict:
+                   verbose: int | str = 0, allow_unpruned: bool = False) -> dict:
     """Prunes `teacher` on already prepared data: fine-tunes on `prepared.train`, chooses on
     `prepared.val`; `prepared.test` (may be None) is only measured at the end. Nothing else
     is read, which is what lets a caller restrict the images a pruned model ever sees.
@@ -110,6 +113,7 @@ def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: s
       prepared: the data.
       out_dir, config, preset_name, teacher_path, verbose: as `prune_and_finetune`.
       holdout: what identifies the data beside its source (recorded; a resumed run must match).
+      allow_unpruned: as `prune_and_finetune`.
 
     Returns:
       The metrics written to `metrics.json`.
@@ -118,11 +122,17 @@ def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: s
     run = _setup(teacher, prepared, config)
     state, policy = _trajectory(run, prepared, out_dir, config, holdout, verbose)
     chosen = _choose(state["log"])
-    if chosen["step"] == 0:
-        raise UserError(f"pruning policy: no pruned model satisfies it ({policy.stopped or 'no step was taken'}); allow "
-                        "a larger --max_accuracy_drop or lower the floors")
+    if chosen["step"] == 0 and not allow_unpruned:
+        advice = ("pass a larger --budget_minutes" if "time budget" in (policy.stopped or "")
+                  else "allow a larger --max_accuracy_drop or lower the floors")
+        raise UserError(f"pruning policy: no pruned model satisfies it ({policy.stopped or 'no step was taken'}); "
+                        f"{advice}")
     metrics = _finish(run, prepared, out_dir, out_dir, chosen, config, verbose, teacher_path, preset_name)
     metrics["stopped"] = policy.stopped or "targets met"
+    metrics["unpruned"] = chosen["step"] == 0
+    if metrics["unpruned"]:
+        logging.warning("pruning: no pruned model satisfies the policy (%s); writing the original model unpruned",
+                        policy.stopped or "no step was taken")
     metrics["steps_discarded"] = sum(1 for e in state["log"][1:] if not e.get("accepted", True))
     metrics["ways"] = [e.get("way") for e in state["log"][1:] if e.get("accepted", True)]
     metrics["wall_seconds"] = time.perf_counter() - start_time
@@ -327,9 +337,10 @@ def _finish(run: _Run, prepared: data.PreparedData, run_dir: str, out_dir: str, 
             final_state = json.load(f)
         final_seconds, kept = final_state.get("seconds"), final_state.get("final_finetune_kept", True)
     else:
-        step_model = saving.load_model(_step_path(run_dir, chosen["step"]))
+        # Step 0 is the teacher itself (nothing pruned): it is written as it is, not fine-tuned.
+        step_model = run.teacher if chosen["step"] == 0 else saving.load_model(_step_path(run_dir, chosen["step"]))
         final, kept = step_model, False
-        if config.final_epochs:
+        if config.final_epochs and chosen["step"] > 0:
             final, _ = fit_student(step_model, prepared.train, teacher=run.teacher, transfer=run.transfer,
                                    config=_finetune(config, config.final_epochs, config.final_learning_rate,
                                                     config.seed * 1000 + 999), verbose=verbose)
