@@ -18,6 +18,8 @@ from edgekt.prune import pruner
 
 
 AUTO = "auto"
+# A split of these names in the data is the validation set (else --val_size images of train/).
+VAL_SPLITS = ("val", "validation")
 DEFAULT_FLOOR_POINTS = 1.0
 
 
@@ -47,6 +49,9 @@ def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, pre
     `budget_minutes` (see `auto_config`); a preset ("smoke", "cpu", "paper") prunes to the
     preset's ratio on its schedule instead.
 
+    Validation (where the floor is measured and models are chosen) is the data's val/ (or
+    validation/) folder when it has one, else `val_size` images held out of train/.
+
     The model must take raw pixels (0-255) and output logits (or softmax probabilities from
     its last layer). Writes OUT/prune/pruned.keras and OUT/export/{model_trainable.tflite,
     model_int8.tflite, model_meta.json, metrics.json}, plus OUT/convert.json.
@@ -63,21 +68,38 @@ def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, pre
         raise UserError(f"{model_path}: has {model.output_shape[-1]} outputs but the data has "
                         f"{len(splits.class_names)} classes {list(splits.class_names)}; pass data with one class "
                         "folder per model output")
+    val_name = next((n for n in VAL_SPLITS if n in splits), None)
+    if "train" in splits:
+        held = 0 if val_name else min(val_size, len(splits["train"].labels))
+        train_images = len(splits["train"].labels) - held
+    else:
+        train_images = 0  # refused by the pruner with its own message
     if preset == AUTO:
-        train_images = len(splits["train"].labels) - min(val_size, len(splits["train"].labels))
         cfg = auto_config(train_images, budget_minutes, **prune_overrides)
     else:
         cfg = prune_config.preset(preset, **prune_overrides)
     prune_dir = os.path.join(out_dir, "prune")
-    metrics = pruner.prune_and_finetune(model, splits, prune_dir, cfg, val_size=val_size, split_seed=seed,
+    if val_name:
+        # The data's own validation folder (images the user's model did not train on) sets the floor.
+        if len(splits["train"].labels) < cfg.batch_size:
+            raise UserError(f"{splits.source}: the train split has {len(splits['train'].labels)} images, fewer than "
+                            f"one batch of {cfg.batch_size}; add training images")
+        prepared = data.PreparedData(splits["train"], splits[val_name], splits.get("test"), splits.class_names,
+                                     splits.source)
+        metrics = pruner.prune_prepared(model, prepared, prune_dir, cfg, holdout={"val_split": val_name},
                                         preset_name=preset, teacher_path=model_path, allow_unpruned=preset == AUTO)
+        validation = f"the data's {val_name}/ folder ({len(splits[val_name].labels)} images)"
+    else:
+        metrics = pruner.prune_and_finetune(model, splits, prune_dir, cfg, val_size=val_size, split_seed=seed,
+                                            preset_name=preset, teacher_path=model_path, allow_unpruned=preset == AUTO)
+        validation = f"{min(val_size, len(splits['train'].labels))} images held out of train/"
     export_dir = os.path.join(out_dir, "export")
     exported = export_pipeline.export_model(os.path.join(prune_dir, "pruned.keras"), export_dir, data_source=splits,
                                             batch_size=batch_size)
     summary = {"model": model_path,
                "prune": {k: metrics.get(k) for k in PRUNE_KEYS},
                "export": {k: exported.get(k) for k in EXPORT_KEYS},
-               "preset": preset, "config": dataclasses.asdict(cfg)}
+               "preset": preset, "validation": validation, "config": dataclasses.asdict(cfg)}
     summary["summary"] = summary_line(model_path, summary, cfg, preset)
     atomic.write_json(os.path.join(out_dir, "convert.json"), summary)
     atomic.write_json(os.path.join(out_dir, "metrics.json"), summary)
@@ -105,7 +127,8 @@ def summary_line(model_path: str, summary: dict, cfg: prune_config.PruneConfig, 
     """One line: original vs converted accuracy (validation; test where the data has a test
     split), parameters, FLOPs, file sizes, latency, the floor used, and what the policy was."""
     p, e = summary["prune"], summary["export"]
-    floor = (f"floor {_acc(p['accuracy_floor'])} ({cfg.max_accuracy_drop:g} points below the original on validation)"
+    floor = (f"floor {_acc(p['accuracy_floor'])} ({cfg.max_accuracy_drop:g} points below the original on validation: "
+             f"{summary.get('validation', 'held out of train/')})"
              if p.get("accuracy_floor") is not None else "no accuracy floor")
     policy = ", ".join(x for x in (
         f"keep {cfg.target_params_ratio:g} of the parameters" if cfg.target_params_ratio is not None else "",

@@ -31,7 +31,8 @@ flags.DEFINE_float("max_accuracy_drop", None, "Accuracy floor in points below th
                    "(auto: 1).")
 _BUDGET = flags.DEFINE_float("budget_minutes", 30.0, "auto: no pruning step starts that would overrun this many "
                              "minutes with the final fine-tuning.")
-_VAL_SIZE = flags.DEFINE_integer("val_size", 1000, "Validation images held out of train.")
+_VAL_SIZE = flags.DEFINE_integer("val_size", 1000, "Validation images held out of train/ (unused when the data has "
+                                 "a val/ folder, which is then the validation set).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Fixed batch size on the device.")
 _CHECK_ONLY = flags.DEFINE_bool("check_only", False, "Only list what in the model is unsupported.")
 _RESIZE = flag_utils.define_resize()

@@ -50,12 +50,13 @@ def user_data(tmp_path_factory, cifar):
 @pytest.fixture(scope="module")
 def user_data_64(tmp_path_factory, cifar):
     """Another user's folder: 4 classes of 64x64 images (real CIFAR-10 images upscaled 2x), 100
-    train and 25 test images each."""
+    train, 15 val (its own validation folder, not trained on) and 25 test images each."""
     classes = ("bird", "cat", "ship", "truck")
     splits = {}
-    for name, split, per in (("train", cifar["train"], 100), ("test", cifar["test"], 25)):
+    for name, split, skip, per in (("train", cifar["train"], 0, 100), ("val", cifar["train"], 100, 15),
+                                   ("test", cifar["test"], 0, 25)):
         sub = data.select_classes(split, list(classes), relabel=True)
-        idx = np.concatenate([np.flatnonzero(sub.labels == c)[:per] for c in range(len(classes))])
+        idx = np.concatenate([np.flatnonzero(sub.labels == c)[skip:skip + per] for c in range(len(classes))])
         images = np.repeat(np.repeat(sub.images[idx], 2, axis=1), 2, axis=2)
         splits[name] = data.Split(images, sub.labels[idx], sub.class_names)
     root = tmp_path_factory.mktemp("user64")
@@ -91,6 +92,10 @@ def test_default_convert_keeps_the_floor_input_size_and_classes(builder, dataset
     assert e["trainable_keras_top1_agreement"] >= 0.99 and e["trainable_keras_max_logit_diff"] < 1e-3
     assert e["trainable_test_accuracy"] == pytest.approx(p["test_accuracy"], abs=1.5 / len(splits["test"].labels))
     assert m["summary"] in proc.stdout
+    if "val" in splits:  # the data's own validation folder sets the floor
+        assert m["validation"] == "the data's val/ folder (60 images)" and "val/ folder" in m["summary"]
+    else:
+        assert m["validation"] == "60 images held out of train/"
 
 
 @pytest.mark.parametrize("builder", [vgg_style, mobilenet_style], ids=["vgg_style", "mobilenet_style"])
