@@ -21,12 +21,15 @@ AUTO = "auto"
 # A split of these names in the data is the validation set (else --val_size images of train/).
 VAL_SPLITS = ("val", "validation")
 DEFAULT_FLOOR_POINTS = 1.0
+# Fine-tuning rates tried on the unpruned model before pruning (the largest that keeps it is used).
+LEARNING_RATE_CHOICES = (0.05, 0.01, 0.002)
 
 
 def auto_config(train_images: int, budget_minutes: float | None = 30.0, **overrides) -> prune_config.PruneConfig:
     """The default conversion policy: remove as much as the accuracy floor allows (at most
     `DEFAULT_FLOOR_POINTS` below the original model on validation; a step that breaks it is
-    discarded and the next one removes half as much), distilling from the original model, with
+    discarded and the next one removes half as much), distilling from the original model at the
+    largest of `LEARNING_RATE_CHOICES` that does not lower the original's validation accuracy, with
     fine-tuning sized to the data (about 10,000 images per step and 60,000 for the final
     fine-tuning, in whole epochs) and at most `budget_minutes`. `overrides` replace fields
     (a --target_params_ratio or --target_flops_ratio adds a target; the floor stays)."""
@@ -35,6 +38,7 @@ def auto_config(train_images: int, budget_minutes: float | None = 30.0, **overri
                   max_steps=8, step_epochs=min(8, max(1, math.ceil(10_000 / n))),
                   final_epochs=min(40, max(3, math.ceil(60_000 / n))), candidates=("l1/global", "attention/cost:0.5"),
                   probe_images=min(4096, n), calibration_size=min(1024, n), batch_size=64, transfer="kd_at",
+                  learning_rate_choices=LEARNING_RATE_CHOICES,
                   budget_seconds=None if budget_minutes is None else 60.0 * budget_minutes)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return prune_config.PruneConfig(**fields)
@@ -110,7 +114,8 @@ def convert(model_path: str, source: str | data.DataSplits, out_dir: str, *, pre
 PRUNE_KEYS = ("params", "teacher_params", "params_removed_fraction", "flops", "teacher_flops", "flops_removed_fraction",
               "val_accuracy", "teacher_val_accuracy", "test_accuracy", "teacher_test_accuracy", "accuracy_floor",
               "file_bytes", "teacher_file_bytes", "latency_ms_batch1", "teacher_latency_ms_batch1", "target_met",
-              "stopped", "steps_discarded", "final_finetune_kept", "unpruned", "wall_seconds")
+              "stopped", "steps_discarded", "final_finetune_kept", "unpruned", "learning_rate",
+              "learning_rate_calibration", "wall_seconds")
 EXPORT_KEYS = ("trainable_bytes", "inference_bytes", "trainable_test_accuracy", "inference_test_accuracy",
                "trainable_keras_top1_agreement", "trainable_keras_max_logit_diff")
 
@@ -135,8 +140,12 @@ def summary_line(model_path: str, summary: dict, cfg: prune_config.PruneConfig, 
         f"keep {cfg.target_flops_ratio:g} of the FLOPs" if cfg.target_flops_ratio is not None else "",
         floor) if x)
     if preset == AUTO:
+        rate = p.get("learning_rate")
         policy += (f"; fine-tuning {cfg.step_epochs} epoch(s) per step and {cfg.final_epochs} at the end (sized to "
                    "the data), distilled from the original"
+                   + (f" at learning rate {rate:g} (chosen on validation among "
+                      f"{', '.join(f'{r:g}' for r in cfg.learning_rate_choices)})"
+                      if rate is not None and cfg.learning_rate_choices else "")
                    + (f", within {cfg.budget_seconds / 60:g} min" if cfg.budget_seconds else ""))
         if p.get("stopped"):
             policy += f"; stopped by {p['stopped']}"

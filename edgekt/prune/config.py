@@ -46,6 +46,12 @@ class PruneConfig:
     of the budget for it and the final fine-tuning (estimated from the steps' times).
     Fine-tuning uses `transfer` from the unpruned teacher ("kd_at": KD on logits +
     attention transfer, "kd", "at", or "none": labels only).
+
+    Learning rate: with `learning_rate_choices`, before the first step the unpruned teacher is
+    fine-tuned for `probe_images` images at each rate, and the largest rate that keeps its
+    validation top-1 within `max_accuracy_drop` (1 point without a floor) of the teacher's is
+    used for every step and the final fine-tuning (the best one if none does); a model trained
+    with another optimiser (Adam, a small rate) can be destroyed by the presets' 0.05.
     """
 
     target_params_ratio: Optional[float] = 0.05
@@ -73,6 +79,7 @@ class PruneConfig:
     batch_size: int = 128
     learning_rate: float = 0.05
     final_learning_rate: float = 0.05
+    learning_rate_choices: tuple = ()
     weight_decay: float = 5e-4
     transfer: str = "kd_at"
     kd_temperature: float = 4.0
@@ -114,6 +121,8 @@ class PruneConfig:
             (self.final_epochs >= 0, "final_epochs", ">= 0"),
             (self.batch_size >= 1, "batch_size", ">= 1"),
             (self.learning_rate > 0 and self.final_learning_rate > 0, "learning_rate", "> 0"),
+            (all(isinstance(r, (int, float)) and r > 0 for r in self.learning_rate_choices), "learning_rate_choices",
+             "rates > 0"),
             (self.transfer in TRANSFERS, "transfer", f"one of {TRANSFERS}"),
             (self.kd_temperature > 0, "kd_temperature", "> 0"),
             (self.train_size is None or self.train_size >= self.batch_size, "train_size",

@@ -120,6 +120,7 @@ def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: s
     """
     start_time = time.perf_counter()
     run = _setup(teacher, prepared, config)
+    config, calibration = _calibrate_learning_rate(run, prepared, out_dir, config, verbose)
     state, policy = _trajectory(run, prepared, out_dir, config, holdout, verbose)
     chosen = _choose(state["log"])
     if chosen["step"] == 0 and not allow_unpruned:
@@ -135,6 +136,9 @@ def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: s
                         policy.stopped or "no step was taken")
     metrics["steps_discarded"] = sum(1 for e in state["log"][1:] if not e.get("accepted", True))
     metrics["ways"] = [e.get("way") for e in state["log"][1:] if e.get("accepted", True)]
+    metrics["learning_rate"] = config.learning_rate
+    if calibration is not None:
+        metrics["learning_rate_calibration"] = calibration
     metrics["wall_seconds"] = time.perf_counter() - start_time
     atomic.write_json(os.path.join(out_dir, METRICS_FILE), metrics)
     write_plot(out_dir, state["log"], method_label(config), final_point=(metrics["params"], metrics["val_accuracy"]))
@@ -156,6 +160,7 @@ def prune_milestones(teacher: keras.Model, prepared: data.PreparedData, out_dir:
     did not reach (policy stopped) is missing.
     """
     run = _setup(teacher, prepared, config)
+    config, _ = _calibrate_learning_rate(run, prepared, out_dir, config, verbose)
     state, _ = _trajectory(run, prepared, out_dir, config, holdout, verbose)
     ratios = sorted({*config.milestones, *([config.target_params_ratio] if config.target_params_ratio else [])},
                     reverse=True)
@@ -209,6 +214,51 @@ def _setup(teacher: keras.Model, prepared: data.PreparedData, config: PruneConfi
     if config.max_accuracy_drop is not None:
         floor = base["val_accuracy"] - config.max_accuracy_drop / 100.0
     return _Run(teacher32, base, batch, transfer_config(config), floor, saving.fingerprint(teacher32))
+
+
+LEARNING_RATE_FILE = "learning_rate.json"
+
+
+def _calibrate_learning_rate(run: _Run, prepared: data.PreparedData, out_dir: str, config: PruneConfig,
+                             verbose) -> tuple[PruneConfig, dict | None]:
+    """With `config.learning_rate_choices`: the config with the chosen rate for the steps and
+    the final fine-tuning, and the calibration's record (kept in `out_dir`, reused on resume);
+    else `config` unchanged and None."""
+    if not config.learning_rate_choices:
+        return config, None
+    path = os.path.join(out_dir, LEARNING_RATE_FILE)
+    identity = {"teacher": run.fingerprint, "data": prepared.source, "choices": list(config.learning_rate_choices),
+                "probe_images": config.probe_images, "batch_size": config.batch_size, "seed": config.seed,
+                "transfer": config.transfer, "val_images": int(len(prepared.val.labels))}
+    record = None
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("identity") == identity:
+            record = saved
+    if record is None:
+        probe_set = data.stratified_subset(prepared.train, min(config.probe_images, len(prepared.train.labels)),
+                                           seed=config.seed * 1000)
+        drop = (config.max_accuracy_drop if config.max_accuracy_drop is not None else 1.0) / 100.0
+        val = {}
+        for rate in sorted(config.learning_rate_choices, reverse=True):
+            model, _ = fit_student(saving.float32_copy(run.teacher), probe_set, teacher=run.teacher,
+                                   transfer=run.transfer, config=_finetune(config, 1, rate, config.seed * 1000),
+                                   verbose=verbose)
+            val[str(rate)] = evaluation.evaluate(model, prepared.val.images, prepared.val.labels, prepared.class_names,
+                                                 run.batch)["accuracy"]
+        keeps = [float(r) for r, v in val.items() if v >= run.base["val_accuracy"] - drop - 1e-12]
+        chosen = max(keeps) if keeps else float(max(val, key=lambda r: (val[r], -float(r))))
+        record = {"identity": identity, "teacher_val_accuracy": run.base["val_accuracy"], "val_accuracy": val,
+                  "chosen": chosen, "kept_the_teacher": bool(keeps)}
+        os.makedirs(out_dir, exist_ok=True)
+        atomic.write_json(path, record)
+    logging.info("learning rate: the teacher fine-tuned on %d images scores %s on validation (its own %.4f); using %g",
+                 min(config.probe_images, len(prepared.train.labels)),
+                 ", ".join(f"{v:.4f} at {r}" for r, v in record["val_accuracy"].items()),
+                 run.base["val_accuracy"], record["chosen"])
+    chosen = record["chosen"]
+    return dataclasses.replace(config, learning_rate=chosen, final_learning_rate=chosen), record
 
 
 def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: PruneConfig, holdout: dict,
