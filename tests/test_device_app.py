@@ -215,14 +215,55 @@ def test_learn_unseen_from_cloud_soft_labels_file_and_server(device_model, tmp_p
     assert server.server_address[0] == "127.0.0.1"
 
 
-def test_app_runs_under_tflite_runtime_214(device_model):
+def _tflite_runtime_python():
     python = os.environ.get("EDGEKT_TFLITE_RUNTIME_PYTHON",
                             os.path.join(REPO_ROOT, ".venv-tflite-runtime", "bin", "python"))
     if not os.path.exists(python):
         pytest.skip(f"no tflite-runtime venv at {python} (.ci/run creates it)")
+    return python
+
+
+def test_app_runs_under_tflite_runtime_214(device_model):
     model_path, _ = device_model
-    result = last_json(app("info", f"--model={model_path}", "--quiet", python=python))
-    assert result["runtime"] == "tflite_runtime"
+    python = _tflite_runtime_python()
+    for runtime in ("auto", "tflite_runtime"):
+        result = last_json(app("info", f"--model={model_path}", "--quiet", f"--runtime={runtime}", python=python))
+        assert result["runtime"] == "tflite_runtime" and result["runtime_version"].startswith("2.14")
+        # tflite-runtime 2.14 applies XNNPACK at allocation: the app must have allocated.
+        assert result["kernels"]["subgraph"] == "distill" and result["kernels"]["delegated"] > 0
+    proc = app("info", f"--model={model_path}", "--runtime=ai_edge_litert", python=python)
+    assert proc.returncode == 2 and proc.stdout == ""
+    line, = [l for l in proc.stderr.splitlines() if not l.startswith("IMPORTED:")]
+    assert line.startswith("error: --runtime=ai_edge_litert: the ai-edge-litert package is not installed")
+
+
+def test_runtime_flag_picks_the_interpreter_and_info_reports_its_kernels(device_model, new_data, tmp_path):
+    model_path, _ = device_model
+    info = last_json(app("info", f"--model={model_path}", "--quiet"))
+    assert info["runtime"] == "ai_edge_litert" and info["runtime_version"] and info["threads"] == 1
+    kernels = info["kernels"]
+    assert kernels["subgraph"] == "distill" and 0 < kernels["delegated"] < kernels["ops"]
+    assert kernels["partitions"] >= 1 and kernels["builtin"] and "DELEGATE" not in kernels["builtin"]
+    explicit = last_json(app("info", f"--model={model_path}", "--quiet", "--runtime=ai_edge_litert"))
+    assert explicit["kernels"] == kernels
+    text = app("info", f"--model={model_path}")
+    assert text.returncode == 0 and "ai_edge_litert " + info["runtime_version"] in text.stdout
+    assert f"XNNPACK runs {kernels['delegated']} of {kernels['ops']} ops" in text.stdout
+    # Every command's result names the interpreter that produced it.
+    ev = last_json(app("evaluate", f"--model={model_path}", f"--data={new_data}", "--quiet",
+                       "--runtime=ai_edge_litert"))
+    assert ev["runtime"] == "ai_edge_litert" and ev["runtime_version"] == info["runtime_version"]
+    # A runtime that is not installed, or not known, is one line and exit code 2; nothing is written.
+    checkpoint = tmp_path / "ck.npz"
+    for flag, message in (("--runtime=tflite_runtime", "error: --runtime=tflite_runtime: the tflite-runtime "
+                                                       "package is not installed in this Python; install it"),
+                          ("--runtime=tensorflow", "error: --runtime=tensorflow: not one of auto, ai_edge_litert, tflite_runtime")):
+        proc = app("learn", f"--model={model_path}", f"--data={new_data}", f"--checkpoint={checkpoint}", flag)
+        if flag == "--runtime=tflite_runtime" and not proc.returncode:
+            pytest.skip("tflite_runtime is installed in this Python")
+        lines = [l for l in proc.stderr.splitlines() if not l.startswith("IMPORTED:")]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), proc.stderr
+        assert not checkpoint.exists()
 
 
 def test_evaluate_groups_and_learn_unseen_with_labelled_validation(device_model, new_data, tmp_path, cifar):

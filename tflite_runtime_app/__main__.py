@@ -24,7 +24,8 @@ from tflite_runtime_app import data as app_data
 from tflite_runtime_app import heads, image_folder, metrics
 from tflite_runtime_app.errors import EXIT_INTERRUPTED, INTERRUPTED, UserError, fail, from_os_error, printable
 from tflite_runtime_app.image_folder import DataError
-from tflite_runtime_app.runner import DeviceModel, ModelError, runtime_name
+from tflite_runtime_app.kernels import delegation
+from tflite_runtime_app.runner import RUNTIMES, DeviceModel, ModelError, runtime_version
 from tflite_runtime_app.train import AUGMENTATIONS, LEARNING_RATE_RANGE, LearnConfig, Progress, Task, learn
 
 COMMANDS = ("learn", "learn-unseen", "evaluate", "predict", "info")
@@ -34,7 +35,7 @@ _DEFAULT_REPLAY_RATIO = 0.25
 
 
 def _model(args) -> DeviceModel:
-    model = DeviceModel(args.model, meta_path=args.meta, num_threads=args.threads)
+    model = DeviceModel(args.model, meta_path=args.meta, num_threads=args.threads, runtime=args.runtime)
     if getattr(args, "checkpoint", None) and args.command in ("evaluate", "predict"):
         weights, _, _ = ckpt.load(args.checkpoint, model.weight_shapes,
                                   advice="pass a checkpoint written by learn for this model to --checkpoint")
@@ -151,7 +152,8 @@ def cmd_learn(args) -> dict:
                 val_groups=_val_groups(args, model))
     result = _learn(model, task, args)
     return {"command": "learn", "train_images": int(len(train_x)), "val_images": int(len(val_x)),
-            "threads": args.threads, "runtime": model.runtime, "checkpoint": args.checkpoint, **result}
+            "threads": args.threads, "runtime": model.runtime, "runtime_version": runtime_version(model.runtime),
+            "checkpoint": args.checkpoint, **result}
 
 
 def cmd_learn_unseen(args) -> dict:
@@ -175,6 +177,7 @@ def cmd_learn_unseen(args) -> dict:
     result = _learn(model, task, args)
     return {"command": "learn-unseen", "train_images": int(len(train_x)), "val_images": int(len(val_x)),
             "temperature": temperature, "threads": args.threads, "runtime": model.runtime,
+            "runtime_version": runtime_version(model.runtime),
             "checkpoint": args.checkpoint, **result}
 
 
@@ -194,7 +197,8 @@ def cmd_evaluate(args) -> dict:
     start = time.perf_counter()
     result = evaluate(model, images, labels, groups)
     result["seconds"] = time.perf_counter() - start
-    return {"command": "evaluate", **result}
+    return {"command": "evaluate", "runtime": model.runtime, "runtime_version": runtime_version(model.runtime),
+            **result}
 
 
 def _default_groups(model: DeviceModel) -> dict | None:
@@ -258,7 +262,8 @@ def cmd_predict(args) -> dict:
         rows.append({"image": name, "top": [{"class": model.class_names[i], "probability": float(p[i])} for i in top]})
         if not args.quiet:
             print(printable(f"{name}: " + ", ".join(f"{model.class_names[i]} {p[i]:.3f}" for i in top)))
-    return {"command": "predict", "n_images": len(rows), "predictions": rows}
+    return {"command": "predict", "runtime": model.runtime, "runtime_version": runtime_version(model.runtime),
+            "n_images": len(rows), "predictions": rows}
 
 
 def cmd_info(args) -> dict:
@@ -268,8 +273,10 @@ def cmd_info(args) -> dict:
     inference = os.path.join(os.path.dirname(os.path.abspath(args.model)), meta.get("inference_model", ""))
     if meta.get("inference_model") and os.path.exists(inference):
         sizes[meta["inference_model"]] = os.path.getsize(inference)
+    version = runtime_version(model.runtime)
+    kernels = delegation(model.interpreter)
     if not args.quiet:
-        print(f"model: {args.model} ({runtime_name()}, {args.threads} thread(s))")
+        print(f"model: {args.model} ({model.runtime} {version or '(version unknown)'}, {args.threads} thread(s))")
         print(f"classes ({model.num_classes}): {', '.join(model.class_names)}")
         print(f"batch size: {model.batch_size}, input: {model.input_shape} raw RGB 0-255")
         for name, inputs in sorted(model.signature_inputs.items()):
@@ -277,10 +284,23 @@ def cmd_info(args) -> dict:
             print(f"  {name}({ins if len(ins) < 120 else str(len(inputs)) + ' tensors'})")
         for name, size in sizes.items():
             print(f"  {name}: {size / 1024:.1f} KiB")
-    return {"command": "info", "runtime": runtime_name(), "classes": model.class_names, "batch_size": model.batch_size,
+        print(_kernel_text(kernels))
+    return {"command": "info", "runtime": model.runtime, "runtime_version": version, "threads": args.threads,
+            "kernels": kernels, "classes": model.class_names, "batch_size": model.batch_size,
             "input_shape": list(model.input_shape), "signatures": sorted(model.signature_inputs),
             "trainable_weights": len(meta.get("trainable_weights", [])), "sizes_bytes": sizes,
             "options": meta.get("options", {})}
+
+
+def _kernel_text(kernels: dict | None) -> str:
+    if kernels is None:
+        return "kernels: this runtime does not list its nodes"
+    where = f"the {kernels['subgraph']} step" if kernels["subgraph"] else "the first subgraph"
+    builtin = ", ".join(f"{op} {n}" for op, n in sorted(kernels["builtin"].items(), key=lambda kv: -kv[1]))
+    if not kernels["partitions"]:
+        return f"kernels ({where}): no delegate applied; all {kernels['ops']} ops on builtin kernels ({builtin})"
+    return (f"kernels ({where}): XNNPACK runs {kernels['delegated']} of {kernels['ops']} ops in "
+            f"{kernels['partitions']} partition(s); builtin kernels run {builtin or 'none'}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -472,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", required=True, help="model_trainable.tflite")
         p.add_argument("--meta", default=None, help="model_meta.json (default: beside the model)")
         p.add_argument("--threads", type=int, default=1, help="interpreter threads (>= 1)")
+        p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                       help="interpreter package (auto: ai_edge_litert if installed, else tflite_runtime)")
         p.add_argument("--quiet", action="store_true", help="only the final JSON line")
         if data_flags:
             p.add_argument("--resize", action="store_true",

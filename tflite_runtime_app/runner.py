@@ -1,7 +1,8 @@
 """The exported model's signatures behind a small numpy API (no TensorFlow).
 
-Uses `ai_edge_litert` if installed, else `tflite_runtime`. Batches are padded to the model's
-fixed batch size with zero-weight examples, so callers pass any number of images.
+Uses `ai_edge_litert` or `tflite_runtime` (`runtime`: "auto" takes `ai_edge_litert` when both are
+installed). Batches are padded to the model's fixed batch size with zero-weight examples, so
+callers pass any number of images.
 """
 
 from __future__ import annotations
@@ -30,25 +31,45 @@ class NonFiniteOutputs(ModelError):
     """The model's outputs overflow to NaN or inf (weights finite but far too large)."""
 
 
-def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
+RUNTIMES = ("auto", "ai_edge_litert", "tflite_runtime")
+_PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
 
-        return Interpreter, "ai_edge_litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter
 
-        return Interpreter, "tflite_runtime"
-    except ImportError as e:
+def _interpreter_class(runtime: str = "auto"):
+    """(Interpreter class, package name) of `runtime`; "auto" takes ai_edge_litert when both
+    are installed."""
+    if runtime not in RUNTIMES:
+        raise ModelError(f"--runtime={runtime}: not one of {', '.join(RUNTIMES)}; pass one of them")
+    for name in (("ai_edge_litert", "tflite_runtime") if runtime == "auto" else (runtime,)):
+        try:
+            if name == "ai_edge_litert":
+                from ai_edge_litert.interpreter import Interpreter
+            else:
+                from tflite_runtime.interpreter import Interpreter
+            return Interpreter, name
+        except ImportError:
+            continue
+    if runtime == "auto":
         raise ModelError("TFLite interpreter: neither ai_edge_litert nor tflite_runtime is installed; install "
-                         "`ai-edge-litert` or `tflite-runtime` (see BUILD_NOTES.md)") from e
+                         "`ai-edge-litert` or `tflite-runtime` (see BUILD_NOTES.md)")
+    other = "tflite_runtime" if runtime == "ai_edge_litert" else "ai_edge_litert"
+    raise ModelError(f"--runtime={runtime}: the {_PACKAGES[runtime]} package is not installed in this Python; install "
+                     f"it, or pass --runtime=auto (or {other})")
 
 
-def runtime_name() -> str:
-    """Which interpreter package is used."""
-    return _interpreter_class()[1]
+def runtime_name(runtime: str = "auto") -> str:
+    """Which interpreter package `runtime` resolves to."""
+    return _interpreter_class(runtime)[1]
+
+
+def runtime_version(name: str) -> str | None:
+    """The installed version of the interpreter package `name` (None if unknown)."""
+    try:
+        from importlib import metadata
+
+        return metadata.version(_PACKAGES[name])
+    except Exception:  # noqa: BLE001 - a version is informative only
+        return None
 
 
 # The signature version this app speaks (`signature_version` in model_meta.json).
@@ -251,20 +272,26 @@ class DeviceModel:
       model_path: the `model_trainable.tflite` file.
       meta_path: its metadata (default: `model_meta.json` beside it).
       num_threads: interpreter threads.
+      runtime: "auto" (ai_edge_litert if installed, else tflite_runtime), "ai_edge_litert" or
+        "tflite_runtime".
 
     Raises:
       ModelError: missing/corrupt model or metadata, signatures that do not match, or metadata
         that disagrees with the model (classes, batch size, input shape, weight names).
     """
 
-    def __init__(self, model_path: str, meta_path: str | None = None, num_threads: int = 1):
+    def __init__(self, model_path: str, meta_path: str | None = None, num_threads: int = 1, runtime: str = "auto"):
         _check_model_file(model_path)
         self.path = model_path
         self.meta = read_meta(model_path, meta_path)
         self.meta_path = meta_path or os.path.join(os.path.dirname(os.path.abspath(model_path)), "model_meta.json")
-        interpreter_cls, self.runtime = _interpreter_class()
+        interpreter_cls, self.runtime = _interpreter_class(runtime)
         try:
-            self.interpreter = interpreter_cls(model_path=model_path, num_threads=num_threads)
+            with _quiet_runtime_notices():
+                self.interpreter = interpreter_cls(model_path=model_path, num_threads=num_threads)
+                # tflite-runtime applies its default delegate (XNNPACK) to every subgraph only here:
+                # signature runners alone would leave every op on the builtin kernels.
+                self.interpreter.allocate_tensors()
             signatures = self.interpreter.get_signature_list()
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{model_path}: not a loadable TFLite model ({' '.join(str(e).split())}); copy the "
