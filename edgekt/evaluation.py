@@ -9,7 +9,12 @@ __all__ = ["classification_metrics", "evaluate", "inference_latency_ms", "log_so
 
 
 def predict_logits(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Runs `model` (raw-pixel input) over `images` in batches; returns float32 logits."""
+    """Runs `model` (raw-pixel input) over `images` in batches; returns float32 logits (of a
+    model ending in softmax, the logits before it: `saving.logits_model`)."""
+    from edgekt.models import saving
+
+    if hasattr(model, "get_config") and saving.ends_in_softmax(model):
+        model = saving.logits_model(model)
     outs = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].astype(np.float32)

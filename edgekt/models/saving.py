@@ -39,6 +39,49 @@ def float32_copy(model: keras.Model) -> keras.Model:
     return with_dtype_policy(model, "float32")
 
 
+def _output_layer(model: keras.Model):
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1] if model.layers else None
+    history = getattr(model.outputs[0], "_keras_history", None) if getattr(model, "outputs", None) else None
+    return getattr(history, "operation", None) if history is not None else None
+
+
+def ends_in_softmax(model: keras.Model) -> bool:
+    """Whether `model`'s output layer applies a softmax (a Softmax layer, or any layer with
+    `activation="softmax"`): its outputs are probabilities, not logits."""
+    layer = _output_layer(model)
+    if layer is None:
+        return False
+    return isinstance(layer, keras.layers.Softmax) or getattr(layer, "get_config", dict)().get("activation") == "softmax"
+
+
+def _linear_output_config(config, name: str):
+    if isinstance(config, dict):
+        if config.get("config", {}).get("name") == name and "class_name" in config:
+            return {**config, "config": {**config["config"], "activation": "linear"}}
+        return {k: _linear_output_config(v, name) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_linear_output_config(v, name) for v in config]
+    return config
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+    """`model` itself when it outputs logits; when its output layer applies a softmax, a model
+    of the same weights (a copy, or for a Softmax layer the model up to it) whose output is linear, so its outputs are the logits. The one place
+    that makes a softmax-ending model usable where logits are meant (soft labels, distillation,
+    pruning, evaluation)."""
+    if not ends_in_softmax(model):
+        return model
+    layer = _output_layer(model)
+    if isinstance(layer, keras.layers.Softmax):  # no weights: the model up to its input
+        if isinstance(model, keras.Sequential):
+            return keras.Sequential([keras.Input(model.input_shape[1:]), *model.layers[:-1]], name=model.name)
+        return keras.Model(model.inputs, layer.input, name=model.name)
+    copy = type(model).from_config(_linear_output_config(model.get_config(), _output_layer(model).name))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_model(model: keras.Model, path: str | os.PathLike) -> str:
     """Saves a float32, optimizer-free copy of `model` atomically to `path` (.keras)."""
     path = os.fspath(path)

@@ -208,7 +208,8 @@ def _setup(teacher: keras.Model, prepared: data.PreparedData, config: PruneConfi
     build_graph(teacher)
     _check_fit(teacher, prepared.class_names, 0 if prepared.val is None else len(prepared.val.labels))
     batch = max(config.batch_size, 256)
-    teacher32 = saving.float32_copy(teacher)
+    # A teacher ending in softmax is pruned and distilled on its logits (the student starts as it).
+    teacher32 = saving.logits_model(saving.float32_copy(teacher))
     base = _summary(teacher32, prepared, batch)
     floor = None
     if config.max_accuracy_drop is not None:

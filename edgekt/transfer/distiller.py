@@ -11,6 +11,7 @@ import keras
 from keras import ops
 
 from edgekt import presets
+from edgekt.models import saving
 from edgekt.transfer import losses
 
 
@@ -120,6 +121,7 @@ class Distiller(keras.Model):
                                          [student.outputs[0]] + [student.get_layer(n).output for n in self.feature_layers])
         self.teacher_probe = None
         if teacher is not None:
+            teacher = saving.logits_model(teacher)  # a teacher ending in softmax: its logits
             self.teacher_probe = keras.Model(
                 teacher.input, [teacher.outputs[0]] + [teacher.get_layer(n).output for n in self.feature_layers])
             self.teacher_probe.trainable = False
