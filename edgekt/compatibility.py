@@ -13,6 +13,9 @@ from edgekt.prune.graph import UnsupportedModelError, as_functional, build_graph
 _CONTAINERS = ("Functional", "Sequential", "Model")
 
 
+INPUT_PROBLEM = "the model's input"
+
+
 def problems(model: keras.Model, prune: bool = True) -> list[str]:
     """Every reason the model cannot go through pruning (if `prune`) and on-device training
     (empty: it can).
@@ -24,6 +27,11 @@ def problems(model: keras.Model, prune: bool = True) -> list[str]:
     except UnsupportedModelError as e:
         return e.problems
     found = []
+    shape = tuple(functional.input_shape)
+    if len(shape) == 4 and (shape[1] is None or shape[2] is None):  # nothing else can be measured
+        return [m for m in (refusal(layer) for layer in functional.layers) if m] + [
+            f"{INPUT_PROBLEM} {shape} has no fixed image size (the device model needs one, e.g. "
+            "keras.Input((32, 32, 3)))"]
     if prune:
         found = [m for m in (refusal(layer) for layer in functional.layers) if m]
         if not found:
@@ -33,6 +41,9 @@ def problems(model: keras.Model, prune: bool = True) -> list[str]:
                 found += e.problems
     if len(functional.input_shape) != 4:
         return found + [f"the model's input must be images [batch, H, W, C]; it is {functional.input_shape}"]
+    channels = functional.input_shape[-1]
+    if channels != 3:
+        found.append(f"{INPUT_PROBLEM} has {channels} channel(s) (the device app feeds RGB images, 3 channels)")
     try:
         DeviceTrainer(functional, TrainerOptions(batch_size=1))
     except (UnsupportedOnDeviceError, UnsupportedModelError) as e:
@@ -89,7 +100,12 @@ class UnsupportedUserModelError(UnsupportedModelError):
 
     def __init__(self, path: str, problems: list[str], prune: bool = True):
         self.path = path
+        about_input = [p.startswith(INPUT_PROBLEM) for p in problems]
+        advice = (f"use the supported layer types ({', '.join(layers.KNOWN)}) and structures"
+                  if not all(about_input) else "build the model for fixed-size RGB images")
+        if any(about_input) and not all(about_input):
+            advice += ", for fixed-size RGB images"
         UserError.__init__(self, f"{path}: {len(problems)} problem(s) for "
                                  f"{'pruning and ' if prune else ''}on-device training: {' | '.join(problems)}; "
-                                 f"use the supported layer types ({', '.join(layers.KNOWN)}) and structures")
+                                 f"{advice}")
         self.problems = list(problems)

@@ -148,8 +148,8 @@ def pipeline_inputs(tmp_path_factory, cifar):
     three = {k: data.select_classes(s, ["airplane", "cat", "ship"], relabel=True) for k, s in small.items()}
     out["three"] = write_tree(str(root / "three"), three, ("airplane", "cat", "ship"), per_class=6, wrapper=None)
 
-    def user_model(path, *middle):
-        inp = keras.Input((32, 32, 3))
+    def user_model(path, *middle, shape=(32, 32, 3)):
+        inp = keras.Input(shape)
         x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(keras.layers.Rescaling(1 / 255.0)(inp))
         for layer in middle:
             x = layer(x)
@@ -160,6 +160,8 @@ def pipeline_inputs(tmp_path_factory, cifar):
     out["lambda"] = user_model(str(root / "lambda.keras"), keras.layers.Lambda(lambda t: t * 2.0, name="double"))
     out["off_device"] = user_model(str(root / "off_device.keras"), keras.layers.LayerNormalization(name="norm"),
                                    keras.layers.ELU(name="elu"))
+    out["gray"] = user_model(str(root / "gray.keras"), shape=(32, 32, 1))
+    out["any_size"] = user_model(str(root / "any_size.keras"), shape=(None, None, 3))
     diverged = models.wrn(10, 1, num_classes=10)
     diverged.layers[-1].kernel.assign(np.full(diverged.layers[-1].kernel.shape, np.nan, np.float32))
     out["nan_weights"] = str(root / "nan_weights.keras")

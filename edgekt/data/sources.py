@@ -98,6 +98,9 @@ def load_for(source: str | DataSplits, input_shape, resize: bool = False, **kwar
       DataError: as `load`, or images whose shape is not the model's (naming both and the
         --resize flag).
     """
+    if any(d is None for d in input_shape):
+        raise DataError(f"the model's input {tuple(input_shape)}: has no fixed image size; build the model with one, "
+                        "e.g. keras.Input((32, 32, 3))")
     shape = tuple(int(d) for d in input_shape)
     if isinstance(source, DataSplits):
         splits = source

@@ -116,6 +116,10 @@ def build_graph(model: keras.Model) -> DependencyGraph:
     walked = graph_walk.walk(model)
     model = walked.model
     refused = [m for m in (refusal(model.get_layer(name)) for name in walked.order) if m]
+    shape = tuple(model.input_shape)
+    if len(shape) == 4 and (shape[1] is None or shape[2] is None):
+        refused.append(f"the model's input {shape} has no fixed image size (pruning measures costs at one size, e.g. "
+                       "keras.Input((32, 32, 3)))")
     if refused:
         raise UnsupportedModelError(refused)
     order, classes = walked.order, walked.layer_class
