@@ -177,6 +177,10 @@ def prepare_splits(splits: DataSplits, *, val_size: int, seed: int, train_size: 
     if "train" not in splits:
         raise DataError(f"{splits.source}: no 'train' split (splits: {sorted(splits)}); put the training images "
                         "under train/<class>/")
+    if len(splits.class_names) < 2:
+        raise DataError(f"{splits.source}: has {len(splits.class_names)} class ({', '.join(splits.class_names)}); a "
+                        "classifier needs at least 2 (one would score 100% by always answering it); add a folder of "
+                        "images per class")
     if device_pool_size < 0:
         raise DataError(f"device_pool_size={device_pool_size}: must be >= 0; pass a count >= 0")
     n = len(splits["train"].labels)

@@ -15,6 +15,19 @@ def _empty(out):
     os.makedirs(os.path.join(out, "empty_data", "cat"), exist_ok=True)
 
 
+def _one_class(out):
+    """A real-image tree with a single class folder (train/cat, test/cat)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 4)):
+        os.makedirs(os.path.join(out, "one_class", split, "cat"), exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                os.path.join(out, "one_class", split, "cat", f"{i:03d}.png"))
+
+
 def _text_among_images(out):
     """A class folder holding a text file named like an image."""
     import numpy as np
@@ -78,6 +91,9 @@ CASES = [
          ["{tree}", "60 images", "val_size=20", "--val_size"]),
     Case("train-cloud-too-few-images", "pipelines.train_cloud", ["--data={tree}", "--out_dir={out}"],
          ["{tree}", "60 images", "no training images"]),
+    Case("train-cloud-one-class", "pipelines.train_cloud", ["--data={out}/one_class", "--out_dir={out}/run",
+                                                            "--val_size=4"],
+         ["one_class", "1 class (cat)", "at least 2"], prepare=_one_class),
     Case("train-cloud-data-missing", "pipelines.train_cloud", ["--data={missing}", "--out_dir={out}"], ["{missing}"]),
     Case("export-data-other-size", "pipelines.export_tflite", ["--model={teacher}", "--out_dir={out}", "--data={big}"],
          ["{big}", "--resize"]),
