@@ -3,7 +3,7 @@ the way a user would (Adam, no augmentation) on real images, then converted with
 command, and the original and converted models are measured on the test images.
 
     python benchmarks/convert_user_models.py --data=../shared/datasets/cifar10.tar.gz \
-        --out_dir=~/.cache/edgekt-runs/convert_acceptance [--models=vgg_style,mobilenet_style,resnet_style]
+        --out_dir=runs/convert_acceptance [--models=vgg_style,mobilenet_style,resnet_style]
 
 Models (`edgekt.models.user_style`):
   vgg_style, mobilenet_style: 32x32, the 10 classes, 1,200 training images per class (12,000);
@@ -84,10 +84,9 @@ def _user_data(cifar, side: int, classes, train_per_class: int, val_per_class: i
 def _int8_figures(model, representative, test) -> dict:
     from edgekt.export import measure
 
-    blob = measure.inference_file(model, "int8", representative)
-    scores = measure.tflite_scores(blob, test[0])
-    return {"int8_bytes": len(blob), "int8_latency_ms": measure.tflite_latency_ms(blob),
-            "int8_test_accuracy": measure.top1_figures(scores, test[1])["accuracy"]}
+    figures = measure.file_figures(measure.inference_file(model, "int8", representative), *test)
+    return {"int8_bytes": figures["bytes"], "int8_latency_ms": figures["latency_ms"],
+            "int8_test_accuracy": figures["test_accuracy"]}
 
 
 def run_model(name: str, cifar, out_dir: str) -> dict:
