@@ -57,7 +57,7 @@ def med(fn):
     for _ in range(steps):
         s = time.perf_counter(); fn(); t.append(time.perf_counter() - s)
     return float(np.median(t))
-step = med(lambda: train(x=x, y=y, w=w, lr=np.float32(1e-4)))
+step = med(lambda: train(x=x, y=y, w=w, lr=np.full(1, 1e-4, np.float32)))
 inf = med(lambda: infer(x=x))
 peak = hwm_mib()
 print(json.dumps({"train_step_s": step, "infer_batch_s": inf, "peak_rss_mib": peak,
@@ -95,11 +95,11 @@ def main(argv):
     y = rng.integers(0, 10, FLAGS.batch_size).astype(np.int32)
     w = np.ones(FLAGS.batch_size, np.float32)
     for _ in range(FLAGS.warmup):
-        trainer.train(x, y, w, np.float32(1e-4))
+        trainer.train(x, y, w, np.full(1, 1e-4, np.float32))
     times = []
     for _ in range(FLAGS.steps):
         start = time.perf_counter()
-        trainer.train(x, y, w, np.float32(1e-4))
+        trainer.train(x, y, w, np.full(1, 1e-4, np.float32))
         times.append(time.perf_counter() - start)
     tf_step = float(np.median(times))
     cost = flops.model_cost(model)

@@ -73,26 +73,47 @@ def data_identity(source: str) -> str:
 
 
 class Manifest:
-    """Per-stage input hashes and outputs, in `out_dir/manifest.json` (written atomically)."""
+    """Per-stage input hashes, outputs and the digests of those outputs, in
+    `out_dir/manifest.json` (written atomically). A stage is cached only when its inputs are
+    unchanged and every output is there with the bytes it had when the stage wrote it."""
 
     def __init__(self, out_dir: str):
         self.path = os.path.join(out_dir, MANIFEST)
         self.entries: dict = {}
         if os.path.exists(self.path):
-            with open(self.path) as f:
-                self.entries = json.load(f)
+            try:
+                with open(self.path) as f:
+                    self.entries = json.load(f)
+            except (OSError, ValueError) as e:
+                raise UserError(f"{self.path}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                                "remove it (every stage then runs again, resuming from its own checkpoints) or pass "
+                                "another --out_dir") from e
+            if not isinstance(self.entries, dict) or not all(isinstance(v, dict) for v in self.entries.values()):
+                raise UserError(f"{self.path}: not the record run_all writes (a JSON object of stages); remove it "
+                                "(every stage then runs again, resuming from its own checkpoints) or pass another "
+                                "--out_dir")
+
+    def cached(self, name: str, key: str, outputs: list[str]) -> bool:
+        entry = self.entries.get(name)
+        if not entry or entry.get("key") != key or not all(os.path.isfile(p) for p in outputs):
+            return False
+        digests = entry.get("digests")
+        return isinstance(digests, dict) and all(digests.get(p) == file_hash(p) for p in outputs)
 
     def run(self, name: str, inputs: dict, outputs: list[str], fn: Callable[[], dict | None]) -> dict:
-        """Runs `fn` unless the stage's inputs are unchanged and its outputs exist."""
+        """Runs `fn` unless the stage's inputs are unchanged and its outputs are as it wrote them."""
         key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-        entry = self.entries.get(name)
-        if entry and entry.get("key") == key and all(os.path.exists(p) for p in outputs):
-            logging.info("stage %s: cached (inputs unchanged)", name)
-            return entry.get("result") or {}
+        if self.cached(name, key, outputs):
+            logging.info("stage %s: cached (inputs unchanged, outputs as written)", name)
+            return self.entries[name].get("result") or {}
         logging.info("stage %s: running", name)
         start = time.perf_counter()
         result = fn() or {}
+        missing = [p for p in outputs if not os.path.isfile(p)]
+        if missing:
+            raise RuntimeError(f"stage {name} did not write {missing}")
         self.entries[name] = {"key": key, "inputs": inputs, "outputs": outputs, "result": result,
+                              "digests": {p: file_hash(p) for p in outputs},
                               "seconds": time.perf_counter() - start}
         atomic.write_json(self.path, self.entries)
         return result
@@ -178,7 +199,8 @@ def run(preset_name: str, source: str, out_dir: str, *, teacher_path: str | None
 
         results["export"] = manifest.run(
             "export", {"model": file_hash(pruned_path), "data": data_id, "batch": preset.export_batch_size},
-            [os.path.join(export_dir, "model_trainable.tflite"), os.path.join(export_dir, "metrics.json")],
+            [os.path.join(export_dir, name) for name in ("model_trainable.tflite", "model_meta.json", "model_int8.tflite",
+                                                         "replay.npz", "metrics.json")],
             lambda: export_pipeline.export_model(pruned_path, export_dir, data_source=splits(),
                                                  batch_size=preset.export_batch_size))
 

@@ -3,6 +3,7 @@ overrides, config log."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -14,6 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 from absl import app, flags, logging
 
+from edgekt import lock
 from edgekt.atomic import forget_inputs, input_at, protect_inputs, refuse_input
 from edgekt.errors import EXIT_INTERRUPTED, INTERRUPTED, UserError, fail, from_os_error
 
@@ -200,7 +202,8 @@ def guarded(main):
     exit code 2."""
     def wrapped(argv):
         try:
-            main(argv)
+            with output_locks():
+                main(argv)
         except (UserError, app.UsageError) as e:
             sys.exit(fail(e))
         except KeyboardInterrupt:
@@ -212,6 +215,24 @@ def guarded(main):
                 raise
             sys.exit(fail(error))
     return wrapped
+
+
+@contextlib.contextmanager
+def output_locks():
+    """Holds an exclusive lock on the binary's --out_dir and --out for the run (one writer per
+    output): a second run into the same place is refused at once, naming the first. Shards of
+    one experiment (--shard=K/N) each lock their own part of the folder."""
+    with contextlib.ExitStack() as stack:
+        values = {name: flags.FLAGS[name].value for name in _OUTPUT_FLAGS
+                  if name in flags.FLAGS and isinstance(flags.FLAGS[name].value, str) and flags.FLAGS[name].value}
+        for name, path in values.items():
+            target = path
+            if name == "out_dir" and "shard" in flags.FLAGS and flags.FLAGS.shard:
+                shard = parse_shard(flags.FLAGS.shard)
+                target = os.path.abspath(path).rstrip(os.sep) + f".shard-{shard[0]}-of-{shard[1]}"
+            stack.enter_context(lock.exclusive(target, f"--{name}={path}",
+                                               f"wait for it to end, or pass another --{name}"))
+        yield
 
 
 # What TensorFlow's file errors say when the disk or the file system refuses a write.

@@ -191,3 +191,21 @@ def test_workflow_manifest_reuses_unchanged_stages(tmp_path):
     assert Manifest(str(tmp_path)).run("s", {"a": 2}, [str(out)], stage) == {"value": 2}  # inputs changed
     os.remove(out)
     assert Manifest(str(tmp_path)).run("s", {"a": 2}, [str(out)], stage) == {"value": 3}  # output missing
+    out.write_text("another run's file")  # an output that is not the one the stage wrote
+    assert Manifest(str(tmp_path)).run("s", {"a": 2}, [str(out)], stage) == {"value": 4}
+    assert Manifest(str(tmp_path)).run("s", {"a": 2}, [str(out)], stage) == {"value": 4}  # as written: cached
+    os.remove(out)
+    os.mkdir(out)  # a folder where the stage writes a file is not its output
+    with pytest.raises(Exception):
+        Manifest(str(tmp_path)).run("s", {"a": 2}, [str(out)], stage)
+    assert len(calls) == 5
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"cloud": 3}'])
+def test_a_corrupt_run_all_manifest_is_one_line(tmp_path, text):
+    from edgekt.errors import UserError
+    from edgekt.workflow import MANIFEST, Manifest
+
+    (tmp_path / MANIFEST).write_text(text)
+    with pytest.raises(UserError, match=r"manifest.json: .*; remove it .* or pass another --out_dir"):
+        Manifest(str(tmp_path))

@@ -108,7 +108,7 @@ def test_twenty_tflite_train_steps_equal_tf(exported, name, cifar):
     reference = DeviceTrainer(model, TrainerOptions(batch_size=B))
     interpreter = Interpreter(model_content=tflite)
     runner = interpreter.get_signature_runner("train")
-    lr = np.float32(0.002)
+    lr = np.full(1, 0.002, np.float32)
     for step, (x, y, w) in enumerate(_real_batches(cifar, 20)):
         lite = runner(x=x, y=y, w=w, lr=lr)
         ref = reference.train(x, y, w, lr)
@@ -144,6 +144,20 @@ def test_only_builtin_ops_and_the_checker_catches_flex(exported):
         check_builtin_only(flex)
 
 
+def test_no_signature_takes_a_0d_input(exported):
+    """ai-edge-litert 2.3 crashes on aarch64 when a 0-d input is set: the rate and the
+    temperature are [1] tensors."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, tflite, _ = exported["pruned_wrn"]
+    interpreter = Interpreter(model_content=tflite)
+    shapes = {(sig, name): list(d["shape"]) for sig in ("train", "distill")
+              for name, d in interpreter.get_signature_runner(sig).get_input_details().items()}
+    assert shapes[("train", "lr")] == [1] and shapes[("distill", "lr")] == [1]
+    assert shapes[("distill", "temperature")] == [1]
+    assert all(len(shape) >= 1 for shape in shapes.values()), shapes
+
+
 def test_padding_examples_do_not_change_the_step():
     model = _pruned_wrn()
     x, y = _batch(3)
@@ -153,8 +167,8 @@ def test_padding_examples_do_not_change_the_step():
     x2, y2 = x.copy(), y.copy()
     x2[5:] = 255.0 - x2[5:]
     y2[5:] = (y2[5:] + 1) % 10
-    la = a.train(x, y, w, np.float32(0.05))
-    lb = b.train(x2, y2, w, np.float32(0.05))
+    la = a.train(x, y, w, np.full(1, 0.05, np.float32))
+    lb = b.train(x2, y2, w, np.full(1, 0.05, np.float32))
     assert float(la["loss"]) == pytest.approx(float(lb["loss"]), rel=1e-6)
     for k, v in a.weights_numpy().items():
         np.testing.assert_allclose(v, b.weights_numpy()[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -165,7 +179,7 @@ def test_trainable_subsets_and_frozen_bn():
     x, y = _batch(4)
     trainer = DeviceTrainer(model, TrainerOptions(batch_size=B, trainable="bn_classifier", bn_mode="frozen"))
     before = trainer.weights_numpy()
-    trainer.train(x, y, np.ones(B, np.float32), np.float32(0.1))
+    trainer.train(x, y, np.ones(B, np.float32), np.full(1, 0.1, np.float32))
     after = trainer.weights_numpy()
     assert np.array_equal(before["stem_conv__kernel"], after["stem_conv__kernel"])
     assert np.array_equal(before["final_bn__moving_mean"], after["final_bn__moving_mean"])
@@ -183,7 +197,7 @@ def test_growing_the_classifier_keeps_old_outputs():
     out = trainer.infer(x)
     assert out["logits"].shape == (B, 12)
     np.testing.assert_allclose(out["logits"].numpy()[:, :10], np.asarray(model(x)), rtol=1e-4, atol=1e-4)
-    trainer.train(x, np.full(B, 11, np.int32), np.ones(B, np.float32), np.float32(0.1))
+    trainer.train(x, np.full(B, 11, np.int32), np.ones(B, np.float32), np.full(1, 0.1, np.float32))
 
 
 def test_unsupported_layers_are_named():
@@ -234,11 +248,11 @@ def test_tflite_runtime_214_runs_the_train_signature(exported, tmp_path):
         f"it = Interpreter(model_path={path!r})\n"
         "train = it.get_signature_runner('train')\n"
         f"d = np.load({str(tmp_path / 'batch.npz')!r})\n"
-        f"losses = [float(train(x=d['x'], y=d['y'], w=np.ones({B}, np.float32), lr=np.float32(0.02))['loss'])"
+        f"losses = [float(train(x=d['x'], y=d['y'], w=np.ones({B}, np.float32), lr=np.full(1, 0.02, np.float32))['loss'])"
         " for _ in range(3)]\n"
         "print(' '.join(repr(v) for v in losses))\n")
     proc = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     reference = DeviceTrainer(model, TrainerOptions(batch_size=B))
-    expected = [float(reference.train(x, y, np.ones(B, np.float32), np.float32(0.02))["loss"]) for _ in range(3)]
+    expected = [float(reference.train(x, y, np.ones(B, np.float32), np.full(1, 0.02, np.float32))["loss"]) for _ in range(3)]
     np.testing.assert_allclose([float(v) for v in proc.stdout.split()], expected, rtol=1e-4)

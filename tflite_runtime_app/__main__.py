@@ -6,6 +6,7 @@ Every command prints, as its last line, one JSON object with its result.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -21,7 +22,7 @@ from tflite_runtime_app import atomic_file
 from tflite_runtime_app import checkpoint as ckpt
 from tflite_runtime_app.atomic_file import temp_name
 from tflite_runtime_app import data as app_data
-from tflite_runtime_app import heads, image_folder, metrics
+from tflite_runtime_app import heads, image_folder, lock, metrics
 from tflite_runtime_app.errors import EXIT_INTERRUPTED, INTERRUPTED, UserError, fail, from_os_error, printable
 from tflite_runtime_app.image_folder import DataError
 from tflite_runtime_app.kernels import delegation
@@ -566,13 +567,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _writer_lock(args):
+    """One writer per checkpoint: learn and learn-unseen hold an exclusive lock on theirs for
+    the run; a second run on the same checkpoint is refused at once, naming the first."""
+    if args.command not in ("learn", "learn-unseen") or not args.checkpoint:
+        return contextlib.nullcontext()
+    return lock.exclusive(args.checkpoint, f"--checkpoint={args.checkpoint}",
+                          "wait for it to end, or pass another --checkpoint")
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     atomic_file.forget_inputs()  # each command registers its own inputs
     try:
         args = build_parser().parse_args(argv)
         check_flags(args)
-        result = args.func(args)
+        with _writer_lock(args):
+            result = args.func(args)
         text = json.dumps(_json_safe(result), allow_nan=False)
     except UserError as e:
         return fail(e)

@@ -407,17 +407,22 @@ class DeviceModel:
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
 
+    def _number(self, signature: str, name: str, value: float) -> np.ndarray:
+        """`value` in the shape the signature's input has: [1] in current exports (ai-edge-litert
+        2.3 crashes on aarch64 when a 0-d input is set), 0-d in models exported before."""
+        return np.full(self.signature_inputs[signature][name], value, np.float32)
+
     def train_batch(self, images: np.ndarray, labels: np.ndarray, lr: float) -> tuple[float, float]:
         """One SGD step on up to `batch_size` labelled images; returns (loss, accuracy)."""
         x, w, (y,) = self._pad(images, np.asarray(labels, np.int32))
-        out = self._runners["train"](x=x, y=y, w=w, lr=np.float32(lr))
+        out = self._runners["train"](x=x, y=y, w=w, lr=self._number("train", "lr", lr))
         return float(out["loss"]), float(out["accuracy"])
 
     def distill_batch(self, images: np.ndarray, soft_targets: np.ndarray, lr: float, temperature: float) -> float:
         """One SGD step towards soft targets (teacher probabilities at `temperature`)."""
         x, w, (t,) = self._pad(images, np.asarray(soft_targets, np.float32))
-        out = self._runners["distill"](x=x, soft_targets=t, w=w, lr=np.float32(lr),
-                                       temperature=np.float32(temperature))
+        out = self._runners["distill"](x=x, soft_targets=t, w=w, lr=self._number("distill", "lr", lr),
+                                       temperature=self._number("distill", "temperature", temperature))
         return float(out["loss"])
 
     # -- persistence --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ steps an uninterrupted run would have taken.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import sys
@@ -177,15 +178,17 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
     best_weights = None
     if os.path.exists(checkpoint_path) and not restart:
         weights, state, best_weights = ckpt.load(checkpoint_path, model.weight_shapes)
-        if state.get("task") != _task_id(task, config, b):
-            raise ckpt.CheckpointError(f"{checkpoint_path}: made for other data or settings; use --restart to start "
-                                       "over (it is kept until a new checkpoint replaces it)")
+        task_id = _task_id(task, config, b, getattr(model, "path", None))
+        if state.get("task") != task_id:
+            raise ckpt.CheckpointError(f"{checkpoint_path}: made for other data or settings (differs: "
+                                       f"{_differences(state.get('task'), task_id)}); use --restart to start over "
+                                       "(it is kept until a new checkpoint replaces it), or pass another --checkpoint")
         model.set_weights(weights)
     if state is None:
         t0 = time.perf_counter()  # preparing and the first validation are part of the run's time
         prepared = prepare(model) if prepare is not None else None
         initial = validation_score(model, task)
-        state = {"task": _task_id(task, config, b), "epoch": 0, "step": 0, "global_step": 0,
+        state = {"task": _task_id(task, config, b, getattr(model, "path", None)), "epoch": 0, "step": 0, "global_step": 0,
                  "elapsed": time.perf_counter() - t0,
                  "best": initial, "best_epoch": 0, "best_elapsed": 0.0, "bad_epochs": 0, "initial": initial,
                  "history": [], "done": False, "epoch_loss": 0.0, "epoch_count": 0, "prepared": prepared,
@@ -292,12 +295,49 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
     }
 
 
-def _task_id(task: Task, config: LearnConfig, batch: int) -> dict:
-    """What a checkpoint must match to be resumed: data sizes and checksums, settings."""
+def _task_id(task: Task, config: LearnConfig, batch: int, model_path: str | None = None) -> dict:
+    """What a checkpoint must match to be resumed: the model file's bytes, the decoded data
+    (images and targets of training, validation and replay, by a digest of their bytes), the
+    settings."""
     def digest(a):
-        return None if a is None else [list(a.shape), float(np.asarray(a, np.float64).sum())]
+        if a is None:
+            return None
+        a = np.ascontiguousarray(a)
+        h = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
+        h.update(memoryview(a).cast("B"))
+        return h.hexdigest()
 
-    return {"kind": task.kind, "images": digest(task.images), "targets": digest(task.targets),
-            "val": digest(task.val_images), "replay": digest(task.replay_images), "batch": batch,
+    return {"kind": task.kind, "model": _file_digest(model_path), "images": digest(task.images),
+            "targets": digest(task.targets), "val": digest(task.val_images), "val_targets": digest(task.val_targets),
+            "replay": digest(task.replay_images), "replay_labels": digest(task.replay_labels), "batch": batch,
             "val_groups": task.val_groups,
             "config": dataclasses.asdict(config), "temperature": task.temperature}
+
+
+_TASK_FIELDS = {"model": "the model file", "images": "the training images", "targets": "the training labels",
+                "val": "the validation images", "val_targets": "the validation labels", "replay": "the replay images",
+                "replay_labels": "the replay labels", "batch": "the batch size", "val_groups": "the validation groups",
+                "config": "the settings", "temperature": "the temperature", "kind": "the command"}
+
+
+def _file_digest(path: str | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _differences(saved, current: dict) -> str:
+    """What differs between a checkpoint's task and this run's, in words."""
+    if not isinstance(saved, dict):
+        return "what it was made for is not recorded"
+    names = [_TASK_FIELDS.get(k, k) for k in current if saved.get(k) != current[k]]
+    if isinstance(saved.get("config"), dict) and isinstance(current.get("config"), dict):
+        changed = [k for k in current["config"] if saved["config"].get(k) != current["config"][k]]
+        if changed:
+            names = [n if n != "the settings" else f"the settings ({', '.join(changed)})"
+                     for n in names]
+    return ", ".join(names) or "nothing"

@@ -2,15 +2,16 @@
 model and re-implements its forward pass with TF ops whose gradients are TFLite builtins.
 
 Signatures (fixed batch size B, K classes):
-  train(x[B,H,W,C], y[B] int32, w[B], lr)            -> loss, accuracy   (SGD step)
-  distill(x, soft_targets[B,K], w, lr, temperature)  -> loss              (SGD step)
+  train(x[B,H,W,C], y[B] int32, w[B], lr[1])         -> loss, accuracy   (SGD step)
+  distill(x, soft_targets[B,K], w, lr[1], temperature[1]) -> loss         (SGD step)
   infer(x)                                            -> probabilities[B,K], logits[B,K], features[B,F]
   get_weights()                                       -> every variable (weights, BN statistics, momenta)
   set_weights(<every variable>)                       -> ok
 
 `w` weights each example (0 pads a short last batch: it then adds nothing to the loss or
 to batch-norm statistics). Weight decay is L2 on kernels, momentum SGD; the learning rate is
-an input so the app owns the schedule. The app saves weights itself through get_weights
+an input so the app owns the schedule. The rate and the temperature are [1] tensors, not
+scalars: ai-edge-litert 2.3 crashes on aarch64 when a signature has a 0-d input. The app saves weights itself through get_weights
 (Save/Restore ops would need Flex).
 """
 
@@ -421,7 +422,7 @@ class DeviceTrainer(tf.Module):
     def _specs(self):
         b = self.options.batch_size
         return (tf.TensorSpec([b, *self.input_shape], tf.float32, name="x"),
-                tf.TensorSpec([b], tf.float32, name="w"), tf.TensorSpec([], tf.float32, name="lr"))
+                tf.TensorSpec([b], tf.float32, name="w"), tf.TensorSpec([1], tf.float32, name="lr"))
 
     def _build_signatures(self):
         x_spec, w_spec, lr_spec = self._specs()
@@ -429,6 +430,7 @@ class DeviceTrainer(tf.Module):
 
         @tf.function(input_signature=[x_spec, tf.TensorSpec([b], tf.int32, name="y"), w_spec, lr_spec])
         def train(x, y, w, lr):
+            lr = tf.reshape(lr, [])
             onehot = tf.one_hot(y, k)
             loss, logits = self._step(x, w, lr,
                                       lambda z: -tf.reduce_sum(onehot * tf.nn.log_softmax(z, axis=-1), axis=-1))
@@ -437,8 +439,9 @@ class DeviceTrainer(tf.Module):
             return {"loss": loss, "accuracy": accuracy}
 
         @tf.function(input_signature=[x_spec, tf.TensorSpec([b, k], tf.float32, name="soft_targets"), w_spec, lr_spec,
-                                      tf.TensorSpec([], tf.float32, name="temperature")])
+                                      tf.TensorSpec([1], tf.float32, name="temperature")])
         def distill(x, soft_targets, w, lr, temperature):
+            lr, temperature = tf.reshape(lr, []), tf.reshape(temperature, [])
             def loss_fn(z):
                 log_p = tf.nn.log_softmax(z / temperature, axis=-1)
                 return -temperature * temperature * tf.reduce_sum(soft_targets * log_p, axis=-1)

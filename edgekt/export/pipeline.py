@@ -127,7 +127,15 @@ def export_model(model_path: str, out_dir: str, *, data_source: str | data.DataS
             if os.path.lexists(destination) and not os.path.isfile(destination):
                 raise UserError(f"{destination}: is a folder or not a regular file, where the export writes its "
                                 f"{name}; move it away or pass another --out_dir; {out_dir} was left as it was")
-        for name in sorted(os.listdir(staging), key=lambda n: n == METRICS_FILE):  # metrics.json last
+        written = set(os.listdir(staging))
+        # Files of an earlier export that this one does not write (an int8 model and replay
+        # images beside a float16 export made without --data) would not belong to the new
+        # model: they go first, then the new files come in, metrics.json last.
+        for name in sorted(set(EXPORT_FILES) - written):
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.isfile(os.path.join(out_dir, name)):
+                    os.remove(os.path.join(out_dir, name))
+        for name in sorted(written, key=lambda n: n == METRICS_FILE):  # metrics.json last
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
         atomic.fsync_dir(out_dir)
         done = True
@@ -195,6 +203,10 @@ def _export_into(model, model_path: str, folder: str, splits, class_names, optio
 
 
 _STAGING = ".export-staging."
+
+# Every file an export can write in its folder.
+EXPORT_FILES = (convert.TRAINABLE_FILE, convert.META_FILE, *(f"model_{q}.tflite" for q in convert.QUANTIZATIONS),
+                "replay.npz", METRICS_FILE)
 
 
 def _first_missing(path: str) -> str | None:

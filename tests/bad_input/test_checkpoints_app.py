@@ -382,3 +382,27 @@ def test_weights_that_overflow_every_output_are_refused(device_export, trained, 
     assert_user_error(run_app(*USES[use](model, data, ck, tmp_path)), model, "NaN or inf", "checkpoint")
     assert snapshot(device_export[0], tmp_path, data) == before
 
+
+
+def test_resuming_after_two_labels_were_corrected_is_refused_naming_them(device_export, cifar, tmp_path):
+    """A checkpoint is matched to its run by the bytes of the decoded data, not by shapes and
+    sums: two labels swapped (same sum) make another run, refused with what differs."""
+    model = device_model_path(device_export)
+    images, labels = real_images(cifar, 16)
+    data = write_npz(tmp_path / "data.npz", images=images, labels=labels)
+    ck = tmp_path / "ck.npz"
+    args = [f"--model={model}", f"--checkpoint={ck}", "--epochs=1", "--quiet"]
+    app_json(run_app("learn", f"--data={data}", *args))
+    corrected = labels.copy()
+    i, j = next((i, j) for i in range(16) for j in range(16) if labels[i] != labels[j])
+    corrected[i], corrected[j] = labels[j], labels[i]
+    assert corrected.sum() == labels.sum() and corrected.shape == labels.shape
+    data2 = write_npz(tmp_path / "corrected.npz", images=images, labels=corrected)
+    saved = snapshot(ck)
+    line = assert_user_error(run_app("learn", f"--data={data2}", *args), str(ck), "labels", "--restart")
+    assert "images" not in line.split("differs:")[1].split(")")[0], line
+    assert snapshot(ck) == saved
+    # Another learning rate is another run too, and named as such.
+    line = assert_user_error(run_app("learn", f"--data={data}", *args, "--lr=0.02"), str(ck), "learning_rate")
+    assert snapshot(ck) == saved
+    assert app_json(run_app("learn", f"--data={data2}", *args, "--restart"))["epochs"] == 1
