@@ -34,14 +34,17 @@ flags.DEFINE_integer("steps", None, "Pruning steps to the target.")
 flags.DEFINE_integer("step_epochs", None, "Fine-tuning epochs after each step.")
 flags.DEFINE_integer("final_epochs", None, "Fine-tuning epochs of the chosen model.")
 flags.DEFINE_integer("calibration_size", None, "Images used to score filters.")
+flags.DEFINE_integer("batch_size", None, "Fine-tuning batch size; overrides the preset.")
 flags.DEFINE_integer("seed", None, "Random seed.")
 _VAL_SIZE = flags.DEFINE_integer("val_size", None, "Validation hold-out (default: the teacher's, from its metrics.json).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an earlier run's files in --out_dir instead of resuming it.")
 _PROGRESS = flags.DEFINE_enum("progress", "none", ["bar", "epoch", "none"], "Fine-tuning progress display.")
 flag_utils.define_resize()
 
 _FIELDS = {n: n for n in ("target_params_ratio", "target_flops_ratio", "max_accuracy_drop", "criterion", "attention_p",
                           "allocation", "cost_exponent", "normalization", "stream_floor", "layer_floor", "min_step",
-                          "transfer", "steps", "step_epochs", "final_epochs", "calibration_size", "seed")}
+                          "transfer", "steps", "step_epochs", "final_epochs", "calibration_size", "batch_size",
+                          "seed")}
 
 
 # Files this binary writes in --out_dir (an input there under one of these names is refused at once).
@@ -62,7 +65,7 @@ def main(argv):
     splits = flag_utils.load_data(_DATA.value, teacher.input_shape[1:])
     metrics = pruner.prune_and_finetune(teacher, splits, _OUT_DIR.value, config, val_size=val_size,
                                         split_seed=split_seed, device_pool_size=pool_size, preset_name=_PRESET.value, teacher_path=_TEACHER.value,
-                                        verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
+                                        overwrite=_OVERWRITE.value, verbose={"bar": 1, "epoch": 2, "none": 0}[_PROGRESS.value])
     logging.info("wrote %s/pruned.keras: %.2f%% of parameters removed, test top-1 %s", _OUT_DIR.value,
                  100 * metrics["params_removed_fraction"], metrics["test_accuracy"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 
 import keras
@@ -62,7 +63,7 @@ def _summary(model: keras.Model, prepared: data.PreparedData, batch: int) -> dic
 def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_dir: str, config: PruneConfig, *,
                        val_size: int = 5000, split_seed: int = 0, device_pool_size: int = 0,
                        preset_name: str | None = None, teacher_path: str | None = None,
-                       verbose: int | str = 0, allow_unpruned: bool = False) -> dict:
+                       verbose: int | str = 0, allow_unpruned: bool = False, overwrite: bool = False) -> dict:
     """Prunes `teacher` by the policy of `config` and writes the results to `out_dir`.
 
     Args:
@@ -75,6 +76,8 @@ def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_
       allow_unpruned: when no pruned model satisfies the policy (every step broke the floor, or
         the time budget stopped it first), write the teacher itself (`"unpruned": True`)
         instead of raising.
+      overwrite: discard an earlier run's files in `out_dir` (once the data and the teacher
+        passed their checks) instead of resuming it.
       val_size, split_seed: the validation hold-out.
       device_pool_size: images held out for on-device experiments (the cloud stage's); never read.
       preset_name, teacher_path: recorded in the metrics.
@@ -97,8 +100,50 @@ def prune_and_finetune(teacher: keras.Model, source: str | data.DataSplits, out_
     holdout = {"val_size": val_size, "split_seed": split_seed}
     if device_pool_size:
         holdout["device_pool_size"] = device_pool_size
+    if overwrite:
+        discard_run(out_dir)
     return prune_prepared(teacher, prepared, out_dir, config, holdout=holdout, preset_name=preset_name,
                           teacher_path=teacher_path, verbose=verbose, allow_unpruned=allow_unpruned)
+
+
+# Every file and folder a pruning run writes in its out_dir.
+RUN_FILES = (PRUNED_FILE, METRICS_FILE, LOG_FILE, "prune_log.csv", "prune_plot.png", STATE_FILE, FINAL_FILE,
+             "learning_rate.json", STEPS_DIR)
+
+
+def discard_run(out_dir: str) -> list[str]:
+    """Removes an earlier pruning run's files from `out_dir` (nothing else there); returns
+    their names."""
+    removed = []
+    for name in RUN_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        logging.info("--overwrite: removed %s from %s", ", ".join(removed), out_dir)
+    return removed
+
+
+def _what_differs(saved, identity: dict) -> str:
+    """The fields of a saved run's identity that differ from this run's, in words."""
+    if not isinstance(saved, dict):
+        return "its record has no identity"
+    names = []
+    for key, value in identity.items():
+        if saved.get(key) == value:
+            continue
+        if key == "config" and isinstance(saved.get(key), dict):
+            changed = [k for k in value if saved[key].get(k) != value[k]]
+            names.append(f"the configuration ({', '.join(changed)})" if changed else "the configuration")
+        else:
+            names.append({"teacher": "the teacher's weights", "data": "the data", "class_names": "the classes"}.get(
+                key, key))
+    return ", ".join(names) or "nothing"
 
 
 def prune_prepared(teacher: keras.Model, prepared: data.PreparedData, out_dir: str, config: PruneConfig, *,
@@ -292,7 +337,9 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
         with open(state_path) as f:
             saved = json.load(f)
         if saved.get("identity") != identity:
-            raise UserError(f"{state_path}: made with a different setup; use another --out_dir or delete it")
+            raise UserError(f"{state_path}: an earlier run of another setup is in this folder (differs: "
+                            f"{_what_differs(saved.get('identity'), identity)}); pass --overwrite to replace it, or "
+                            "another --out_dir")
         state = saved
         policy = schedule.PolicyState(**state["policy"])
         if state["current"] > 0:

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from harness import Case, check_case, run_cases
+from harness import Case, assert_user_error, check_case, run_cases
 
 
 def _garbage_state(out):
@@ -57,3 +57,24 @@ def results(pipeline_inputs, tmp_path_factory):
 @pytest.mark.parametrize("case_id", [c.id for c in CASES])
 def test_unusable_checkpoint_is_refused_and_kept(results, case_id):
     check_case(results, case_id)
+
+
+def test_a_pruning_run_of_another_setup_is_named_and_overwrite_replaces_it(pipeline_inputs, tmp_path):
+    """A used --out_dir holding a pruning run of another setup is refused naming what differs
+    and the way out; `--overwrite` replaces it (before, a refused run's state blocked the
+    corrected rerun and prune had no --overwrite)."""
+    from harness import run_pipelines, snapshot
+
+    out = tmp_path / "prune"
+    base = [f"--teacher={pipeline_inputs['teacher']}", f"--data={pipeline_inputs['tree']}", f"--out_dir={out}",
+            "--batch_size=8", "--steps=1", "--step_epochs=1", "--final_epochs=0", "--target_params_ratio=0.7"]
+    first, = run_pipelines("pipelines.prune", [base + ["--seed=0"]])
+    assert first.code == 0, first.stderr[-3000:]
+    saved = snapshot(out)
+    refused, replaced = run_pipelines("pipelines.prune", [base + ["--seed=1"], base + ["--seed=1", "--overwrite"]])
+    line = assert_user_error(refused, "prune_state.json", "seed", "--overwrite", "another --out_dir")
+    assert "differs" in line
+    assert replaced.code == 0, replaced.stderr[-3000:]
+    assert snapshot(out) != saved
+    with open(out / "prune_state.json") as f:
+        assert json.load(f)["identity"]["config"]["seed"] == 1
