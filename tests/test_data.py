@@ -77,6 +77,33 @@ def test_cache_is_rebuilt_when_a_file_changes(small_tree, tmp_path):
     assert first["train"].images[idx].max() > 0
 
 
+def test_cache_follows_linked_class_folders_and_content_not_mtimes(tmp_path, small_cifar):
+    """The cache's key follows links to class folders as the reader does (before, an image added
+    in a linked folder was silently not read), and changes with a file's bytes even when its
+    size and mtime are kept (a copy with `cp -p` or `rsync -t`)."""
+    top = write_tree(str(tmp_path), {"x": small_cifar["train"]}, small_cifar.class_names, per_class=8, wrapper=None)
+    flat = os.path.join(top, "x")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for cls in small_cifar.class_names:
+        os.symlink(os.path.join(flat, cls), linked / cls)
+    cache = str(tmp_path / "cache")
+    first = data.load(str(linked), cache_dir=cache)
+    new = os.path.join(flat, small_cifar.class_names[1], "zz_new.png")
+    with open(new, "wb") as f:
+        f.write(encode_png(np.full((32, 32, 3), 7, np.uint8)))
+    second = data.load(str(linked), cache_dir=cache)
+    assert len(second["all"].labels) == len(first["all"].labels) + 1
+    victim = os.path.join(flat, small_cifar.class_names[1], "zz_new.png")
+    st = os.stat(victim)
+    with open(victim, "wb") as f:
+        f.write(encode_png(np.full((32, 32, 3), 9, np.uint8)))  # the same size: a constant image
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.path.getsize(victim) == st.st_size
+    third = data.load(str(linked), cache_dir=cache)
+    assert 9 in third["all"].images[:, 0, 0, 0] and 7 not in third["all"].images[:, 0, 0, 0]
+
+
 def test_flat_class_folder_tree_is_one_split(tmp_path, small_cifar):
     top = write_tree(str(tmp_path), {"x": small_cifar["train"]}, small_cifar.class_names, per_class=8, wrapper=None)
     flat = os.path.join(top, "x")

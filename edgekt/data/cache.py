@@ -24,20 +24,39 @@ def default_cache_dir() -> str:
 
 
 def fingerprint(path: str) -> list:
-    """What identifies a file or folder's contents cheaply: names, sizes and mtimes."""
+    """What identifies a file or folder's contents: every file's relative name, size and a
+    digest of its bytes (not its mtime, which copies keep), following links to files and
+    folders as the image reader does (a folder reached twice counts once)."""
     path = os.path.abspath(path)
     if os.path.isfile(path):
-        st = os.stat(path)
-        return [path, st.st_size, st.st_mtime_ns]
+        return [path, os.path.getsize(path), _digest(path)]
     entries = []
-    for dirpath, dirnames, filenames in os.walk(path):
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back into a folder already read: the reader refuses it
+            entries.append([os.path.relpath(dirpath, path) + os.sep, "seen"])
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames.sort()
         for name in sorted(filenames):
-            st = os.stat(os.path.join(dirpath, name))
-            entries.append([os.path.relpath(os.path.join(dirpath, name), path), st.st_size, st.st_mtime_ns])
+            file = os.path.join(dirpath, name)
+            try:
+                entries.append([os.path.relpath(file, path), os.path.getsize(file), _digest(file)])
+            except OSError:  # a dangling link or an unreadable file: the reader reports it
+                entries.append([os.path.relpath(file, path), None])
         for name in dirnames:  # empty folders matter: they are an error the loader reports
             entries.append([os.path.relpath(os.path.join(dirpath, name), path) + os.sep])
     return [path, entries]
+
+
+def _digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def cache_key(source_id: object, options: dict) -> str:
