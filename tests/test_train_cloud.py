@@ -65,6 +65,25 @@ def test_finished_run_is_not_repeated_and_other_config_is_refused(tiny_data, tmp
         train.train_and_evaluate(dataclasses.replace(cfg, learning_rate=0.1), tiny_data, out, verbose=0)
 
 
+def test_the_cloud_model_is_built_for_the_data_image_size(cifar, tmp_path):
+    """Images of another size than 32x32 (all alike, or resized to one size with --resize) train
+    a WRN built for that size (before: a WRN for 32x32 that crashed on them)."""
+    import tensorflow as tf
+
+    def bigger(split, n):
+        sub = data.stratified_subset(split, n, seed=0)
+        return data.Split(tf.image.resize(sub.images, (40, 36)).numpy().round().astype(np.uint8), sub.labels,
+                          sub.class_names)
+
+    splits = data.DataSplits({"train": bigger(cifar["train"], 300), "test": bigger(cifar["test"], 50)},
+                             cifar.class_names, "cifar10-40x36")
+    cfg = dataclasses.replace(TINY, epochs=1, train_size=None, val_size=50)
+    metrics = train.train_and_evaluate(cfg, splits, str(tmp_path / "run"), verbose=0)
+    model = keras.models.load_model(str(tmp_path / "run" / "model.keras"))
+    assert tuple(model.input_shape[1:]) == (40, 36, 3)
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
 def test_config_ranges_are_checked():
     with pytest.raises(ValueError, match=r"CloudTrainConfig.depth=12: must be 6n\+4 >= 10"):
         train.CloudTrainConfig(depth=12)

@@ -79,11 +79,13 @@ def _is_chief() -> bool:
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-def build_and_compile(config: CloudTrainConfig, num_classes: int, mean, std, steps_per_epoch: int) -> keras.Model:
-    """Builds the WRN of `config` and compiles it with the configured optimizer and loss."""
+def build_and_compile(config: CloudTrainConfig, num_classes: int, mean, std, steps_per_epoch: int,
+                      input_shape: tuple[int, int, int] = (32, 32, 3)) -> keras.Model:
+    """Builds the WRN of `config` for images of `input_shape` (H, W, C) and compiles it with
+    the configured optimizer and loss."""
     with _dtype_policy(config.precision):
         model = models.wrn(config.depth, config.width, num_classes=num_classes, dropout=config.dropout,
-                        mean=mean, std=std)
+                           input_shape=tuple(int(d) for d in input_shape), mean=mean, std=std)
     total = config.epochs * steps_per_epoch
     lr = learning_rate_schedule(config.schedule, config.learning_rate, total,
                                 warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)),
@@ -167,7 +169,8 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
             model = manager.load_model(state)
         else:
             state = {"identity": identity, "epoch": 0, "history": [], "train_seconds": 0.0, "wall_seconds": 0.0}
-            model = build_and_compile(config, num_classes, mean, std, steps)
+            model = build_and_compile(config, num_classes, mean, std, steps,
+                                      input_shape=prepared.train.images.shape[1:])
     cost = flops.model_cost(model)
     logging.info("%s: %s params, %.1f MFLOPs/image, %d train / %d val / %d test images, %d replicas",
                  config.architecture, f"{cost.params:,}", cost.flops / 1e6, len(prepared.train.labels),
