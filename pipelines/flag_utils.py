@@ -201,20 +201,49 @@ def guarded(main):
     """`main` with user errors (and OSErrors about files or the disk) turned into one line and
     exit code 2."""
     def wrapped(argv):
+        new_folder = _new_output_folder()
         try:
             with output_locks():
                 main(argv)
         except (UserError, app.UsageError) as e:
+            remove_empty_tree(new_folder)
             sys.exit(fail(e))
         except KeyboardInterrupt:
+            remove_empty_tree(new_folder)
             fail(INTERRUPTED)
             sys.exit(EXIT_INTERRUPTED)
         except Exception as e:  # noqa: BLE001 (only a full disk or a denied path is turned into one line)
             error = environment_error(e)
             if error is None:
                 raise
+            remove_empty_tree(new_folder)
             sys.exit(fail(error))
     return wrapped
+
+
+def _new_output_folder() -> str | None:
+    """The outermost folder of --out_dir that does not exist yet (None if it exists)."""
+    if "out_dir" not in flags.FLAGS or not isinstance(flags.FLAGS.out_dir, str) or not flags.FLAGS.out_dir:
+        return None
+    path = os.path.abspath(flags.FLAGS.out_dir)
+    if os.path.exists(path):
+        return None
+    while not os.path.exists(os.path.dirname(path)):
+        path = os.path.dirname(path)
+    return path
+
+
+def remove_empty_tree(folder: str | None) -> None:
+    """Removes `folder` if it holds nothing but empty folders (a refused run created it and
+    wrote nothing); a folder holding any file is left as it is."""
+    if not folder or not os.path.isdir(folder) or os.path.islink(folder):
+        return
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if filenames or any(os.path.islink(os.path.join(dirpath, d)) for d in dirnames):
+            return
+    for dirpath, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)
 
 
 @contextlib.contextmanager

@@ -23,3 +23,34 @@ def test_a_reexport_without_data_removes_the_earlier_int8_model_and_replay(pipel
                                        "model_trainable.tflite"]
     with open(os.path.join(out, "model_meta.json")) as f:
         assert json.load(f)["inference_model"] == "model_float16.tflite"
+
+
+def test_refused_runs_leave_no_output_folder(pipeline_inputs, tmp_path):
+    """A run refused after it started (bad data found while loading) leaves no --out_dir (nor
+    the folders above it that it created) when it wrote nothing there."""
+    from harness import assert_user_error, run_pipelines
+
+    teacher, big = pipeline_inputs["teacher"], pipeline_inputs["big"]
+    cases = {
+        "pipelines.prune": [f"--teacher={teacher}", f"--data={big}"],
+        "pipelines.transfer": [f"--teacher={teacher}", "--student=wrn-10-1", f"--data={big}"],
+        "pipelines.export_tflite": [f"--model={teacher}", f"--data={big}"],
+        "pipelines.train_cloud": [f"--data={pipeline_inputs['tree']}"],
+    }
+    for module, args in cases.items():
+        out = tmp_path / module / "new" / "run"
+        (result,) = run_pipelines(module, [args + [f"--out_dir={out}"]])
+        assert_user_error(result)
+        assert not (tmp_path / module / "new").exists(), (module, result.stderr[-500:])
+
+
+def test_remove_empty_tree_keeps_any_file(tmp_path):
+    from pipelines.flag_utils import remove_empty_tree
+
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "kept.txt").write_text("x")
+    remove_empty_tree(str(tmp_path / "a"))
+    assert (tmp_path / "a" / "b" / "kept.txt").exists() and (tmp_path / "a" / "b" / "c").exists()
+    (tmp_path / "a" / "b" / "kept.txt").unlink()
+    remove_empty_tree(str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
