@@ -125,6 +125,7 @@ def test_learn_killed_mid_checkpoint_resumes_to_the_same_result(device_model, ne
     resumed = last_json(app("learn", *common, f"--checkpoint={ck}"))
     assert not any(os.path.exists(p) for p in leftovers)  # ...is removed by the next run
     assert resumed["steps"] == reference["steps"] and resumed["epochs"] == reference["epochs"]
+    assert resumed["resumed_at_step"] == state["global_step"] and reference["resumed_at_step"] == 0
     ref_w, _ = _weights(tmp_path / "ref.npz")
     got_w, _ = _weights(ck)
     for k in ref_w:

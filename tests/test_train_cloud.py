@@ -63,6 +63,15 @@ def test_finished_run_is_not_repeated_and_other_config_is_refused(tiny_data, tmp
     assert again == first and os.path.getmtime(os.path.join(out, "model.keras")) == mtime
     with pytest.raises(ValueError, match=r"different setup \(learning_rate: 0.05 -> 0.1\)"):
         train.train_and_evaluate(dataclasses.replace(cfg, learning_rate=0.1), tiny_data, out, verbose=0)
+    # The same path, two labels corrected (same counts, same sums): another run, named as such.
+    train_split = tiny_data["train"]
+    labels = train_split.labels.copy()
+    i, j = 0, int(np.flatnonzero(labels != labels[0])[0])
+    labels[i], labels[j] = labels[j], labels[i]
+    corrected = data.DataSplits({"train": data.Split(train_split.images, labels, train_split.class_names),
+                                 "test": tiny_data["test"]}, tiny_data.class_names, tiny_data.source)
+    with pytest.raises(ValueError, match=r"different setup \(the data's images or labels"):
+        train.train_and_evaluate(cfg, corrected, out, verbose=0)
 
 
 def test_the_cloud_model_is_built_for_the_data_image_size(cifar, tmp_path):

@@ -194,6 +194,7 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
                  "history": [], "done": False, "epoch_loss": 0.0, "epoch_count": 0, "prepared": prepared,
                  "learned_classes": learned_classes}
         best_weights = model.get_weights()
+    resumed_at_step = int(state["global_step"])
     start = time.perf_counter() - state["elapsed"]
 
     def diverged(what: str, epoch: int, step: int) -> TrainingError:
@@ -284,6 +285,7 @@ def learn(model: DeviceModel, task: Task, config: LearnConfig, checkpoint_path: 
         "total_seconds": state["elapsed"],
         "epochs": state["epoch"],
         "steps": state["global_step"],
+        "resumed_at_step": resumed_at_step,
         "best_epoch": state["best_epoch"],
         "initial_val": state["initial"],
         "best_val": state["best"],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -152,6 +154,26 @@ class PreparedData:
     class_names: tuple[str, ...]
     source: str
     device_pool: Split | None = None
+
+    def content_digest(self) -> str:
+        """sha256 of every split's images and labels and of the class names: what identifies the
+        data a resumed run must match, whatever path it was read from."""
+        cached = self.__dict__.get("_digest")
+        if cached is not None:
+            return cached
+        h = hashlib.sha256(json.dumps(list(self.class_names)).encode())
+        for name in ("train", "val", "test", "device_pool"):
+            split = getattr(self, name)
+            h.update(name.encode())
+            if split is None:
+                continue
+            for array in (split.images, split.labels):
+                a = np.ascontiguousarray(array)
+                h.update(f"{a.dtype.str}{list(a.shape)}".encode())
+                h.update(memoryview(a).cast("B"))
+        digest = h.hexdigest()
+        object.__setattr__(self, "_digest", digest)
+        return digest
 
 
 # The device pool is drawn with its own seed offset so that adding it leaves the validation

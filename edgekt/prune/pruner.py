@@ -141,7 +141,8 @@ def _what_differs(saved, identity: dict) -> str:
             changed = [k for k in value if saved[key].get(k) != value[k]]
             names.append(f"the configuration ({', '.join(changed)})" if changed else "the configuration")
         else:
-            names.append({"teacher": "the teacher's weights", "data": "the data", "class_names": "the classes"}.get(
+            names.append({"teacher": "the teacher's weights", "data": "the data's path", "class_names": "the classes",
+                          "data_digest": "the data's images or labels"}.get(
                 key, key))
     return ", ".join(names) or "nothing"
 
@@ -273,7 +274,8 @@ def _calibrate_learning_rate(run: _Run, prepared: data.PreparedData, out_dir: st
     if not config.learning_rate_choices:
         return config, None
     path = os.path.join(out_dir, LEARNING_RATE_FILE)
-    identity = {"teacher": run.fingerprint, "data": prepared.source, "choices": list(config.learning_rate_choices),
+    identity = {"teacher": run.fingerprint, "data": prepared.source, "data_digest": prepared.content_digest(),
+                "choices": list(config.learning_rate_choices),
                 "probe_images": config.probe_images, "batch_size": config.batch_size, "seed": config.seed,
                 "transfer": config.transfer, "val_images": int(len(prepared.val.labels))}
     record = None
@@ -325,7 +327,7 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
 
     # The time budget decides only where the steps stop, not what a step computes.
     identity = {"config": {k: v for k, v in _config_dict(config).items() if k != "budget_seconds"},
-                "data": prepared.source, **holdout, "teacher": run.fingerprint,
+                "data": prepared.source, "data_digest": prepared.content_digest(), **holdout, "teacher": run.fingerprint,
                 "class_names": list(prepared.class_names), "teacher_params": base["params"], "teacher_flops": base["flops"]}
     state_path = os.path.join(out_dir, STATE_FILE)
     state = {"identity": identity, "log": [{"step": 0, **base, "params_ratio": 1.0, "flops_ratio": 1.0,
@@ -336,6 +338,9 @@ def _trajectory(run: _Run, prepared: data.PreparedData, out_dir: str, config: Pr
     if os.path.exists(state_path):
         with open(state_path) as f:
             saved = json.load(f)
+        if isinstance(saved.get("identity"), dict) and "data_digest" not in saved["identity"]:
+            # Recorded before the data's digest was: matched by the data's path as then.
+            saved["identity"]["data_digest"] = identity["data_digest"]
         if saved.get("identity") != identity:
             raise UserError(f"{state_path}: an earlier run of another setup is in this folder (differs: "
                             f"{_what_differs(saved.get('identity'), identity)}); pass --overwrite to replace it, or "

@@ -142,7 +142,8 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
     num_classes = len(prepared.class_names)
     steps = pipeline.steps_per_epoch(len(prepared.train.labels), config.batch_size)
     identity = {"config": _config_dict(config), "data": prepared.source,
-                "train_images": int(len(prepared.train.labels)), "class_names": list(prepared.class_names)}
+                "train_images": int(len(prepared.train.labels)), "class_names": list(prepared.class_names),
+                "data_digest": prepared.content_digest()}
 
     os.makedirs(out_dir, exist_ok=True)
     metrics_path = os.path.join(out_dir, METRICS_FILE)
@@ -150,6 +151,9 @@ def train_and_evaluate(config: CloudTrainConfig, source: str | data.DataSplits, 
     manager = CheckpointManager(os.path.join(out_dir, CHECKPOINT_DIR))
     check_out_dir(out_dir, overwrite)
     state = None if overwrite else manager.read_state()
+    if state is not None and isinstance(state.get("identity"), dict) and "data_digest" not in state["identity"]:
+        # Recorded before the data's digest was: matched by the data's path as then.
+        state["identity"]["data_digest"] = identity["data_digest"]
     if state is not None and state.get("identity") != identity:
         diff = describe_difference(state.get("identity", {}), identity)
         raise UserError(f"{manager.state_path}: checkpoint was made with a different setup ({diff}); "
@@ -254,6 +258,8 @@ def describe_difference(old: dict, new: dict) -> str:
         if key == "config":
             oc, nc = old.get("config", {}), new.get("config", {})
             diffs += [f"{k}: {oc.get(k)!r} -> {nc.get(k)!r}" for k in sorted(set(oc) | set(nc)) if oc.get(k) != nc.get(k)]
+        elif key == "data_digest" and old.get(key) != new.get(key):
+            diffs.append("the data's images or labels (other content than the run was made with)")
         elif old.get(key) != new.get(key):
             diffs.append(f"{key}: {str(old.get(key))[:60]!r} -> {str(new.get(key))[:60]!r}")
     return "; ".join(diffs) or "unknown difference"

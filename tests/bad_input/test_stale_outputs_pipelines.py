@@ -36,6 +36,7 @@ def test_refused_runs_leave_no_output_folder(pipeline_inputs, tmp_path):
         "pipelines.transfer": [f"--teacher={teacher}", "--student=wrn-10-1", f"--data={big}"],
         "pipelines.export_tflite": [f"--model={teacher}", f"--data={big}"],
         "pipelines.train_cloud": [f"--data={pipeline_inputs['tree']}"],
+        "pipelines.sweep": [f"--teacher={teacher}", f"--data={big}"],
     }
     for module, args in cases.items():
         out = tmp_path / module / "new" / "run"
