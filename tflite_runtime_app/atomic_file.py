@@ -186,8 +186,8 @@ def refuse_input(path: str | os.PathLike, flag: str | None = None) -> None:
     what = input_at(path)
     if what is not None:
         named = f"{flag}={os.fspath(path)}" if flag else os.fspath(path)
-        raise UserError(f"{named}: is {what}, an input of this run, which writing it would replace; pass another "
-                        "output path or folder (--out, --out_dir or --checkpoint)")
+        advice = f"pass another {flag}" if flag else "write the output to another path or folder"
+        raise UserError(f"{named}: is {what}, an input of this run, which writing it would replace; {advice}")
 
 
 @contextlib.contextmanager

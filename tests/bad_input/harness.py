@@ -89,7 +89,12 @@ def run_pipelines(module: str, cases: list[list[str]], timeout: float = 900,
                           env={**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"},
                           preexec_fn=_file_size_limit(file_size_limit) if file_size_limit else None)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    return [Result(r["code"], r["stdout"], r["stderr"]) for r in json.loads(proc.stdout)]
+    results = [Result(r["code"], r["stdout"], r["stderr"]) for r in json.loads(proc.stdout)]
+    # Advice must name flags the binary has.
+    wrong = [(r["unknown_flags"], result.error_lines) for r, result in zip(json.loads(proc.stdout), results)
+             if r["unknown_flags"]]
+    assert not wrong, f"{module} advises flags it does not have: {wrong}"
+    return results
 
 
 def run_pipeline_process(module: str, *args: str, timeout: float = 900) -> Result:

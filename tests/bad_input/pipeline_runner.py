@@ -10,10 +10,15 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+# absl's own flags and words that look like flags in an error line.
+_NOT_FLAGS = {"help", "helpfull", "helpshort", "flagfile", "name"}
 
 
 def main() -> None:
@@ -48,7 +53,13 @@ def main() -> None:
             finally:
                 for h, stream in zip(handlers, streams):
                     h.stream = stream
-        results.append({"argv": argv, "code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+        # Flags an error line advises that this binary does not have (advice the user cannot follow).
+        # (in the why and what-to-do parts: the what part may be the mistyped flag itself)
+        advised = {m for line in err.getvalue().splitlines() if line.startswith("error: ") and ": " in line[7:]
+                   for m in re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)", line[7:].split(": ", 1)[1])}
+        unknown = sorted(f for f in advised if f not in flags.FLAGS and f not in _NOT_FLAGS)
+        results.append({"argv": argv, "code": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
+                        "unknown_flags": unknown})
     json.dump(results, sys.__stdout__)
 
 
