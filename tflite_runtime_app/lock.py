@@ -1,10 +1,13 @@
 """One writer per output: an exclusive lock on what a run writes, held for the run.
 
-The lock is a file beside the output (`.NAME.lock` next to `NAME`, a folder or a file) locked
-with flock(2): a second run that would write the same output is refused at once with one line
-naming the holder (its process id, command and start time); the kernel drops the lock of a
-process that ends in any way (even SIGKILL), so a stale lock file is simply taken over. The file
-is removed when the run ends.
+The lock of an output (a folder or a file, existing or not) is a file in one lock folder
+(`$EDGEKT_LOCK_DIR`, default `~/.cache/edgekt/locks`) named by a digest of the output's
+canonical path (links resolved as far as the path exists), so every spelling of a path and
+every stage of its creation meet at the same lock, and nothing is written beside the output.
+It is locked with flock(2): a second run that would write the same output is refused at once
+with one line naming the holder (its process id, command and start time); the kernel drops the
+lock of a process that ends in any way (even SIGKILL), so a stale lock file is simply taken
+over. The file is removed when the run ends.
 
 Standard library only, so the device app, the library and the pipelines share it.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import sys
@@ -35,24 +39,32 @@ _held_guard = threading.Lock()
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
+LOCK_DIR_ENV = "EDGEKT_LOCK_DIR"
+
+
+def lock_dir() -> str:
+    return os.environ.get(LOCK_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "edgekt", "locks")
+
+
+def canonical(path: str | os.PathLike) -> str:
+    """`path` absolute, with links resolved in the part that exists and `..` folded in the rest."""
+    full = os.path.normpath(os.path.abspath(os.fspath(path)))
+    head, tail = full, []
+    while not os.path.lexists(head) and os.path.dirname(head) != head:
+        head, name = os.path.dirname(head), os.path.basename(head)
+        tail.append(name)
+    return os.path.join(os.path.realpath(head), *reversed(tail))
+
+
 def lock_path(path: str | os.PathLike) -> str:
-    """The lock file of `path`: `.NAME.lock` in the folder that holds it."""
-    full = os.path.abspath(os.fspath(path)).rstrip(os.sep) or os.sep
-    return os.path.join(os.path.dirname(full), "." + os.path.basename(full) + ".lock")
-
-
-def _inner_lock_path(path: str | os.PathLike) -> str:
-    """Where a folder's lock goes when the folder that holds it cannot be written (`/tmp`)."""
-    return os.path.join(os.fspath(path), ".edgekt.lock")
+    """The lock file of the output `path`."""
+    return os.path.join(lock_dir(), hashlib.sha256(canonical(path).encode("utf-8", "surrogateescape")).hexdigest()[:40]
+                        + ".lock")
 
 
 def holder(path: str | os.PathLike) -> str | None:
     """Who holds the lock of `path` (as the refusal names it), or None when nobody does."""
-    for lock in (lock_path(path), _inner_lock_path(path)):
-        who = _holder_of(lock)
-        if who is not None:
-            return who
-    return None
+    return _holder_of(lock_path(path))
 
 
 def _holder_of(lock: str) -> str | None:
@@ -83,28 +95,6 @@ def _describe(fd: int) -> str:
     return text + (f" ({', since '.join(details)})" if details else "")
 
 
-def _make_parents(folder: str) -> list[str]:
-    """Creates `folder` and its missing parents; returns those it created, deepest first."""
-    made = []
-    while folder and not os.path.isdir(folder):
-        made.append(folder)
-        folder = os.path.dirname(folder)
-    for path in reversed(made):
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            pass
-    return made
-
-
-def _remove_empty(folders: list[str]) -> None:
-    for folder in folders:
-        try:
-            os.rmdir(folder)
-        except OSError:
-            break
-
-
 @contextlib.contextmanager
 def exclusive(path: str | os.PathLike, what: str, advice: str) -> Iterator[None]:
     """Holds the lock of `path` for the body.
@@ -118,8 +108,6 @@ def exclusive(path: str | os.PathLike, what: str, advice: str) -> Iterator[None]
       UserError: another process holds the lock (`what: in use by process N (...); advice`).
     """
     lock = lock_path(path)
-    if os.path.isdir(path) and not os.access(os.path.dirname(lock), os.W_OK):
-        lock = _inner_lock_path(path)
     with _held_guard:
         if lock in _held:
             _held[lock] += 1
@@ -134,8 +122,13 @@ def exclusive(path: str | os.PathLike, what: str, advice: str) -> Iterator[None]
                 with _held_guard:
                     _held[lock] -= 1
         return
-    created = _make_parents(os.path.dirname(lock))
-    fd = _acquire(lock, what, advice, created)
+    try:
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+    except OSError:  # no place for locks (a read-only home): the run goes on unlocked
+        fcntl_ok = False
+    else:
+        fcntl_ok = True
+    fd = _acquire(lock, what, advice, canonical(path)) if fcntl_ok else None
     with _held_guard:
         _held[lock] = 1
     try:
@@ -147,10 +140,9 @@ def exclusive(path: str | os.PathLike, what: str, advice: str) -> Iterator[None]
             with contextlib.suppress(OSError):
                 os.unlink(lock)
             os.close(fd)
-        _remove_empty(created)
 
 
-def _acquire(lock: str, what: str, advice: str, created: list[str]) -> int | None:
+def _acquire(lock: str, what: str, advice: str, target: str) -> int | None:
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -164,7 +156,6 @@ def _acquire(lock: str, what: str, advice: str, created: list[str]) -> int | Non
                 raise
             who = _describe(fd)
             os.close(fd)
-            _remove_empty(created)
             raise UserError(f"{what}: in use by {who}, which writes there now; {advice}") from None
         # The previous holder removes the file as it ends: a lock on a file no longer at the
         # path locks nothing, so take the one that is there.
@@ -175,7 +166,7 @@ def _acquire(lock: str, what: str, advice: str, created: list[str]) -> int | Non
         if current:
             break
         os.close(fd)
-    record = {"pid": os.getpid(), "command": " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]]),
+    record = {"pid": os.getpid(), "path": target, "command": " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]]),
               "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)

@@ -156,15 +156,21 @@ def test_pipelines_refuse_an_out_dir_or_out_in_use(pipeline_inputs, tmp_path):
         assert not soft.exists()
 
 
-def test_the_lock_of_a_folder_sits_beside_it_and_nests_in_one_process(tmp_path):
-    out = tmp_path / "a" / "run"
-    assert lock.lock_path(out) == str(tmp_path / "a" / ".run.lock")
-    assert lock.lock_path(str(out) + os.sep) == str(tmp_path / "a" / ".run.lock")
+def test_one_lock_per_output_whatever_its_spelling_and_nothing_beside_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(lock.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    (tmp_path / "a").mkdir()
+    os.symlink(tmp_path / "a", tmp_path / "link")
+    out = tmp_path / "a" / "new" / "run"  # its folder does not exist yet
+    spellings = [out, str(out) + os.sep, tmp_path / "a" / "x" / ".." / "new" / "run", tmp_path / "link" / "new" / "run"]
+    assert len({lock.lock_path(p) for p in spellings}) == 1
+    assert os.path.dirname(lock.lock_path(out)) == str(tmp_path / "locks")
     with lock.exclusive(out, "--out_dir=run", "pass another --out_dir"):
         assert os.path.exists(lock.lock_path(out))
+        assert sorted(os.listdir(tmp_path / "a")) == [], "nothing is written beside the output"
+        os.makedirs(out)  # the run creates its folder: the same lock still covers it
+        assert lock.lock_path(out) == lock.lock_path(tmp_path / "link" / "new" / "run")
         with lock.exclusive(out, "--out_dir=run", "pass another --out_dir"):  # the same run, deeper
             pass
         assert os.path.exists(lock.lock_path(out)), "the inner block must not release the outer lock"
         assert str(os.getpid()) in lock.holder(out)
     assert not os.path.exists(lock.lock_path(out))
-    assert not (tmp_path / "a").exists(), "the folder created for the lock is removed with it"
