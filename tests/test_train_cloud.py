@@ -54,6 +54,26 @@ def test_resumed_run_matches_uninterrupted_run(tiny_data, tmp_path):
     assert resumed["test_accuracy"] == pytest.approx(full["test_accuracy"], abs=0.011)
 
 
+def test_a_truncated_checkpoint_is_named_with_the_way_out(tiny_data, tmp_path):
+    """A cut epoch checkpoint is refused in one line naming it (before: Keras said "file not
+    found" of a file that is there), and --overwrite starts over."""
+    from edgekt.errors import UserError
+
+    part_dir = str(tmp_path / "part")
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(TINY, tiny_data, part_dir, verbose=0, callbacks=(_StopAfterEpoch(),))
+    state = json.load(open(os.path.join(part_dir, "checkpoints", checkpoint.STATE_FILE)))
+    path = os.path.join(part_dir, "checkpoints", state["model_file"])
+    with open(path, "rb") as f:
+        head = f.read()[: os.path.getsize(path) // 2]
+    with open(path, "wb") as f:
+        f.write(head)
+    with pytest.raises(UserError, match=r"ckpt-0001.keras: the checkpoint of epoch 1 is unreadable .*--overwrite"):
+        train.train_and_evaluate(TINY, tiny_data, part_dir, verbose=0)
+    assert open(path, "rb").read() == head  # left as it was
+    assert train.train_and_evaluate(TINY, tiny_data, part_dir, verbose=0, overwrite=True)["epochs"] == 2
+
+
 def test_finished_run_is_not_repeated_and_other_config_is_refused(tiny_data, tmp_path):
     out = str(tmp_path / "run")
     cfg = dataclasses.replace(TINY, epochs=1)

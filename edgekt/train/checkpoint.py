@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import zipfile
 
 import keras
 from absl import logging
@@ -56,7 +57,12 @@ class CheckpointManager:
         """Loads the checkpoint's model with its optimizer state (call under the same
         distribution scope as training)."""
         path = os.path.join(self.directory, state["model_file"])
-        return keras.models.load_model(path, compile=True)
+        try:
+            return keras.models.load_model(path, compile=True)
+        except (ValueError, OSError, zipfile.BadZipFile, KeyError) as e:
+            raise UserError(f"{path}: the checkpoint of epoch {state.get('epoch')} is unreadable "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:120]}); restore it, or pass --overwrite "
+                            "to start the training over") from e
 
     def save(self, model: keras.Model, state: dict) -> str:
         """Writes the model (with optimizer) then the state naming it; prunes old files."""
