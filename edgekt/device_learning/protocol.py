@@ -173,8 +173,12 @@ def run(config: DeviceLearningConfig, source: str | data.DataSplits, out_dir: st
     pools = load_pools(splits, teacher_metrics)
     # What every cached device result depends on; the grid, seeds and splits are in each key itself.
     lists = ("never_seen_runs", "seeds", "splits", "lr_choices", "trainable_choices")
+    # The data by content (images and labels of every split): another data set in a used folder
+    # is another run, not a cached one.
+    data_sha = key_of(sorted((name, data.images_sha256(split.images), data.images_sha256(split.labels),
+                              list(splits.class_names)) for name, split in splits.items()))
     settings = key_of({k: v for k, v in dataclasses.asdict(config).items() if k not in lists},
-                      teacher_metrics.get("device_pool"), teacher_sha)
+                      teacher_metrics.get("device_pool"), teacher_sha, data_sha)
     per_run, device_models = {}, {}
     for split in config.splits:
         folder = os.path.join(out_dir, "splits", split.name)
