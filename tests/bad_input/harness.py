@@ -57,7 +57,29 @@ def run_app(*args: str) -> Result:
             code = main(list(args))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return Result(int(code or 0), out.getvalue(), err.getvalue())
+    result = Result(int(code or 0), out.getvalue(), err.getvalue())
+    _check_app_advice(args, result)
+    return result
+
+
+def _app_flags(command: str | None) -> set[str]:
+    """The flags `python -m tflite_runtime_app COMMAND` has (every command's when unknown)."""
+    import argparse
+
+    from tflite_runtime_app.__main__ import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    chosen = [subs[command]] if command in subs else list(subs.values())
+    return {opt[2:] for p in chosen for a in p._actions for opt in a.option_strings if opt.startswith("--")}
+
+
+def _check_app_advice(args, result: Result) -> None:
+    """Every flag an error line advises (in its why and what-to-do parts) is one the command has."""
+    advised = {m for line in result.error_lines if ": " in line[7:]
+               for m in re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)", line[7:].split(": ", 1)[1])}
+    unknown = advised - _app_flags(args[0] if args else None) - {"help", "name"}
+    assert not unknown, f"the app's advice names flags that {args[:1]} does not have: {sorted(unknown)}: {result.error_lines}"
 
 
 def run_app_process(*args: str, timeout: float = 300) -> Result:
