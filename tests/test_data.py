@@ -77,16 +77,22 @@ def test_cache_is_rebuilt_when_a_file_changes(small_tree, tmp_path):
     assert first["train"].images[idx].max() > 0
 
 
-def test_cache_follows_linked_class_folders_and_content_not_mtimes(tmp_path, small_cifar):
-    """The cache's key follows links to class folders as the reader does (before, an image added
-    in a linked folder was silently not read), and changes with a file's bytes even when its
-    size and mtime are kept (a copy with `cp -p` or `rsync -t`)."""
+def _linked_tree(tmp_path, small_cifar):
+    """(a flat class-folder tree, a folder of links to its class folders)."""
     top = write_tree(str(tmp_path), {"x": small_cifar["train"]}, small_cifar.class_names, per_class=8, wrapper=None)
     flat = os.path.join(top, "x")
     linked = tmp_path / "linked"
     linked.mkdir()
     for cls in small_cifar.class_names:
         os.symlink(os.path.join(flat, cls), linked / cls)
+    return flat, linked
+
+
+def test_cache_follows_linked_class_folders_and_content_not_mtimes(tmp_path, small_cifar):
+    """The cache's key follows links to class folders as the reader does (before, an image added
+    in a linked folder was silently not read), and changes with a file's bytes even when its
+    size and mtime are kept (a copy with `cp -p` or `rsync -t`)."""
+    flat, linked = _linked_tree(tmp_path, small_cifar)
     cache = str(tmp_path / "cache")
     first = data.load(str(linked), cache_dir=cache)
     new = os.path.join(flat, small_cifar.class_names[1], "zz_new.png")
@@ -124,12 +130,7 @@ def test_flat_tree_may_have_classes_named_like_splits(tmp_path):
 
 
 def test_linked_class_folders_are_read_and_link_loops_refused(tmp_path, small_cifar):
-    top = write_tree(str(tmp_path), {"x": small_cifar["train"]}, small_cifar.class_names, per_class=8, wrapper=None)
-    flat = os.path.join(top, "x")
-    linked = tmp_path / "linked"
-    linked.mkdir()
-    for cls in small_cifar.class_names:
-        os.symlink(os.path.join(flat, cls), linked / cls)
+    flat, linked = _linked_tree(tmp_path, small_cifar)
     loaded = data.load(str(linked), use_cache=False)
     np.testing.assert_array_equal(loaded["all"].images, small_cifar["train"].images)
     os.symlink(str(linked), linked / small_cifar.class_names[0] / "loop")

@@ -122,13 +122,10 @@ def exclusive(path: str | os.PathLike, what: str, advice: str) -> Iterator[None]
                 with _held_guard:
                     _held[lock] -= 1
         return
-    try:
+    with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(lock), exist_ok=True)
-    except OSError:  # no place for locks (a read-only home): the run goes on unlocked
-        fcntl_ok = False
-    else:
-        fcntl_ok = True
-    fd = _acquire(lock, what, advice, canonical(path)) if fcntl_ok else None
+    # No place for locks (a read-only home): the run goes on unlocked.
+    fd = _acquire(lock, what, advice, canonical(path)) if os.path.isdir(os.path.dirname(lock)) else None
     with _held_guard:
         _held[lock] = 1
     try:

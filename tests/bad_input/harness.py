@@ -75,9 +75,10 @@ def _app_flags(command: str | None) -> set[str]:
 
 
 def _check_app_advice(args, result: Result) -> None:
-    """Every flag an error line advises (in its why and what-to-do parts) is one the command has."""
-    advised = {m for line in result.error_lines if ": " in line[7:]
-               for m in re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)", line[7:].split(": ", 1)[1])}
+    """Every flag an error line advises (its what-to-do part: the why may quote another command
+    line) is one the command has."""
+    advised = {m for line in result.error_lines if "; " in line
+               for m in re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)", line.rsplit("; ", 1)[1])}
     unknown = advised - _app_flags(args[0] if args else None) - {"help", "name"}
     assert not unknown, f"the app's advice names flags that {args[:1]} does not have: {sorted(unknown)}: {result.error_lines}"
 

@@ -54,9 +54,10 @@ def main() -> None:
                 for h, stream in zip(handlers, streams):
                     h.stream = stream
         # Flags an error line advises that this binary does not have (advice the user cannot follow).
-        # (in the why and what-to-do parts: the what part may be the mistyped flag itself)
-        advised = {m for line in err.getvalue().splitlines() if line.startswith("error: ") and ": " in line[7:]
-                   for m in re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)", line[7:].split(": ", 1)[1])}
+        # (in the what-to-do part: the what may be the mistyped flag itself, the why may quote
+        # another command line)
+        advised = {m for line in err.getvalue().splitlines() if line.startswith("error: ") and "; " in line
+                   for m in re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)", line.rsplit("; ", 1)[1])}
         unknown = sorted(f for f in advised if f not in flags.FLAGS and f not in _NOT_FLAGS)
         results.append({"argv": argv, "code": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
                         "unknown_flags": unknown})
